@@ -1,0 +1,247 @@
+//! Command line and environment configuration, parsed and typed once at start-up.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use url::Url;
+
+/// `platform <role>`: one binary, one role per subcommand.
+#[derive(Debug, Parser)]
+#[command(name = "platform", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub role: Role,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Role {
+    /// Run the users service (user CRUD over Redis).
+    Users(UsersCommand),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = false)]
+pub struct UsersCommand {
+    #[command(subcommand)]
+    pub task: Option<UsersTask>,
+    #[command(flatten)]
+    pub settings: UsersSettings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersTask {
+    /// Build `users:by_created` and `users:email:*` for users written by the seeds' services.
+    Reindex,
+}
+
+/// Settings every role shares.
+#[derive(Debug, Clone, Args)]
+pub struct CommonSettings {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0", global = true)]
+    pub host: IpAddr,
+    /// Log level: trace, debug, info, warning, error, critical.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = parse_log_level, global = true)]
+    pub log_level: slog::Level,
+    /// Log format: one JSON object per line, or coloured text for humans.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_timeout: Duration,
+    /// HTTP worker threads (default: one per CPU).
+    #[arg(long, env = "WORKERS", global = true)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Settings of the users role.
+#[derive(Debug, Clone, Args)]
+pub struct UsersSettings {
+    #[command(flatten)]
+    pub common: CommonSettings,
+    /// Port of the users service.
+    #[arg(long, env = "PORT", default_value_t = 3001, global = true)]
+    pub port: u16,
+    #[command(flatten)]
+    pub redis: RedisSettings,
+}
+
+/// How the users role reaches Redis.
+#[derive(Debug, Clone, Args)]
+pub struct RedisSettings {
+    /// Redis URL; keep the password out of it and use --redis-password.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = parse_redis_url, global = true)]
+    pub redis_url: Url,
+    /// Redis password (AUTH), e.g. from a Kubernetes Secret.
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true, global = true)]
+    pub redis_password: Option<Secret>,
+    /// Connections in the Redis pool (per process).
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
+    pub redis_pool_size: u16,
+    /// Upper bound for one Redis operation, waiting for a pooled connection included.
+    #[arg(long, env = "REDIS_TIMEOUT", default_value = "2s", value_parser = parse_positive_duration, global = true)]
+    pub redis_timeout: Duration,
+}
+
+impl RedisSettings {
+    /// The URL with any password replaced by `***`, safe to log.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+/// A value that never prints itself: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// `redis://user:pw@host:6379/0` → `redis://user:***@host:6379/0`.
+pub fn redact_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        // Setting a password only fails for URLs without a host, which have none to hide.
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.to_string()
+}
+
+fn parse_log_level(s: &str) -> Result<slog::Level, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "trace" => Ok(slog::Level::Trace),
+        "debug" => Ok(slog::Level::Debug),
+        "info" => Ok(slog::Level::Info),
+        "warn" | "warning" => Ok(slog::Level::Warning),
+        "error" => Ok(slog::Level::Error),
+        "critical" | "fatal" => Ok(slog::Level::Critical),
+        _ => Err("expected one of trace, debug, info, warning, error, critical".into()),
+    }
+}
+
+fn parse_redis_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| e.to_string())?;
+    match url.scheme() {
+        "redis" | "rediss" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
+        "redis" | "rediss" => Err("the URL has no host".into()),
+        other => Err(format!(
+            "unsupported scheme `{other}`: expected redis:// or rediss://"
+        )),
+    }
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// Parses the command line, printing clap's error as one line and exiting 2 when it is wrong.
+pub fn parse_cli() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            let rendered = err.to_string();
+            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("platform: {}", line.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("platform").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn users_defaults_match_the_contract() {
+        let Ok(Cli {
+            role: Role::Users(cmd),
+        }) = parse(&["users"])
+        else {
+            panic!("users must parse");
+        };
+        assert_eq!(cmd.settings.port, 3001);
+        assert_eq!(
+            cmd.settings.common.shutdown_timeout,
+            Duration::from_secs(25)
+        );
+        assert_eq!(
+            cmd.settings.redis.redis_url.as_str(),
+            "redis://127.0.0.1:6379"
+        );
+        assert!(cmd.task.is_none());
+    }
+
+    #[test]
+    fn reindex_is_a_users_subcommand_and_accepts_flags_after_it() {
+        let Ok(Cli {
+            role: Role::Users(cmd),
+        }) = parse(&["users", "reindex", "--redis-url", "redis://db:6380"])
+        else {
+            panic!("reindex must parse");
+        };
+        assert!(matches!(cmd.task, Some(UsersTask::Reindex)));
+        assert_eq!(cmd.settings.redis.redis_url.port(), Some(6380));
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(parse(&["users", "--port", "70000"]).is_err());
+        assert!(parse(&["users", "--redis-url", "http://x"]).is_err());
+        assert!(parse(&["users", "--redis-url", "not a url"]).is_err());
+        assert!(parse(&["users", "--redis-timeout", "0s"]).is_err());
+        assert!(parse(&["users", "--log-level", "loud"]).is_err());
+        assert!(parse(&["users", "--shutdown-timeout", "soon"]).is_err());
+        assert!(parse(&["users", "--no-such-flag"]).is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?} {s}"), "*** ***");
+        let url = Url::parse("redis://user:hunter2@db:6379/0").expect("valid url");
+        assert_eq!(redact_url(&url), "redis://user:***@db:6379/0");
+    }
+}

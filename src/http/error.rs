@@ -1,0 +1,205 @@
+//! The one JSON error body of CONTRACT §2 and the code → status table, defined once.
+
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Every error code either role answers with. The status of each is fixed here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    ValidationError,
+    InvalidJson,
+    DuplicateEmail,
+    UserNotFound,
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    Conflict,
+    StoreUnavailable,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    InternalServerError,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ValidationError => "validation_error",
+            Self::InvalidJson => "invalid_json",
+            Self::DuplicateEmail => "duplicate_email",
+            Self::UserNotFound => "user_not_found",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Conflict => "conflict",
+            Self::StoreUnavailable => "store_unavailable",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::InternalServerError => "internal_server_error",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::ValidationError | Self::InvalidJson => StatusCode::BAD_REQUEST,
+            Self::UserNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::DuplicateEmail | Self::Conflict => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::InternalServerError => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// An error answered to a client. 5xx keep their cause for the log, never for the body.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: Vec<FieldError>,
+    pub cause: Option<anyhow::Error>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    details: &'a [FieldError],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            cause: None,
+        }
+    }
+
+    /// A 400 naming each invalid field; the message repeats the first one.
+    pub fn validation(details: Vec<FieldError>) -> Self {
+        let message = details
+            .iter()
+            .map(|d| format!("{}: {}", d.field, d.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self {
+            code: ErrorCode::ValidationError,
+            message,
+            details,
+            cause: None,
+        }
+    }
+
+    pub fn field(field: &'static str, message: impl Into<String>) -> Self {
+        Self::validation(vec![FieldError::new(field, message)])
+    }
+
+    /// A 5xx whose cause is logged but never shown to the client.
+    pub fn with_cause(code: ErrorCode, message: impl Into<String>, cause: anyhow::Error) -> Self {
+        Self {
+            cause: Some(cause),
+            ..Self::new(code, message)
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(ErrorCode::NotFound, "no route matches this path")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            ErrorCode::MethodNotAllowed,
+            "this method is not allowed on this path",
+        )
+    }
+
+    /// The response for this error, carrying `request_id` in its body when known.
+    pub fn render(&self, request_id: Option<&str>) -> HttpResponse {
+        let body = ErrorBody {
+            error: self.code.as_str(),
+            message: &self.message,
+            details: &self.details,
+            request_id,
+        };
+        let mut response = HttpResponse::build(self.code.status());
+        if self.code == ErrorCode::PayloadTooLarge {
+            // The rest of the body was never read: the connection cannot be reused.
+            response.force_close();
+        }
+        response.json(body)
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    /// Rendered without a request id here; the observe middleware renders it again with one.
+    fn error_response(&self) -> HttpResponse {
+        self.render(None)
+    }
+}
+
+/// Default service of an app: unknown path.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found())
+}
+
+/// Default service of a resource: known path, wrong method.
+pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::method_not_allowed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_message_names_the_fields() {
+        let err = ApiError::validation(vec![
+            FieldError::new("email", "must contain one @"),
+            FieldError::new("name", "must not be empty"),
+        ]);
+        assert_eq!(err.code.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            err.message,
+            "email: must contain one @; name: must not be empty"
+        );
+    }
+}

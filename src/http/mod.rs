@@ -1,0 +1,7 @@
+//! HTTP pieces every role shares: error body, request ids, health, the observing middleware.
+
+pub mod body;
+pub mod error;
+pub mod observe;
+pub mod ops;
+pub mod request_id;

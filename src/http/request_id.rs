@@ -1,0 +1,103 @@
+//! Request ids (CONTRACT §5): kept from `X-Request-ID` when sane, otherwise a new UUID v4.
+
+use std::fmt;
+use std::future::{Ready, ready};
+use std::rc::Rc;
+
+use actix_web::dev::Payload;
+use actix_web::http::header::{HeaderMap, HeaderName};
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
+
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+const MAX_LEN: usize = 128;
+
+/// The id of the request being served; cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(Rc<str>);
+
+impl RequestId {
+    /// The incoming id if it is 1–128 visible ASCII characters, else a fresh UUID v4.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        headers
+            .get(&HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Self::parse)
+            .unwrap_or_else(Self::generate)
+    }
+
+    pub fn parse(candidate: &str) -> Option<Self> {
+        let ok = !candidate.is_empty()
+            && candidate.len() <= MAX_LEN
+            && candidate.bytes().all(|b| b.is_ascii_graphic());
+        ok.then(|| Self(Rc::from(candidate)))
+    }
+
+    pub fn generate() -> Self {
+        Self(Rc::from(uuid::Uuid::new_v4().to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromRequest for RequestId {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    /// Set by the observe middleware; a route mounted without it still gets an id.
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let id = req
+            .extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| Self::from_headers(req.headers()));
+        ready(Ok(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+
+    fn headers_with(value: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(value) {
+            map.insert(HEADER, v);
+        }
+        map
+    }
+
+    #[test]
+    fn a_sane_incoming_id_is_kept() {
+        assert_eq!(
+            RequestId::from_headers(&headers_with("abc-123_X.y")).as_str(),
+            "abc-123_X.y"
+        );
+        let longest = "a".repeat(128);
+        assert_eq!(
+            RequestId::from_headers(&headers_with(&longest)).as_str(),
+            longest
+        );
+    }
+
+    #[test]
+    fn a_missing_or_bad_id_is_replaced_by_a_uuid() {
+        for bad in ["", "has space", &"a".repeat(129), "tab\there"] {
+            let id = RequestId::from_headers(&headers_with(bad));
+            assert!(
+                uuid::Uuid::parse_str(id.as_str()).is_ok(),
+                "{bad:?} gave {id}"
+            );
+        }
+        let id = RequestId::from_headers(&HeaderMap::new());
+        assert!(uuid::Uuid::parse_str(id.as_str()).is_ok());
+    }
+}

@@ -1,0 +1,8 @@
+//! `platform`: one binary, several roles. See ARCHITECTURE.md for the map.
+
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod telemetry;
+pub mod timestamp;
+pub mod users;

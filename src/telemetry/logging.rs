@@ -1,0 +1,134 @@
+//! Structured logs: one JSON object per line (or coloured text), never dropping a line.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use slog::{Drain, FnValue, Level, Logger, PushFnValue, o};
+
+use crate::config::LogFormat;
+
+/// Keeps the asynchronous drain alive; dropping it flushes the last lines.
+pub struct LogGuard {
+    _async: Option<slog_async::AsyncGuard>,
+    _scope: Option<slog_scope::GlobalLoggerGuard>,
+}
+
+/// The root logger of the process, writing to stdout, with `service` and `version` on every line.
+/// Also routes the `log` crate (actix-web, awc, redis) into it.
+pub fn init(service: &'static str, format: LogFormat, level: Level) -> (Logger, LogGuard) {
+    let (drain, guard) = match format {
+        LogFormat::Json => async_drain(json_drain(std::io::stdout())),
+        LogFormat::Pretty => {
+            let decorator = slog_term::TermDecorator::new().stdout().build();
+            async_drain(slog_term::FullFormat::new(decorator).build().fuse())
+        }
+    };
+    let logger = Logger::root(drain.filter_level(level).fuse(), base_keys(service));
+    let scope = slog_scope::set_global_logger(logger.clone());
+    let std_level = match level {
+        Level::Trace => log::Level::Trace,
+        Level::Debug => log::Level::Debug,
+        Level::Info => log::Level::Info,
+        Level::Warning => log::Level::Warn,
+        Level::Error | Level::Critical => log::Level::Error,
+    };
+    // Fails only if another `log` backend is installed already; then that one keeps working.
+    let _ = slog_stdlog::init_with_level(std_level);
+    (
+        logger,
+        LogGuard {
+            _async: Some(guard),
+            _scope: Some(scope),
+        },
+    )
+}
+
+/// A synchronous JSON logger writing into `buffer`: for tests that read what a role logs.
+pub fn capture(service: &'static str, buffer: LogBuffer) -> Logger {
+    Logger::root(
+        Mutex::new(json_drain(buffer)).map(slog::Fuse),
+        base_keys(service),
+    )
+}
+
+fn base_keys(service: &'static str) -> slog::OwnedKV<impl slog::SendSyncRefUnwindSafeKV> {
+    o!("service" => service, "version" => env!("CARGO_PKG_VERSION"))
+}
+
+fn json_drain<W: Write + Send + 'static>(out: W) -> slog::Fuse<slog_json::Json<W>> {
+    slog_json::Json::new(out)
+        .set_newlines(true)
+        .add_key_value(o!(
+            "ts" => PushFnValue(|_, ser| ser.emit(crate::timestamp::now())),
+            "level" => FnValue(|record| level_name(record.level())),
+            "msg" => PushFnValue(|record, ser| ser.emit(record.msg())),
+        ))
+        .build()
+        .fuse()
+}
+
+/// slog-async's default drops records beyond 128 queued ones; we block instead.
+fn async_drain<D>(drain: D) -> (slog::Fuse<slog_async::Async>, slog_async::AsyncGuard)
+where
+    D: Drain<Ok = (), Err = slog::Never> + Send + 'static,
+{
+    let (drain, guard) = slog_async::Async::new(drain)
+        .chan_size(16_384)
+        .overflow_strategy(slog_async::OverflowStrategy::Block)
+        .thread_name("log".into())
+        .build_with_guard();
+    (drain.fuse(), guard)
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Critical => "critical",
+        Level::Error => "error",
+        Level::Warning => "warn",
+        Level::Info => "info",
+        Level::Debug => "debug",
+        Level::Trace => "trace",
+    }
+}
+
+/// An in-memory, shareable log sink.
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    pub fn contents(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock() {
+            Ok(mut inner) => inner.write(buf),
+            Err(_) => Err(std::io::Error::other("log buffer poisoned")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn captured_lines_are_json_with_the_base_fields() {
+        let buffer = LogBuffer::default();
+        let log = capture("users", buffer.clone());
+        slog::info!(log, "hello"; "request_id" => "abc");
+        let line: serde_json::Value =
+            serde_json::from_str(buffer.contents().trim()).expect("one JSON line");
+        assert_eq!(line["msg"], "hello");
+        assert_eq!(line["level"], "info");
+        assert_eq!(line["service"], "users");
+        assert_eq!(line["request_id"], "abc");
+        assert!(line["ts"].as_str().is_some_and(|ts| ts.ends_with('Z')));
+    }
+}

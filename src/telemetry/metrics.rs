@@ -1,0 +1,150 @@
+//! Prometheus metrics: one recorder per process, real histograms, the names of CONTRACT §7.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+pub const HTTP_IN_FLIGHT: &str = "http_requests_in_flight";
+pub const UPSTREAM_DURATION: &str = "upstream_request_duration_seconds";
+pub const REDIS_DURATION: &str = "redis_operation_duration_seconds";
+pub const USERS_TOTAL: &str = "users_total";
+pub const USERS_CREATED: &str = "users_created_total";
+pub const USERS_DELETED: &str = "users_deleted_total";
+
+/// Buckets of every latency histogram, 1 ms … 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+struct Registry {
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+}
+
+static REGISTRY: OnceLock<Option<Registry>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls are no-ops) and its upkeep thread.
+pub fn install() {
+    REGISTRY.get_or_init(|| {
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .and_then(|b| b.install_recorder())
+            .ok()?;
+        let process = metrics_process::Collector::default();
+        process.describe();
+        describe();
+        let upkeep = handle.clone();
+        // Without upkeep, histogram samples pile up between scrapes.
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                }
+            })
+            .ok()?;
+        Some(Registry { handle, process })
+    });
+}
+
+/// The Prometheus text exposition of every metric of this process.
+pub fn render() -> String {
+    match REGISTRY.get() {
+        Some(Some(registry)) => {
+            registry.process.collect();
+            registry.handle.render()
+        }
+        _ => String::new(),
+    }
+}
+
+fn describe() {
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests served, by route pattern and status"
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "Time to answer an HTTP request"
+    );
+    describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being served now");
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Time the upstream took to answer the gateway"
+    );
+    describe_histogram!(
+        REDIS_DURATION,
+        Unit::Seconds,
+        "Time of one store operation on Redis"
+    );
+    describe_gauge!(USERS_TOTAL, "Users in the store (SCARD users:index)");
+    describe_counter!(USERS_CREATED, "Users created by this process");
+    describe_counter!(USERS_DELETED, "Users deleted by this process");
+}
+
+/// Counts one served request.
+pub fn record_http(method: &str, route: &str, status: u16, elapsed: Duration) {
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route.to_owned()),
+        ("status_code", status.to_string()),
+    ];
+    counter!(HTTP_REQUESTS, &labels).increment(1);
+    histogram!(HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
+}
+
+/// Tracks a request in flight until dropped.
+pub struct InFlight;
+
+impl InFlight {
+    pub fn start() -> Self {
+        gauge!(HTTP_IN_FLIGHT).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+    }
+}
+
+/// Times one Redis operation; `status` is `ok`, `miss` or `error`.
+pub fn record_redis(operation: &'static str, status: &'static str, elapsed: Duration) {
+    histogram!(REDIS_DURATION, "operation" => operation, "status" => status)
+        .record(elapsed.as_secs_f64());
+}
+
+/// Times one call to an upstream service.
+pub fn record_upstream(service: &'static str, method: &str, status: u16, elapsed: Duration) {
+    histogram!(
+        UPSTREAM_DURATION,
+        "service" => service,
+        "method" => method.to_owned(),
+        "status_code" => status.to_string()
+    )
+    .record(elapsed.as_secs_f64());
+}
+
+pub fn set_users_total(total: u64) {
+    gauge!(USERS_TOTAL).set(total as f64);
+}
+
+pub fn user_created() {
+    counter!(USERS_CREATED).increment(1);
+}
+
+pub fn user_deleted() {
+    counter!(USERS_DELETED).increment(1);
+}

@@ -1,0 +1,4 @@
+//! Logs and metrics: the process-wide telemetry every role shares.
+
+pub mod logging;
+pub mod metrics;

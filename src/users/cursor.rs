@@ -1,0 +1,63 @@
+//! The opaque list cursor: where the previous page ended in `users:by_created`.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use uuid::Uuid;
+
+/// The (score, id) of the last user of a page; the next page starts right after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub score: i64,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.score, self.id.hyphenated()))
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        if text.len() > 128 {
+            return None;
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+        let plain = std::str::from_utf8(&bytes).ok()?;
+        let (score, id) = plain.split_once(':')?;
+        Some(Self {
+            score: score.parse().ok()?,
+            id: Uuid::try_parse(id).ok()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_is_url_safe() {
+        let cursor = Cursor {
+            score: 1_795_435_200_000,
+            id: Uuid::new_v4(),
+        };
+        let text = cursor.encode();
+        assert!(
+            text.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_eq!(Cursor::decode(&text), Some(cursor));
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        for bad in [
+            "",
+            "!!!",
+            "bm90LWEtY3Vyc29y",
+            &URL_SAFE_NO_PAD.encode("x:y"),
+            &"A".repeat(200),
+        ] {
+            assert_eq!(Cursor::decode(bad), None, "{bad}");
+        }
+    }
+}

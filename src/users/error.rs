@@ -1,0 +1,31 @@
+//! How the users role's failures reach the client: one exhaustive mapping to §2 errors.
+
+use crate::http::error::{ApiError, ErrorCode};
+
+use super::store::StoreError;
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::new(ErrorCode::UserNotFound, "user not found"),
+            StoreError::DuplicateEmail => ApiError::new(
+                ErrorCode::DuplicateEmail,
+                "a user with this email already exists",
+            ),
+            StoreError::Conflict => ApiError::new(
+                ErrorCode::Conflict,
+                "the user was changed concurrently; retry the request",
+            ),
+            StoreError::Unavailable(cause) => ApiError::with_cause(
+                ErrorCode::StoreUnavailable,
+                "the user store is unavailable; retry later",
+                cause,
+            ),
+            e @ StoreError::Corrupt { .. } => ApiError::with_cause(
+                ErrorCode::InternalServerError,
+                "internal server error",
+                e.into(),
+            ),
+        }
+    }
+}

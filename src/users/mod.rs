@@ -1,0 +1,11 @@
+//! The users role: user CRUD over Redis (`platform users`).
+
+pub mod cursor;
+pub mod domain;
+mod error;
+pub mod reindex;
+pub mod routes;
+pub mod startup;
+pub mod store;
+
+pub use startup::{Application, SERVICE};

@@ -1,0 +1,212 @@
+//! The `/users` API of CONTRACT §2: handlers that parse, call the store, and answer.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use uuid::Uuid;
+
+use super::cursor::Cursor;
+use super::domain::{NewUser, UserPatch};
+use super::store::UserStore;
+use crate::http::body;
+use crate::http::error::{self, ApiError};
+use crate::telemetry::metrics;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 16 * 1024;
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/users")
+            .route(web::post().to(create_user))
+            .route(web::get().to(list_users))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/users/{id}")
+            .route(web::get().to(get_user))
+            .route(web::put().to(update_user))
+            .route(web::patch().to(update_user))
+            .route(web::delete().to(delete_user))
+            .default_service(web::to(error::method_not_allowed)),
+    );
+}
+
+async fn create_user(
+    req: HttpRequest,
+    payload: web::Payload,
+    store: web::Data<UserStore>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body::json_object(&req, payload, MAX_BODY).await?;
+    let new = NewUser::parse(&body).map_err(ApiError::validation)?;
+    let user = store.create(&new).await?;
+    metrics::user_created();
+    let location = format!("{}/users/{}", forwarded_prefix(&req), user.id);
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, location))
+        .json(user))
+}
+
+async fn list_users(
+    req: HttpRequest,
+    store: web::Data<UserStore>,
+) -> Result<HttpResponse, ApiError> {
+    let (limit, cursor) = parse_list_query(req.query_string())?;
+    let page = store.page(cursor, limit).await?;
+    let mut response = HttpResponse::Ok();
+    response.insert_header(("X-Total-Count", page.total));
+    if let Some(next) = page.next {
+        let link = format!(
+            "<{}/users?limit={limit}&cursor={}>; rel=\"next\"",
+            forwarded_prefix(&req),
+            next.encode()
+        );
+        response.insert_header((header::LINK, link));
+    }
+    Ok(response.json(page.users))
+}
+
+async fn get_user(
+    id: web::Path<String>,
+    store: web::Data<UserStore>,
+) -> Result<HttpResponse, ApiError> {
+    let user = store.get(parse_id(&id)?).await?;
+    Ok(HttpResponse::Ok().json(user))
+}
+
+async fn update_user(
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+    store: web::Data<UserStore>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id);
+    let body = body::json_object(&req, payload, MAX_BODY).await?;
+    let patch = UserPatch::parse(&body).map_err(ApiError::validation)?;
+    let user = store.update(id?, &patch).await?;
+    Ok(HttpResponse::Ok().json(user))
+}
+
+async fn delete_user(
+    id: web::Path<String>,
+    store: web::Data<UserStore>,
+) -> Result<HttpResponse, ApiError> {
+    store.delete(parse_id(&id)?).await?;
+    metrics::user_deleted();
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Ids are hyphenated UUIDs, as the seeds make them; stored lowercase.
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    if raw.len() != 36 {
+        return Err(ApiError::field("id", "must be a UUID"));
+    }
+    Uuid::try_parse(raw).map_err(|_| ApiError::field("id", "must be a UUID"))
+}
+
+/// `limit` (1–1000, default 100) and `cursor` (opaque) from a query string; other keys are ignored.
+fn parse_list_query(query: &str) -> Result<(usize, Option<Cursor>), ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|_| ApiError::field("query", "is not a valid query string"))?;
+    let mut limit = DEFAULT_LIMIT;
+    let mut cursor = None;
+    for (key, value) in pairs {
+        match key.as_str() {
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::field(
+                            "limit",
+                            format!("must be an integer from 1 to {MAX_LIMIT}"),
+                        )
+                    })?;
+            }
+            "cursor" => {
+                cursor = Some(Cursor::decode(&value).ok_or_else(|| {
+                    ApiError::field("cursor", "is not a cursor this service gave out")
+                })?);
+            }
+            _ => {}
+        }
+    }
+    Ok((limit, cursor))
+}
+
+/// The path prefix the gateway serves us under (`X-Forwarded-Prefix: /api`), if it is a plain path.
+fn forwarded_prefix(req: &HttpRequest) -> String {
+    req.headers()
+        .get("X-Forwarded-Prefix")
+        .and_then(|v: &HeaderValue| v.to_str().ok())
+        .map(|p| p.trim_end_matches('/'))
+        .filter(|p| {
+            p.starts_with('/')
+                && !p.contains("//")
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b))
+        })
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn ids_must_be_hyphenated_uuids() {
+        assert!(parse_id("5b0d7c1e-8f7a-4a8e-9a55-1f2b3c4d5e6f").is_ok());
+        for bad in [
+            "",
+            "42",
+            "5b0d7c1e8f7a4a8e9a551f2b3c4d5e6f",
+            "{5b0d7c1e-8f7a-4a8e-9a55-1f2b3c4d5e6}",
+            "zzzzzzzz-8f7a-4a8e-9a55-1f2b3c4d5e6f",
+        ] {
+            assert!(parse_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn list_query_bounds_limit_and_checks_the_cursor() {
+        assert_eq!(
+            parse_list_query("").map(|(l, c)| (l, c.is_none())).ok(),
+            Some((100, true))
+        );
+        assert_eq!(
+            parse_list_query("limit=1000&x=y").map(|(l, _)| l).ok(),
+            Some(1000)
+        );
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=-1",
+            "limit=ten",
+            "limit=",
+            "cursor=nope",
+            "cursor=",
+        ] {
+            assert!(parse_list_query(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_plain_path_prefixes_are_trusted() {
+        let with = |p: &str| {
+            forwarded_prefix(
+                &TestRequest::default()
+                    .insert_header(("X-Forwarded-Prefix", p))
+                    .to_http_request(),
+            )
+        };
+        assert_eq!(with("/api"), "/api");
+        assert_eq!(with("/api/"), "/api");
+        assert_eq!(with("https://evil.example"), "");
+        assert_eq!(with("//evil.example"), "");
+        assert_eq!(with("/a b"), "");
+    }
+}

@@ -1,0 +1,23 @@
+#!lua
+-- Replaces a user if it still is what the caller read (compare-and-set), moving its email guard.
+-- KEYS: user:<id>, users:email:<old email>, users:email:<new email>, users:index, users:by_created
+-- ARGV: id, JSON the caller read, new JSON, created_at in ms
+local current = redis.call('GET', KEYS[1])
+if not current then
+  return 'missing'
+end
+if current ~= ARGV[2] then
+  return 'changed'
+end
+local owner = redis.call('GET', KEYS[3])
+if owner and owner ~= ARGV[1] then
+  return 'taken'
+end
+if KEYS[2] ~= KEYS[3] and redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('SET', KEYS[3], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('ZADD', KEYS[5], 'NX', ARGV[4], ARGV[1])
+return 'ok'

@@ -1,0 +1,332 @@
+//! `UserStore`: users in Redis under the seeds' key layout, every write one atomic Lua script.
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::redis::{self, AsyncCommands, IntoConnectionInfo, Script};
+use deadpool_redis::{Config, Connection, Pool, PoolConfig, Runtime, Timeouts};
+use uuid::Uuid;
+
+use super::cursor::Cursor;
+use super::domain::{NewUser, User, UserPatch};
+use crate::config::RedisSettings;
+use crate::telemetry::metrics;
+
+pub const INDEX: &str = "users:index";
+pub const BY_CREATED: &str = "users:by_created";
+/// How often an update or delete retries when the user changed under it.
+const CAS_ATTEMPTS: usize = 5;
+
+static CREATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/create.lua")));
+static UPDATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/update.lua")));
+static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/delete.lua")));
+static PAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/page.lua")));
+
+pub fn user_key(id: &str) -> String {
+    format!("user:{id}")
+}
+
+pub fn email_key(email: &str) -> String {
+    format!("users:email:{}", email.to_lowercase())
+}
+
+/// The sort key of a user in `users:by_created`: its creation time in ms (0 if unreadable).
+pub fn created_score(user: &User) -> i64 {
+    crate::timestamp::parse_millis(&user.created_at).unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such user")]
+    NotFound,
+    #[error("the email belongs to another user")]
+    DuplicateEmail,
+    #[error("the user kept changing during the update")]
+    Conflict,
+    #[error("redis is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("stored record {key} is not a user")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Unavailable(e.into())
+    }
+}
+
+impl From<deadpool_redis::PoolError> for StoreError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        Self::Unavailable(e.into())
+    }
+}
+
+/// One page of users, and where the next one starts if more remain.
+#[derive(Debug)]
+pub struct Page {
+    pub users: Vec<User>,
+    pub next: Option<Cursor>,
+    pub total: u64,
+}
+
+#[derive(Clone)]
+pub struct UserStore {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl UserStore {
+    /// Builds the pool; connections are made on first use, so Redis may be down at start.
+    pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
+        let mut info = settings.redis_url.as_str().into_connection_info()?;
+        if let Some(password) = &settings.redis_password {
+            let redis = info
+                .redis_settings()
+                .clone()
+                .set_password(password.expose());
+            info = info.set_redis_settings(redis);
+        }
+        let mut config = Config::from_connection_info(info);
+        let timeout = settings.redis_timeout;
+        config.pool = Some(PoolConfig {
+            max_size: usize::from(settings.redis_pool_size),
+            timeouts: Timeouts {
+                wait: Some(timeout),
+                create: Some(timeout),
+                recycle: Some(timeout),
+            },
+            ..PoolConfig::default()
+        });
+        let pool = config.create_pool(Some(Runtime::Tokio1))?;
+        Ok(Self { pool, timeout })
+    }
+
+    /// Runs `op` on a pooled connection within the timeout, and times it.
+    async fn run<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, async {
+            let conn = self.pool.get().await?;
+            op(conn).await
+        })
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
+                "redis did not answer within {:?}",
+                self.timeout
+            ))),
+        };
+        let status = match &result {
+            Ok(_) | Err(StoreError::DuplicateEmail | StoreError::Conflict) => "ok",
+            Err(StoreError::NotFound) => "miss",
+            Err(StoreError::Unavailable(_) | StoreError::Corrupt { .. }) => "error",
+        };
+        metrics::record_redis(operation, status, started.elapsed());
+        result
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run("ping", |mut conn| async move {
+            redis::cmd("PING").query_async::<String>(&mut conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn count(&self) -> Result<u64, StoreError> {
+        self.run(
+            "count",
+            |mut conn| async move { Ok(conn.scard(INDEX).await?) },
+        )
+        .await
+    }
+
+    pub async fn create(&self, new: &NewUser) -> Result<User, StoreError> {
+        let now = crate::timestamp::now();
+        let user = User {
+            id: Uuid::new_v4().to_string(),
+            name: new.name.as_str().to_owned(),
+            email: new.email.as_str().to_owned(),
+            created_at: now.clone(),
+            updated_at: Some(now),
+        };
+        let json = to_json(&user);
+        self.run("create", |mut conn| async move {
+            let outcome: String = CREATE
+                .key(user_key(&user.id))
+                .key(email_key(&user.email))
+                .key(INDEX)
+                .key(BY_CREATED)
+                .arg(&user.id)
+                .arg(&json)
+                .arg(created_score(&user))
+                .invoke_async(&mut conn)
+                .await?;
+            match outcome.as_str() {
+                "ok" => Ok(user),
+                "taken" => Err(StoreError::DuplicateEmail),
+                other => Err(unexpected("create", other)),
+            }
+        })
+        .await
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<User, StoreError> {
+        self.run("get", |mut conn| async move {
+            read(&mut conn, id)
+                .await?
+                .map(|(user, _)| user)
+                .ok_or(StoreError::NotFound)
+        })
+        .await
+    }
+
+    pub async fn update(&self, id: Uuid, patch: &UserPatch) -> Result<User, StoreError> {
+        self.run("update", |mut conn| async move {
+            for _ in 0..CAS_ATTEMPTS {
+                let (current, raw) = read(&mut conn, id).await?.ok_or(StoreError::NotFound)?;
+                let updated = patch.apply(&current, crate::timestamp::now());
+                let outcome: String = UPDATE
+                    .key(user_key(&current.id))
+                    .key(email_key(&current.email))
+                    .key(email_key(&updated.email))
+                    .key(INDEX)
+                    .key(BY_CREATED)
+                    .arg(&current.id)
+                    .arg(&raw)
+                    .arg(to_json(&updated))
+                    .arg(created_score(&updated))
+                    .invoke_async(&mut conn)
+                    .await?;
+                match outcome.as_str() {
+                    "ok" => return Ok(updated),
+                    "taken" => return Err(StoreError::DuplicateEmail),
+                    "missing" => return Err(StoreError::NotFound),
+                    "changed" => continue,
+                    other => return Err(unexpected("update", other)),
+                }
+            }
+            Err(StoreError::Conflict)
+        })
+        .await
+    }
+
+    pub async fn delete(&self, id: Uuid) -> Result<(), StoreError> {
+        self.run("delete", |mut conn| async move {
+            for _ in 0..CAS_ATTEMPTS {
+                let (current, raw) = read(&mut conn, id).await?.ok_or(StoreError::NotFound)?;
+                let outcome: String = DELETE
+                    .key(user_key(&current.id))
+                    .key(email_key(&current.email))
+                    .key(INDEX)
+                    .key(BY_CREATED)
+                    .arg(&current.id)
+                    .arg(&raw)
+                    .invoke_async(&mut conn)
+                    .await?;
+                match outcome.as_str() {
+                    "ok" => return Ok(()),
+                    "missing" => return Err(StoreError::NotFound),
+                    "changed" => continue,
+                    other => return Err(unexpected("delete", other)),
+                }
+            }
+            Err(StoreError::Conflict)
+        })
+        .await
+    }
+
+    /// Up to `limit` users after `after`, oldest first, with the total count.
+    pub async fn page(&self, after: Option<Cursor>, limit: usize) -> Result<Page, StoreError> {
+        self.run("list", |mut conn| async move {
+            let (from, after_id) = match after {
+                Some(c) => (c.score.to_string(), c.id.hyphenated().to_string()),
+                None => ("-inf".to_owned(), String::new()),
+            };
+            let entries: Vec<(String, f64)> = PAGE
+                .key(BY_CREATED)
+                .arg(from)
+                .arg(after_id)
+                .arg(limit)
+                .invoke_async(&mut conn)
+                .await?;
+            let more = entries.len() > limit;
+            let entries = &entries[..entries.len().min(limit)];
+            let next = if more {
+                entries.last().and_then(|(id, score)| {
+                    Some(Cursor {
+                        score: *score as i64,
+                        id: Uuid::try_parse(id).ok()?,
+                    })
+                })
+            } else {
+                None
+            };
+            let mut pipe = redis::pipe();
+            pipe.scard(INDEX);
+            if !entries.is_empty() {
+                let keys: Vec<String> = entries.iter().map(|(id, _)| user_key(id)).collect();
+                pipe.mget(keys);
+            }
+            let (total, raws): (u64, Vec<Option<String>>) = if entries.is_empty() {
+                let (total,): (u64,) = pipe.query_async(&mut conn).await?;
+                (total, Vec::new())
+            } else {
+                pipe.query_async(&mut conn).await?
+            };
+            let mut users = Vec::with_capacity(raws.len());
+            // A user deleted between the two calls is simply not on the page.
+            for (raw, (id, _)) in raws.into_iter().zip(entries) {
+                if let Some(raw) = raw {
+                    users.push(parse(id, &raw)?);
+                }
+            }
+            Ok(Page { users, next, total })
+        })
+        .await
+    }
+
+    /// A pooled connection for maintenance tasks (reindex), bounded by the pool's timeouts.
+    pub(super) async fn connection(&self) -> Result<Connection, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+/// The user `id` and the exact JSON it is stored as, if it exists.
+pub(super) async fn read(
+    conn: &mut Connection,
+    id: Uuid,
+) -> Result<Option<(User, String)>, StoreError> {
+    let id = id.hyphenated().to_string();
+    let raw: Option<String> = conn.get(user_key(&id)).await?;
+    raw.map(|raw| parse(&id, &raw).map(|user| (user, raw)))
+        .transpose()
+}
+
+fn parse(id: &str, raw: &str) -> Result<User, StoreError> {
+    serde_json::from_str(raw).map_err(|source| StoreError::Corrupt {
+        key: user_key(id),
+        source,
+    })
+}
+
+fn to_json(user: &User) -> String {
+    // A struct of strings always serializes.
+    serde_json::to_string(user).unwrap_or_default()
+}
+
+fn unexpected(script: &str, outcome: &str) -> StoreError {
+    StoreError::Unavailable(anyhow::anyhow!("{script} script answered {outcome:?}"))
+}
