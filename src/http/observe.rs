@@ -84,7 +84,7 @@ pub async fn observe(
         "path" => path,
         "route" => route,
         "status" => status,
-        "duration_ms" => elapsed.as_secs_f64() * 1000.0,
+        "duration_ms" => (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
         "remote_addr" => remote_addr,
         "user_agent" => user_agent,
     );

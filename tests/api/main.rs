@@ -1,0 +1,16 @@
+//! Black-box tests of the users role: real Redis, real HTTP, one module per feature.
+
+mod concurrency;
+mod faults;
+mod health;
+mod helpers;
+mod metrics;
+mod process;
+mod reindex;
+mod request_id;
+mod routing;
+mod users_create;
+mod users_delete;
+mod users_list;
+mod users_read;
+mod users_update;

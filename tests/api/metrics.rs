@@ -1,0 +1,51 @@
+use crate::helpers::spawn_app;
+
+#[actix_web::test]
+async fn metrics_expose_the_contract_names_with_route_patterns() {
+    let app = spawn_app().await;
+    let user = app.create_user("Ada", "ada@example.com").await;
+    let id = user["id"].as_str().unwrap_or_default().to_owned();
+    app.get(&format!("/users/{id}")).await;
+    let missing = uuid::Uuid::new_v4().to_string();
+    app.get(&format!("/users/{missing}")).await;
+    app.get("/no/such/path").await;
+    app.delete(&format!("/users/{id}")).await;
+    app.create_user("Grace", "grace@example.com").await;
+
+    let reply = app.send(app.client.get(app.url("/metrics")), None).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain"))
+    );
+    let text = reply.body.as_str().expect("text exposition").to_owned();
+
+    for needle in [
+        r#"http_requests_total{method="GET",route="/users/{id}",status_code="200"}"#,
+        r#"http_requests_total{method="GET",route="/users/{id}",status_code="404"}"#,
+        r#"http_requests_total{method="POST",route="/users",status_code="201"}"#,
+        r#"http_requests_total{method="GET",route="unmatched",status_code="404"}"#,
+        r#"http_request_duration_seconds_bucket{method="GET",route="/users/{id}",status_code="200",le="0.001"}"#,
+        r#"http_request_duration_seconds_bucket{method="GET",route="/users/{id}",status_code="200",le="10"}"#,
+        r#"redis_operation_duration_seconds_bucket{operation="create",status="ok",le="+Inf"}"#,
+        r#"redis_operation_duration_seconds_bucket{operation="get",status="miss",le="+Inf"}"#,
+        r#"redis_operation_duration_seconds_bucket{operation="delete",status="ok",le="+Inf"}"#,
+        "# TYPE http_request_duration_seconds histogram",
+        "# TYPE users_total gauge",
+        "users_total 1",
+        "users_created_total",
+        "users_deleted_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+    assert!(
+        !text.contains(&id) && !text.contains(&missing),
+        "raw ids never become labels"
+    );
+    assert!(!text.contains("quantile="), "histograms, not summaries");
+}

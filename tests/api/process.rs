@@ -1,0 +1,163 @@
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{Process, RedisServer, run_binary};
+
+#[test]
+fn help_lists_every_flag_with_its_environment_variable() {
+    let (code, out, _) = run_binary(&["users", "--help"]);
+    assert_eq!(code, Some(0));
+    for needle in [
+        "--host",
+        "[env: HOST=",
+        "--port",
+        "[env: PORT=",
+        "--log-level",
+        "[env: LOG_LEVEL=",
+        "--log-format",
+        "[env: LOG_FORMAT=",
+        "--shutdown-timeout",
+        "[env: SHUTDOWN_TIMEOUT=",
+        "--redis-url",
+        "[env: REDIS_URL=",
+        "--redis-password",
+        "[env: REDIS_PASSWORD",
+        "--redis-pool-size",
+        "[env: REDIS_POOL_SIZE=",
+        "reindex",
+    ] {
+        assert!(out.contains(needle), "{needle} missing from:\n{out}");
+    }
+}
+
+#[test]
+fn bad_configuration_exits_non_zero_with_one_line_on_stderr() {
+    for args in [
+        &["users", "--port", "70000"][..],
+        &["users", "--redis-url", "http://localhost:6379"],
+        &["users", "--redis-url", "::nonsense"],
+        &["users", "--shutdown-timeout", "later"],
+        &["users", "--no-such-flag"],
+        &["nope"],
+    ] {
+        let (code, out, err) = run_binary(args);
+        assert_ne!(code, Some(0), "{args:?}");
+        assert_eq!(err.lines().count(), 1, "{args:?} → stderr {err:?}");
+        assert!(err.starts_with("platform: "), "{err}");
+        assert!(out.is_empty());
+    }
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[actix_web::test]
+async fn logs_are_json_lines_with_the_contract_fields_and_no_secret() {
+    let redis = RedisServer::start_with_password("pw-in-env");
+    let url_with_secret = format!("redis://:url-secret@127.0.0.1:{}", redis.port);
+    let process = Process::users(&url_with_secret, &[], &[("REDIS_PASSWORD", "pw-in-env")]);
+    let client = awc::Client::default();
+    let mut res = client
+        .post(process.url("/users"))
+        .insert_header(("Content-Type", "application/json"))
+        .insert_header(("X-Request-ID", "log-test-1"))
+        .insert_header(("User-Agent", "tests/1.0"))
+        .send_body(r#"{"name":"Ada","email":"ada@example.com"}"#)
+        .await
+        .expect("answered");
+    assert_eq!(res.status().as_u16(), 201, "{:?}", res.body().await);
+    let _ = client.get(process.url("/health/live")).send().await;
+
+    crate::helpers::wait_until(Duration::from_secs(5), || {
+        process.stdout().contains("log-test-1")
+    });
+    let out = process.stdout();
+    assert!(
+        !out.contains("pw-in-env") && !out.contains("url-secret"),
+        "a secret was logged:\n{out}"
+    );
+    let lines = json_lines(&out);
+    for line in &lines {
+        for field in ["ts", "level", "msg", "service", "version"] {
+            assert!(line.get(field).is_some(), "{field} missing in {line}");
+        }
+        assert_eq!(line["service"], "users");
+    }
+    let start = lines
+        .iter()
+        .find(|l| l["msg"] == "starting")
+        .expect("a start-up line");
+    assert!(
+        start["redis_url"]
+            .as_str()
+            .is_some_and(|u| u.contains(":***@127.0.0.1")),
+        "{start}"
+    );
+    let access = lines
+        .iter()
+        .find(|l| l["request_id"] == "log-test-1")
+        .expect("access line");
+    for field in [
+        "method",
+        "path",
+        "route",
+        "status",
+        "duration_ms",
+        "remote_addr",
+        "user_agent",
+    ] {
+        assert!(access.get(field).is_some(), "{field} missing in {access}");
+    }
+    assert_eq!(
+        (access["method"].as_str(), access["status"].as_u64()),
+        (Some("POST"), Some(201))
+    );
+    assert_eq!(access["user_agent"], "tests/1.0");
+    // Probes log at debug, so not at the default info level.
+    assert!(
+        !lines.iter().any(|l| l["path"] == "/health/live"),
+        "probe logged at info"
+    );
+}
+
+#[actix_web::test]
+async fn sigterm_lets_the_in_flight_request_finish_and_exits_0() {
+    let redis = RedisServer::start();
+    let mut process = Process::users(&redis.url(), &["--redis-timeout", "1500ms"], &[]);
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let ready = client
+        .get(process.url("/health/ready"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    assert_eq!(ready.ok(), Some(200));
+
+    // Freeze Redis so a request is in flight (waiting for it) when SIGTERM arrives.
+    redis.pause();
+    let in_flight = client.get(process.url("/users")).send();
+    let terminate = async {
+        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        process.sigterm();
+    };
+    let (answer, ()) = tokio::join!(in_flight, terminate);
+    let status = answer.map(|r| r.status().as_u16());
+    assert_eq!(
+        status.ok(),
+        Some(503),
+        "the in-flight request got its answer"
+    );
+    redis.resume();
+
+    assert_eq!(process.wait_exit(Duration::from_secs(10)), Some(0));
+    let out = process.stdout();
+    assert!(
+        out.contains("shutting down") && out.contains("\"stopped\""),
+        "{out}"
+    );
+}
