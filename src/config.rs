@@ -17,8 +17,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Role {
+    /// Run the API gateway (proxies /api/users to the users service).
+    Gateway(GatewaySettings),
     /// Run the users service (user CRUD over Redis).
     Users(UsersCommand),
+    /// Run the gateway and the users service in one process (local runs, small installs).
+    All(AllSettings),
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +76,87 @@ pub struct UsersSettings {
     pub port: u16,
     #[command(flatten)]
     pub redis: RedisSettings,
+}
+
+/// Settings of the gateway role.
+#[derive(Debug, Clone, Args)]
+pub struct GatewaySettings {
+    #[command(flatten)]
+    pub common: CommonSettings,
+    /// Port of the gateway.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// Base URL of the users service.
+    #[arg(long, env = "USER_SERVICE_URL", default_value = "http://127.0.0.1:3001", value_parser = parse_http_url)]
+    pub users_url: Url,
+    #[command(flatten)]
+    pub upstream: UpstreamSettings,
+}
+
+/// How the gateway talks to its upstream.
+#[derive(Debug, Clone, Args)]
+pub struct UpstreamSettings {
+    /// Upper bound for one upstream exchange, response body included.
+    #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub upstream_timeout: Duration,
+    /// Upper bound for opening a connection to the upstream.
+    #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
+    pub upstream_connect_timeout: Duration,
+    /// Largest request body the gateway forwards (bytes); larger → 413.
+    #[arg(long, env = "MAX_BODY", default_value_t = 1024 * 1024)]
+    pub max_body: u64,
+}
+
+/// Settings of `platform all`: both roles, the gateway pointed at the in-process users service.
+#[derive(Debug, Clone, Args)]
+pub struct AllSettings {
+    #[command(flatten)]
+    pub common: CommonSettings,
+    /// Port of the gateway.
+    #[arg(long, env = "GATEWAY_PORT", default_value_t = 3000)]
+    pub gateway_port: u16,
+    /// Port of the users service.
+    #[arg(long, env = "USERS_PORT", default_value_t = 3001)]
+    pub users_port: u16,
+    #[command(flatten)]
+    pub upstream: UpstreamSettings,
+    #[command(flatten)]
+    pub redis: RedisSettings,
+}
+
+impl AllSettings {
+    pub fn users(&self) -> UsersSettings {
+        UsersSettings {
+            common: self.common.clone(),
+            port: self.users_port,
+            redis: self.redis.clone(),
+        }
+    }
+
+    /// The gateway's settings once the users service listens on `users_port`.
+    pub fn gateway(&self, users_port: u16) -> GatewaySettings {
+        let host = match self.common.host {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let users_url = Url::parse(&format!(
+            "http://{}/",
+            std::net::SocketAddr::new(host, users_port)
+        ))
+        .unwrap_or_else(|_| unreachable_url());
+        GatewaySettings {
+            common: self.common.clone(),
+            port: self.gateway_port,
+            users_url,
+            upstream: self.upstream.clone(),
+        }
+    }
+}
+
+fn unreachable_url() -> Url {
+    // A socket address always forms a valid URL; this keeps the signature infallible.
+    Url::parse("http://127.0.0.1:3001/").expect("constant URL is valid")
 }
 
 /// How the users role reaches Redis.
@@ -164,6 +249,15 @@ fn parse_redis_url(s: &str) -> Result<Url, String> {
     }
 }
 
+fn parse_http_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| e.to_string())?;
+    match url.scheme() {
+        "http" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
+        "http" => Err("the URL has no host".into()),
+        other => Err(format!("unsupported scheme `{other}`: expected http://")),
+    }
+}
+
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d.is_zero() {
@@ -212,6 +306,33 @@ mod tests {
             "redis://127.0.0.1:6379"
         );
         assert!(cmd.task.is_none());
+    }
+
+    #[test]
+    fn gateway_and_all_defaults_match_the_contract() {
+        let Ok(Cli {
+            role: Role::Gateway(gw),
+        }) = parse(&["gateway"])
+        else {
+            panic!("gateway must parse");
+        };
+        assert_eq!(gw.port, 3000);
+        assert_eq!(gw.users_url.as_str(), "http://127.0.0.1:3001/");
+        assert_eq!(gw.upstream.upstream_timeout, Duration::from_secs(5));
+        assert_eq!(gw.upstream.max_body, 1024 * 1024);
+        let Ok(Cli {
+            role: Role::All(all),
+        }) = parse(&["all", "--users-port", "4001"])
+        else {
+            panic!("all must parse");
+        };
+        assert_eq!((all.gateway_port, all.users().port), (3000, 4001));
+        assert_eq!(
+            all.gateway(4001).users_url.as_str(),
+            "http://127.0.0.1:4001/"
+        );
+        assert!(parse(&["gateway", "--users-url", "ftp://x"]).is_err());
+        assert!(parse(&["gateway", "--upstream-timeout", "0s"]).is_err());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `platform`: one binary, several roles. See ARCHITECTURE.md for the map.
 
+pub mod all;
 pub mod config;
+pub mod gateway;
 pub mod http;
 pub mod server;
 pub mod telemetry;

@@ -2,27 +2,33 @@
 
 use std::process::ExitCode;
 
-use platform::config::{self, Role, UsersTask};
+use platform::config::{self, CommonSettings, Role, UsersTask};
 use platform::telemetry::logging;
-use platform::users;
+use platform::{all, gateway, users};
 
 #[actix_web::main]
 async fn main() -> ExitCode {
     let cli = config::parse_cli();
+    let common: &CommonSettings = match &cli.role {
+        Role::Gateway(s) => &s.common,
+        Role::Users(cmd) => &cmd.settings.common,
+        Role::All(s) => &s.common,
+    };
+    // Dropped at the end of main: flushes the last log lines.
+    let (log, _guard) = logging::init(common.log_format, common.log_level);
     let result = match cli.role {
-        Role::Users(cmd) => {
-            let common = &cmd.settings.common;
-            let (log, _guard) = logging::init(users::SERVICE, common.log_format, common.log_level);
-            match cmd.task {
-                None => match users::Application::build(&cmd.settings, log.clone()) {
-                    Ok(app) => app.run_until_stopped().await,
-                    Err(e) => Err(e),
-                },
-                Some(UsersTask::Reindex) => {
-                    platform::users::reindex::run(&cmd.settings, &log).await
-                }
-            }
-        }
+        Role::Gateway(settings) => match gateway::Application::build(&settings, log) {
+            Ok(app) => app.run_until_stopped().await,
+            Err(e) => Err(e),
+        },
+        Role::Users(cmd) => match cmd.task {
+            None => match users::Application::build(&cmd.settings, log) {
+                Ok(app) => app.run_until_stopped().await,
+                Err(e) => Err(e),
+            },
+            Some(UsersTask::Reindex) => users::reindex::run(&cmd.settings, &log).await,
+        },
+        Role::All(settings) => all::run(&settings, log).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,9 +13,9 @@ pub struct LogGuard {
     _scope: Option<slog_scope::GlobalLoggerGuard>,
 }
 
-/// The root logger of the process, writing to stdout, with `service` and `version` on every line.
-/// Also routes the `log` crate (actix-web, awc, redis) into it.
-pub fn init(service: &'static str, format: LogFormat, level: Level) -> (Logger, LogGuard) {
+/// The root logger of the process, writing to stdout, with `version` on every line (each role
+/// adds `service`). Also routes the `log` crate (actix-web, awc, redis) into it.
+pub fn init(format: LogFormat, level: Level) -> (Logger, LogGuard) {
     let (drain, guard) = match format {
         LogFormat::Json => async_drain(json_drain(std::io::stdout())),
         LogFormat::Pretty => {
@@ -23,7 +23,7 @@ pub fn init(service: &'static str, format: LogFormat, level: Level) -> (Logger, 
             async_drain(slog_term::FullFormat::new(decorator).build().fuse())
         }
     };
-    let logger = Logger::root(drain.filter_level(level).fuse(), base_keys(service));
+    let logger = Logger::root(drain.filter_level(level).fuse(), base_keys());
     let scope = slog_scope::set_global_logger(logger.clone());
     let std_level = match level {
         Level::Trace => log::Level::Trace,
@@ -44,15 +44,17 @@ pub fn init(service: &'static str, format: LogFormat, level: Level) -> (Logger, 
 }
 
 /// A synchronous JSON logger writing into `buffer`: for tests that read what a role logs.
-pub fn capture(service: &'static str, buffer: LogBuffer) -> Logger {
-    Logger::root(
-        Mutex::new(json_drain(buffer)).map(slog::Fuse),
-        base_keys(service),
-    )
+pub fn capture(buffer: LogBuffer) -> Logger {
+    Logger::root(Mutex::new(json_drain(buffer)).map(slog::Fuse), base_keys())
 }
 
-fn base_keys(service: &'static str) -> slog::OwnedKV<impl slog::SendSyncRefUnwindSafeKV> {
-    o!("service" => service, "version" => env!("CARGO_PKG_VERSION"))
+fn base_keys() -> slog::OwnedKV<impl slog::SendSyncRefUnwindSafeKV> {
+    o!("version" => env!("CARGO_PKG_VERSION"))
+}
+
+/// A role's logger: `service` on every line.
+pub fn for_service(root: &Logger, service: &'static str) -> Logger {
+    root.new(o!("service" => service))
 }
 
 fn json_drain<W: Write + Send + 'static>(out: W) -> slog::Fuse<slog_json::Json<W>> {
@@ -121,7 +123,7 @@ mod tests {
     #[test]
     fn captured_lines_are_json_with_the_base_fields() {
         let buffer = LogBuffer::default();
-        let log = capture("users", buffer.clone());
+        let log = for_service(&capture(buffer.clone()), "users");
         slog::info!(log, "hello"; "request_id" => "abc");
         let line: serde_json::Value =
             serde_json::from_str(buffer.contents().trim()).expect("one JSON line");

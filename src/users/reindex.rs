@@ -144,6 +144,7 @@ pub async fn run(
     log: &slog::Logger,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
+    let log = &crate::telemetry::logging::for_service(log, super::SERVICE);
     let store = UserStore::new(&settings.redis)?;
     let report = reindex(&store)
         .await

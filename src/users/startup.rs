@@ -14,7 +14,7 @@ use crate::http::error;
 use crate::http::observe::{AppLogger, observe};
 use crate::http::ops::{Draining, Ops, ReadinessCheck};
 use crate::server;
-use crate::telemetry::metrics;
+use crate::telemetry::{logging, metrics};
 
 pub const SERVICE: &str = "users";
 
@@ -41,6 +41,7 @@ impl Application {
         log: Logger,
     ) -> anyhow::Result<Self> {
         metrics::install();
+        let log = logging::for_service(&log, SERVICE);
         let port = listener.local_addr()?.port();
         let store = UserStore::new(&settings.redis)?;
         info!(log, "starting";

@@ -176,7 +176,7 @@ pub async fn spawn_app_with(redis: RedisServer, extra: &[&str]) -> TestApp {
         panic!("test arguments must parse: {args:?}");
     };
     let logs = LogBuffer::default();
-    let log = logging::capture("users", logs.clone());
+    let log = logging::capture(logs.clone());
     let app = platform::users::Application::build(&cmd.settings, log).expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     actix_web::rt::spawn(app.run_until_stopped());
