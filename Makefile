@@ -15,9 +15,9 @@ help: ## Show this help
 ##@ Development
 
 .PHONY: run
-run: ## Install/start Redis if needed, then run the users role on :3001
+run: ## Install/start Redis if needed, then run gateway (:3000) + users (:3001) in one process
 	./scripts/ensure-redis.sh --start
-	$(CARGO) run --release --locked -- users --log-format pretty
+	$(CARGO) run --release --locked -- all --log-format pretty
 
 .PHONY: test
 test: ## Run the whole test suite (installs redis-server if missing)

@@ -9,13 +9,13 @@ use platform::{all, gateway, users};
 #[actix_web::main]
 async fn main() -> ExitCode {
     let cli = config::parse_cli();
-    let common: &CommonSettings = match &cli.role {
-        Role::Gateway(s) => &s.common,
-        Role::Users(cmd) => &cmd.settings.common,
-        Role::All(s) => &s.common,
+    let (process, common): (&'static str, &CommonSettings) = match &cli.role {
+        Role::Gateway(s) => (gateway::SERVICE, &s.common),
+        Role::Users(cmd) => (users::SERVICE, &cmd.settings.common),
+        Role::All(s) => ("all", &s.common),
     };
     // Dropped at the end of main: flushes the last log lines.
-    let (log, _guard) = logging::init(common.log_format, common.log_level);
+    let (log, _guard) = logging::init(process, common.log_format, common.log_level);
     let result = match cli.role {
         Role::Gateway(settings) => match gateway::Application::build(&settings, log) {
             Ok(app) => app.run_until_stopped().await,

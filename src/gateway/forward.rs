@@ -65,7 +65,7 @@ pub async fn forward(
     let has_body = declared.is_some_and(|len| len > 0) || chunked;
 
     let build = || upstream_request(&req, &client, &upstream, &id);
-    let overflowed = Rc::new(Cell::new(false));
+    let inbound = Rc::new(Cell::new(Inbound::Fine));
     let result = if !has_body {
         let first = build().send().await;
         match first {
@@ -81,7 +81,7 @@ pub async fn forward(
             other => other,
         }
     } else {
-        let body = limited(payload, upstream.max_body, overflowed.clone());
+        let body = limited(payload, upstream.max_body, inbound.clone());
         match declared {
             Some(len) if !chunked => build().send_body(SizedStream::new(len, body)).await,
             _ => build().send_stream(body).await,
@@ -91,10 +91,11 @@ pub async fn forward(
     let response = match result {
         Ok(response) => response,
         Err(e) => {
-            let error = if overflowed.get() {
-                too_large(upstream.max_body)
-            } else {
-                upstream_error(e)
+            let error = match inbound.get() {
+                Inbound::TooLarge => too_large(upstream.max_body),
+                // The client went away or broke its own body: not the upstream's fault.
+                Inbound::Broken => ApiError::field("body", "the request body ended early"),
+                Inbound::Fine => upstream_error(e),
             };
             metrics::record_upstream(
                 SERVICE,
@@ -162,18 +163,26 @@ fn upstream_request(
         .insert_header((request_id::HEADER, id.as_str()))
 }
 
-/// The request body, failing once more than `max` bytes came (and saying so in `overflowed`).
+/// How reading the client's body went, for telling a client fault from an upstream one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Inbound {
+    Fine,
+    TooLarge,
+    Broken,
+}
+
+/// The request body, failing once more than `max` bytes came; `inbound` says why it failed.
 fn limited(
     payload: web::Payload,
     max: u64,
-    overflowed: Rc<Cell<bool>>,
+    inbound: Rc<Cell<Inbound>>,
 ) -> impl Stream<Item = Result<web::Bytes, PayloadError>> + 'static {
     let mut seen: u64 = 0;
     payload.map(move |chunk| {
-        let chunk = chunk?;
+        let chunk = chunk.inspect_err(|_| inbound.set(Inbound::Broken))?;
         seen += chunk.len() as u64;
         if seen > max {
-            overflowed.set(true);
+            inbound.set(Inbound::TooLarge);
             return Err(PayloadError::Overflow);
         }
         Ok(chunk)

@@ -14,8 +14,9 @@ pub struct LogGuard {
 }
 
 /// The root logger of the process, writing to stdout, with `version` on every line (each role
-/// adds `service`). Also routes the `log` crate (actix-web, awc, redis) into it.
-pub fn init(format: LogFormat, level: Level) -> (Logger, LogGuard) {
+/// adds `service`). Also routes the `log` crate (actix-web, awc, redis) into it, as `process`
+/// (the role's name; `all` when both roles share the process).
+pub fn init(process: &'static str, format: LogFormat, level: Level) -> (Logger, LogGuard) {
     let (drain, guard) = match format {
         LogFormat::Json => async_drain(json_drain(std::io::stdout())),
         LogFormat::Pretty => {
@@ -24,7 +25,7 @@ pub fn init(format: LogFormat, level: Level) -> (Logger, LogGuard) {
         }
     };
     let logger = Logger::root(drain.filter_level(level).fuse(), base_keys());
-    let scope = slog_scope::set_global_logger(logger.clone());
+    let scope = slog_scope::set_global_logger(for_service(&logger, process));
     let std_level = match level {
         Level::Trace => log::Level::Trace,
         Level::Debug => log::Level::Debug,

@@ -143,10 +143,31 @@ pub fn wait_until(deadline: Duration, mut check: impl FnMut() -> bool) {
 
 /// The users role running in this test's runtime, with its log captured.
 pub struct TestApp {
-    pub address: String,
+    pub http: Http,
     pub redis: RedisServer,
-    pub client: Client,
     pub logs: LogBuffer,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Http;
+    fn deref(&self) -> &Http {
+        &self.http
+    }
+}
+
+/// An HTTP client bound to one base address.
+pub struct Http {
+    pub address: String,
+    pub client: Client,
+}
+
+impl Http {
+    pub fn new(port: u16) -> Self {
+        Self {
+            address: format!("http://127.0.0.1:{port}"),
+            client: Client::builder().timeout(Duration::from_secs(10)).finish(),
+        }
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -178,14 +199,11 @@ pub async fn spawn_app_with(redis: RedisServer, extra: &[&str]) -> TestApp {
     let logs = LogBuffer::default();
     let log = logging::capture(logs.clone());
     let app = platform::users::Application::build(&cmd.settings, log).expect("app builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
+    let http = Http::new(app.port());
     actix_web::rt::spawn(app.run_until_stopped());
-    TestApp {
-        address,
-        redis,
-        client: Client::builder().timeout(Duration::from_secs(10)).finish(),
-        logs,
-    }
+    // The server starts when the runtime first polls it: make sure it serves before returning.
+    assert_eq!(http.get("/health/live").await.status, 200);
+    TestApp { http, redis, logs }
 }
 
 /// A response reduced to what tests look at.
@@ -217,7 +235,7 @@ impl Reply {
     }
 }
 
-impl TestApp {
+impl Http {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }
@@ -263,12 +281,18 @@ impl TestApp {
     }
 
     pub async fn create_user(&self, name: &str, email: &str) -> Value {
+        self.create_user_at("/users", name, email).await
+    }
+
+    pub async fn create_user_at(&self, path: &str, name: &str, email: &str) -> Value {
         let body = serde_json::json!({"name": name, "email": email}).to_string();
-        let reply = self.json("POST", "/users", &body).await;
+        let reply = self.json("POST", path, &body).await;
         assert_eq!(reply.status, 201, "create failed: {}", reply.body);
         reply.body
     }
+}
 
+impl TestApp {
     /// Number of users as Redis itself sees them (all four keys of §3 must agree).
     pub fn stored_counts(&self) -> (usize, usize, usize, usize) {
         let users = self
@@ -320,21 +344,28 @@ impl Process {
     /// `platform users` on a free port against `redis_url`, plus `args` and `envs`.
     pub fn users(redis_url: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let mut cmd = Command::new(BIN);
-        cmd.args([
+        let port_text = port.to_string();
+        let mut all_args = vec![
             "users",
             "--host",
             "127.0.0.1",
             "--port",
-            &port.to_string(),
+            &port_text,
             "--redis-url",
             redis_url,
-        ])
-        .args(args)
-        .envs(envs.iter().copied())
-        .env_remove("LOG_LEVEL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        ];
+        all_args.extend_from_slice(args);
+        Self::spawn(&all_args, envs, port)
+    }
+
+    /// The binary with `args`, waiting until `port` accepts connections.
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)], port: u16) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .envs(envs.iter().copied())
+            .env_remove("LOG_LEVEL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("platform binary starts");
         let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         if let Some(out) = child.stdout.take() {
@@ -411,4 +442,46 @@ pub fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The gateway role running in this test's runtime in front of `users_url`, log captured.
+pub struct TestGateway {
+    pub http: Http,
+    pub logs: LogBuffer,
+}
+
+impl std::ops::Deref for TestGateway {
+    type Target = Http;
+    fn deref(&self) -> &Http {
+        &self.http
+    }
+}
+
+pub async fn spawn_gateway(users_url: &str, extra: &[&str]) -> TestGateway {
+    let mut args = vec![
+        "platform",
+        "gateway",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "1",
+        "--users-url",
+        users_url,
+    ];
+    args.extend_from_slice(extra);
+    let Ok(Cli {
+        role: Role::Gateway(settings),
+    }) = <Cli as clap::Parser>::try_parse_from(&args)
+    else {
+        panic!("test arguments must parse: {args:?}");
+    };
+    let logs = LogBuffer::default();
+    let app = platform::gateway::Application::build(&settings, logging::capture(logs.clone()))
+        .expect("gateway builds");
+    let http = Http::new(app.port());
+    actix_web::rt::spawn(app.run_until_stopped());
+    assert_eq!(http.get("/health/live").await.status, 200);
+    TestGateway { http, logs }
 }

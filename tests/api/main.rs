@@ -2,6 +2,7 @@
 
 mod concurrency;
 mod faults;
+mod gateway;
 mod health;
 mod helpers;
 mod metrics;
@@ -9,6 +10,7 @@ mod process;
 mod reindex;
 mod request_id;
 mod routing;
+mod upstream;
 mod users_create;
 mod users_delete;
 mod users_list;

@@ -161,3 +161,58 @@ async fn sigterm_lets_the_in_flight_request_finish_and_exits_0() {
         "{out}"
     );
 }
+
+#[actix_web::test]
+async fn platform_all_serves_both_roles_in_one_process_and_stops_on_sigterm() {
+    let redis = RedisServer::start();
+    let (gateway_port, users_port) = (crate::helpers::free_port(), crate::helpers::free_port());
+    let (g, u) = (gateway_port.to_string(), users_port.to_string());
+    let url = redis.url();
+    let mut process = Process::spawn(
+        &[
+            "all",
+            "--host",
+            "127.0.0.1",
+            "--gateway-port",
+            &g,
+            "--users-port",
+            &u,
+            "--redis-url",
+            &url,
+        ],
+        &[],
+        gateway_port,
+    );
+    let client = awc::Client::default();
+    let mut created = client
+        .post(format!("http://127.0.0.1:{gateway_port}/api/users"))
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(r#"{"name":"Ada","email":"ada@example.com"}"#)
+        .await
+        .expect("answered");
+    assert_eq!(created.status().as_u16(), 201, "{:?}", created.body().await);
+    let mut direct = client
+        .get(format!("http://127.0.0.1:{users_port}/users"))
+        .send()
+        .await
+        .expect("answered");
+    let listed: Value = serde_json::from_slice(&direct.body().await.expect("body")).expect("JSON");
+    assert_eq!(listed[0]["email"], "ada@example.com");
+    let ready = client
+        .get(format!("http://127.0.0.1:{gateway_port}/health/ready"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    assert_eq!(ready.ok(), Some(200));
+
+    process.sigterm();
+    assert_eq!(process.wait_exit(Duration::from_secs(10)), Some(0));
+    let services: std::collections::HashSet<String> = json_lines(&process.stdout())
+        .iter()
+        .filter_map(|l| l["service"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        services.contains("gateway") && services.contains("users"),
+        "{services:?}"
+    );
+}

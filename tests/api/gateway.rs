@@ -1,0 +1,310 @@
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::helpers::{free_port, spawn_app, spawn_gateway, wait_until};
+use crate::upstream::{Behaviour, FakeUpstream, raw_request};
+
+#[actix_web::test]
+async fn crud_through_the_gateway_reaches_users_and_redis() {
+    let users = spawn_app().await;
+    let gw = spawn_gateway(&users.address, &[]).await;
+
+    let created = gw
+        .json(
+            "POST",
+            "/api/users",
+            r#"{"name":"Ada","email":"ada@example.com"}"#,
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    assert_eq!(created.header("location"), Some(format!("/api/users/{id}")));
+    gw.create_user_at("/api/users", "Grace", "grace@example.com")
+        .await;
+
+    let path = format!("/api/users/{id}");
+    assert_eq!(gw.get(&path).await.body, created.body);
+    let patched = gw.json("PATCH", &path, r#"{"name":"Ada King"}"#).await;
+    assert_eq!(
+        (patched.status, patched.body["name"].as_str()),
+        (200, Some("Ada King"))
+    );
+
+    let page = gw.get("/api/users?limit=1").await;
+    assert_eq!(page.body.as_array().map(Vec::len), Some(1));
+    assert_eq!(page.header("x-total-count").as_deref(), Some("2"));
+    let link = page.header("link").expect("next link");
+    assert!(link.starts_with("</api/users?limit=1&cursor="), "{link}");
+    let next = link
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let second = gw.get(&next).await;
+    assert_eq!(second.body[0]["email"], "grace@example.com");
+
+    // The users role's errors pass through unchanged.
+    gw.json(
+        "POST",
+        "/api/users",
+        r#"{"name":"X","email":"ADA@example.com"}"#,
+    )
+    .await
+    .assert_error(409, "duplicate_email");
+    gw.get("/api/users/nope")
+        .await
+        .assert_error(400, "validation_error");
+    let deleted = gw.delete(&path).await;
+    assert_eq!(deleted.status, 204);
+    gw.get(&path).await.assert_error(404, "user_not_found");
+    assert_eq!(users.stored_counts(), (1, 1, 1, 1));
+}
+
+#[actix_web::test]
+async fn the_request_id_goes_end_to_end() {
+    let users = spawn_app().await;
+    let gw = spawn_gateway(&users.address, &[]).await;
+    let req = gw
+        .client
+        .get(gw.url("/api/users"))
+        .insert_header(("X-Request-ID", "e2e-42"));
+    let reply = gw.send(req, None).await;
+    assert_eq!(reply.header("x-request-id").as_deref(), Some("e2e-42"));
+    let in_users = users
+        .log_lines()
+        .into_iter()
+        .any(|l| l["request_id"] == "e2e-42" && l["route"] == "/users");
+    assert!(in_users, "the users role logged the gateway's request id");
+
+    // A new id is made when the client sends none, and users sees that one.
+    let reply = gw.get("/api/users").await;
+    let made = reply.header("x-request-id").expect("generated");
+    assert!(
+        users
+            .log_lines()
+            .iter()
+            .any(|l| l["request_id"] == made.as_str())
+    );
+}
+
+#[actix_web::test]
+async fn hop_by_hop_headers_are_stripped_both_ways_and_forwarding_headers_set() {
+    let echo = FakeUpstream::start(Behaviour::Echo);
+    let gw = spawn_gateway(&echo.url(), &[]).await;
+    let port: u16 = gw
+        .address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let request = "GET /api/users/headers?x=1&y=%20 HTTP/1.1\r\nHost: edge.example\r\n\
+        Connection: close, X-Hop-Req\r\nX-Hop-Req: secret\r\nKeep-Alive: timeout=9\r\nTE: trailers\r\n\
+        Upgrade: websocket\r\nProxy-Connection: keep-alive\r\nX-Forwarded-For: 203.0.113.9\r\n\
+        X-Custom: kept\r\nX-Multi: one\r\nX-Multi: two\r\nX-Request-ID: hop-1\r\n\r\n";
+    let (status, headers, body) =
+        actix_web::rt::task::spawn_blocking(move || raw_request(port, request))
+            .await
+            .expect("raw request");
+    assert_eq!(status, 200, "{body}");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let seen: serde_json::Value = serde_json::from_str(&body).expect("echo JSON");
+    let seen = &seen;
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["target"], "/users/headers?x=1&y=%20");
+    let h = &seen["headers"];
+    for stripped in [
+        "x-hop-req",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-connection",
+        "transfer-encoding",
+    ] {
+        assert!(
+            h.get(stripped).is_none(),
+            "{stripped} reached the upstream: {h}"
+        );
+    }
+    assert_eq!(h["x-custom"], serde_json::json!(["kept"]));
+    assert_eq!(h["x-multi"], serde_json::json!(["one", "two"]));
+    assert_eq!(
+        h["x-forwarded-for"],
+        serde_json::json!(["203.0.113.9, 127.0.0.1"])
+    );
+    assert_eq!(h["x-forwarded-proto"], serde_json::json!(["http"]));
+    assert_eq!(h["x-forwarded-prefix"], serde_json::json!(["/api"]));
+    assert_eq!(h["x-forwarded-host"], serde_json::json!(["edge.example"]));
+    assert_eq!(
+        h["host"],
+        serde_json::json!([format!("127.0.0.1:{}", echo.port)])
+    );
+    assert_eq!(h["x-request-id"], serde_json::json!(["hop-1"]));
+    assert!(
+        h.get("user-agent").is_none(),
+        "the gateway adds no headers of its own"
+    );
+
+    // Response side.
+    assert_eq!(header("x-hop-resp"), None);
+    assert_eq!(header("keep-alive"), None);
+    assert_eq!(header("proxy-connection"), None);
+    assert_eq!(header("x-end-to-end").as_deref(), Some("kept"));
+    assert_eq!(header("x-request-id").as_deref(), Some("hop-1"));
+    let cookies: Vec<&str> = headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, vec!["a=1", "b=2"]);
+}
+
+#[actix_web::test]
+async fn users_down_gives_a_fast_502_and_the_gateway_keeps_serving() {
+    let gw = spawn_gateway(&format!("http://127.0.0.1:{}", free_port()), &[]).await;
+    let started = std::time::Instant::now();
+    gw.get("/api/users")
+        .await
+        .assert_error(502, "upstream_unavailable");
+    gw.json(
+        "POST",
+        "/api/users",
+        r#"{"name":"A","email":"a@example.com"}"#,
+    )
+    .await
+    .assert_error(502, "upstream_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "502 took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(gw.get("/health/live").await.status, 200);
+    let ready = gw.get("/health/ready").await;
+    assert_eq!(
+        (
+            ready.status,
+            ready.body["dependencies"]["user_service"].as_str()
+        ),
+        (503, Some("down"))
+    );
+    assert_eq!(ready.body["status"], "not ready");
+    gw.get("/somewhere/else")
+        .await
+        .assert_error(404, "not_found");
+}
+
+#[actix_web::test]
+async fn a_silent_upstream_gives_504_and_the_gateway_keeps_serving() {
+    let slow = FakeUpstream::start(Behaviour::Silent);
+    let gw = spawn_gateway(&slow.url(), &["--upstream-timeout", "300ms"]).await;
+    gw.get("/api/users")
+        .await
+        .assert_error(504, "upstream_timeout");
+    assert_eq!(gw.get("/health/live").await.status, 200);
+    let metrics = gw.get("/metrics").await.text;
+    assert!(metrics.contains(r#"upstream_request_duration_seconds_bucket{service="users",method="GET",status_code="504""#), "{metrics}");
+}
+
+#[actix_web::test]
+async fn a_stalled_response_body_is_cut_at_the_upstream_timeout() {
+    let stall = FakeUpstream::start(Behaviour::StallBody);
+    let gw = spawn_gateway(&stall.url(), &["--upstream-timeout", "300ms"]).await;
+    let mut res = gw
+        .client
+        .get(gw.url("/api/users"))
+        .send()
+        .await
+        .expect("head arrives");
+    assert_eq!(res.status().as_u16(), 200);
+    // The gateway cuts the connection after the 10 bytes that came (curl: "transfer closed
+    // with 90 bytes remaining"); awc reports that as an error or as a short body.
+    match actix_web::rt::time::timeout(Duration::from_secs(5), res.body()).await {
+        Ok(Ok(body)) => assert!(body.len() < 100, "a complete body cannot have arrived"),
+        Ok(Err(_)) => {}
+        Err(_) => panic!("the body hung past the upstream timeout"),
+    }
+    assert_eq!(gw.get("/health/live").await.status, 200);
+}
+
+#[actix_web::test]
+async fn bodies_of_1_mib_stream_through_and_larger_ones_get_413() {
+    let echo = FakeUpstream::start(Behaviour::Echo);
+    let gw = spawn_gateway(&echo.url(), &[]).await;
+    let body: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut res = gw
+        .client
+        .post(gw.url("/api/users/mirror"))
+        .send_body(body.clone())
+        .await
+        .expect("answered");
+    assert_eq!(res.status().as_u16(), 200);
+    let back = res.body().limit(4 * 1024 * 1024).await.expect("body");
+    assert_eq!(back.len(), body.len());
+    assert!(back == body, "the body came back unchanged");
+
+    let mut too_big = body.clone();
+    too_big.push(0);
+    let reply = gw
+        .send(gw.client.post(gw.url("/api/users/mirror")), None)
+        .await;
+    assert_eq!(reply.status, 200, "an empty body is fine");
+    let res = gw
+        .client
+        .post(gw.url("/api/users/mirror"))
+        .send_body(too_big.clone())
+        .await
+        .expect("answered");
+    assert_eq!(res.status().as_u16(), 413);
+    // Chunked (no Content-Length): cut off while streaming.
+    let chunks = futures_util::stream::iter(
+        too_big
+            .chunks(64 * 1024)
+            .map(|c| Ok::<_, std::io::Error>(actix_web::web::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    let res = gw
+        .client
+        .post(gw.url("/api/users/mirror"))
+        .send_stream(chunks)
+        .await
+        .expect("answered");
+    assert_eq!(res.status().as_u16(), 413);
+}
+
+#[actix_web::test]
+async fn a_client_that_disconnects_mid_request_leaves_nothing_open_upstream() {
+    let echo = FakeUpstream::start(Behaviour::Echo);
+    let gw = spawn_gateway(&echo.url(), &[]).await;
+    let port: u16 = gw
+        .address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        conn.write_all(b"POST /api/users/mirror HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789")
+            .expect("write");
+        wait_until(Duration::from_secs(5), || {
+            echo.active.load(Ordering::SeqCst) == 1
+        });
+    } // dropped: the client is gone mid-body
+    wait_until(Duration::from_secs(5), || {
+        echo.active.load(Ordering::SeqCst) == 0
+    });
+    assert_eq!(gw.get("/health/live").await.status, 200);
+    // Logged as the client's fault (400), not as an upstream failure.
+    let logs = gw.logs.contents();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("/api/users/mirror"))
+        .expect("access line");
+    assert!(line.contains(r#""status":400"#), "{line}");
+    assert!(!logs.contains(r#""level":"error""#), "{logs}");
+}

@@ -1,0 +1,163 @@
+//! Small raw-TCP upstreams for gateway tests: full control over what goes on the wire.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+
+/// What the fake upstream does with each request.
+#[derive(Clone, Copy)]
+pub enum Behaviour {
+    /// `/users/headers…`: answers the request it saw as JSON, with hop-by-hop response headers;
+    /// `/users/mirror`: answers the request body as is.
+    Echo,
+    /// Reads the request, then never answers.
+    Silent,
+    /// Sends a head announcing 100 bytes, 10 of them, then stalls.
+    StallBody,
+}
+
+pub struct FakeUpstream {
+    pub port: u16,
+    /// Connections open right now.
+    pub active: Arc<AtomicUsize>,
+}
+
+impl FakeUpstream {
+    pub fn start(behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().map(|a| a.port()).expect("port");
+        let active = Arc::new(AtomicUsize::new(0));
+        let counter = active.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let counter = counter.clone();
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let _ = serve(stream, behaviour);
+                    counter.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self { port, active }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn serve(stream: TcpStream, behaviour: Behaviour) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line)? == 0 {
+        return Ok(());
+    }
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers
+                .entry(k.trim().to_ascii_lowercase())
+                .or_default()
+                .push(v.trim().to_owned());
+        }
+    }
+    let body = read_body(&mut reader, &headers)?;
+    let mut parts = request_line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    match behaviour {
+        Behaviour::Silent => {
+            std::thread::sleep(Duration::from_secs(10));
+            Ok(())
+        }
+        Behaviour::StallBody => {
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789")?;
+            out.flush()?;
+            std::thread::sleep(Duration::from_secs(10));
+            Ok(())
+        }
+        Behaviour::Echo if target.starts_with("/users/mirror") => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            out.write_all(head.as_bytes())?;
+            out.write_all(&body)
+        }
+        Behaviour::Echo => {
+            let answer = json!({"method": method, "target": target, "headers": headers, "body_len": body.len()}).to_string();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close, X-Hop-Resp\r\nX-Hop-Resp: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-End-To-End: kept\r\n\r\n",
+                answer.len()
+            );
+            out.write_all(head.as_bytes())?;
+            out.write_all(answer.as_bytes())
+        }
+    }
+}
+
+fn read_body(
+    reader: &mut impl BufRead,
+    headers: &BTreeMap<String, Vec<String>>,
+) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|v| v.first())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        body.resize(len, 0);
+        reader.read_exact(&mut body)?;
+    } else if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.iter().any(|t| t.contains("chunked")))
+    {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    Ok(body)
+}
+
+/// A raw HTTP/1.1 exchange (the request must ask for `Connection: close`): status, headers, body.
+pub fn raw_request(port: u16, request: &str) -> (u16, Vec<(String, String)>, String) {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    conn.write_all(request.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    let _ = conn.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
