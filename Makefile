@@ -29,6 +29,10 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
+.PHONY: bench
+bench: ## Benchmark gateway vs users vs nginx on GET /api/users/{id} (wrk; bounded time)
+	./scripts/bench.sh
+
 .PHONY: build
 build: ## Release build of the platform binary
 	$(CARGO) build --release --locked

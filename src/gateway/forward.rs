@@ -8,12 +8,13 @@ use actix_web::body::SizedStream;
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderName};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use awc::error::{ConnectError, SendRequestError};
 use awc::{Client, ClientRequest};
 use futures_util::{Stream, StreamExt};
 
 use crate::http::error::{ApiError, ErrorCode};
+use crate::http::observe::RouteLabel;
 use crate::http::request_id::{self, RequestId};
 use crate::telemetry::metrics;
 
@@ -21,6 +22,8 @@ use super::headers;
 
 /// The path prefix the gateway serves the users API under.
 pub const PREFIX: &str = "/api";
+/// Everything under this path is proxied.
+pub const ROOT: &str = "/api/users";
 const SERVICE: &str = "users";
 
 /// Where and how to reach the users service; shared by every worker.
@@ -51,6 +54,12 @@ pub async fn forward(
     id: RequestId,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
+    let route = if req.path() == ROOT {
+        ROOT
+    } else {
+        "/api/users/{tail}"
+    };
+    req.extensions_mut().insert(RouteLabel(route));
     let deadline = started + upstream.timeout;
     let method = req.method().clone();
     let declared = req

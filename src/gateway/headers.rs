@@ -15,18 +15,14 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// The names of the headers of `headers` that must not be forwarded: the fixed hop-by-hop set
-/// and every header named in `Connection`.
-pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut names = HOP_BY_HOP.to_vec();
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(text) = value.to_str() else { continue };
-        names.extend(
-            text.split(',')
-                .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok()),
-        );
-    }
-    names
+/// The headers named in `Connection`, which are hop-by-hop too (usually none: no allocation).
+pub fn named_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| text.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect()
 }
 
 /// The end-to-end headers of `headers`, every value of each (several `Set-Cookie` stay several),
@@ -35,10 +31,10 @@ pub fn end_to_end<'a>(
     headers: &'a HeaderMap,
     also_skip: &'a [HeaderName],
 ) -> impl Iterator<Item = (&'a HeaderName, &'a header::HeaderValue)> + 'a {
-    let skip = hop_by_hop(headers);
-    headers
-        .iter()
-        .filter(move |(name, _)| !skip.contains(name) && !also_skip.contains(name))
+    let named = named_in_connection(headers);
+    headers.iter().filter(move |(name, _)| {
+        !HOP_BY_HOP.contains(name) && !named.contains(name) && !also_skip.contains(name)
+    })
 }
 
 /// `X-Forwarded-For` with `peer` appended to what earlier proxies wrote.

@@ -95,8 +95,8 @@ impl Application {
                 .app_data(web::Data::new(app_log.clone()))
                 .wrap(from_fn(observe))
                 .configure(|cfg| ops.configure(cfg))
-                .service(web::resource("/api/users").to(forward::forward))
-                .service(web::resource("/api/users/{tail:.*}").to(forward::forward))
+                // A static prefix, matched without a regex on this hot path.
+                .service(web::scope(forward::ROOT).default_service(web::to(forward::forward)))
                 .default_service(web::to(error::not_found))
         })?;
         Ok(Self {

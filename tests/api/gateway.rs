@@ -60,6 +60,23 @@ async fn crud_through_the_gateway_reaches_users_and_redis() {
     assert_eq!(deleted.status, 204);
     gw.get(&path).await.assert_error(404, "user_not_found");
     assert_eq!(users.stored_counts(), (1, 1, 1, 1));
+
+    // Only /api/users… is proxied; route labels are patterns, never raw ids.
+    gw.get("/api/usersX").await.assert_error(404, "not_found");
+    gw.get("/users").await.assert_error(404, "not_found");
+    let metrics = gw.get("/metrics").await.text;
+    assert!(
+        metrics.contains(
+            r#"http_requests_total{method="GET",route="/api/users/{tail}",status_code="200"}"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"http_requests_total{method="POST",route="/api/users",status_code="201"}"#)
+    );
+    assert!(metrics.contains(r#"upstream_request_duration_seconds_bucket{service="users",method="GET",status_code="200",le="0.001"}"#));
+    assert!(!metrics.contains(&id));
 }
 
 #[actix_web::test]
