@@ -110,12 +110,7 @@ async fn the_request_id_goes_end_to_end() {
 async fn hop_by_hop_headers_are_stripped_both_ways_and_forwarding_headers_set() {
     let echo = FakeUpstream::start(Behaviour::Echo);
     let gw = spawn_gateway(&echo.url(), &[]).await;
-    let port: u16 = gw
-        .address
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let port = gw.port;
     let request = "GET /api/users/headers?x=1&y=%20 HTTP/1.1\r\nHost: edge.example\r\n\
         Connection: close, X-Hop-Req\r\nX-Hop-Req: secret\r\nKeep-Alive: timeout=9\r\nTE: trailers\r\n\
         Upgrade: websocket\r\nProxy-Connection: keep-alive\r\nX-Forwarded-For: 203.0.113.9\r\n\
@@ -298,12 +293,7 @@ async fn bodies_of_1_mib_stream_through_and_larger_ones_get_413() {
 async fn a_client_that_disconnects_mid_request_leaves_nothing_open_upstream() {
     let echo = FakeUpstream::start(Behaviour::Echo);
     let gw = spawn_gateway(&echo.url(), &[]).await;
-    let port: u16 = gw
-        .address
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let port = gw.port;
     {
         let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
         conn.write_all(b"POST /api/users/mirror HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789")

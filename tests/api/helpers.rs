@@ -158,6 +158,7 @@ impl std::ops::Deref for TestApp {
 /// An HTTP client bound to one base address.
 pub struct Http {
     pub address: String,
+    pub port: u16,
     pub client: Client,
 }
 
@@ -165,6 +166,7 @@ impl Http {
     pub fn new(port: u16) -> Self {
         Self {
             address: format!("http://127.0.0.1:{port}"),
+            port,
             client: Client::builder().timeout(Duration::from_secs(10)).finish(),
         }
     }
