@@ -2,29 +2,99 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use slog::{Drain, FnValue, Level, Logger, PushFnValue, o};
 
 use crate::config::LogFormat;
 
-/// Keeps the asynchronous drain alive; dropping it flushes the last lines.
+/// Keeps the asynchronous drain alive; dropping it writes out the last lines.
 pub struct LogGuard {
-    _async: Option<slog_async::AsyncGuard>,
-    _scope: Option<slog_scope::GlobalLoggerGuard>,
+    drain: Option<slog_async::AsyncGuard>,
+    scope: Option<slog_scope::GlobalLoggerGuard>,
+    stdout: BatchedStdout,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.scope.take();
+        // Joins the log thread once it has written every queued record, then flushes them.
+        self.drain.take();
+        self.stdout.flush_now();
+    }
+}
+
+/// How long a written log line may wait in the buffer before it reaches stdout.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// Stdout behind a 64 KiB buffer, flushed every 100 ms (and when full, and at exit): one
+/// write(2) per batch instead of one per line, which costs a busy proxy a third of its CPU.
+#[derive(Clone)]
+struct BatchedStdout(Arc<Mutex<std::io::BufWriter<std::io::Stdout>>>);
+
+impl BatchedStdout {
+    fn start() -> Self {
+        let out = Self(Arc::new(Mutex::new(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ))));
+        let flusher = out.clone();
+        // If the thread cannot start, lines still go out whenever the buffer fills or at exit.
+        let _ = std::thread::Builder::new()
+            .name("log-flush".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(FLUSH_EVERY);
+                    flusher.flush_now();
+                }
+            });
+        out
+    }
+
+    fn flush_now(&self) {
+        if let Ok(mut out) = self.0.lock() {
+            let _ = out.flush();
+        }
+    }
+}
+
+impl Write for BatchedStdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock() {
+            Ok(mut out) => out.write(buf),
+            Err(_) => Err(std::io::Error::other("stdout buffer poisoned")),
+        }
+    }
+
+    /// slog-json flushes after every record; the batch is flushed by time instead.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The root logger of the process, writing to stdout, with `version` on every line (each role
 /// adds `service`). Also routes the `log` crate (actix-web, awc, redis) into it, as `process`
 /// (the role's name; `all` when both roles share the process).
 pub fn init(process: &'static str, format: LogFormat, level: Level) -> (Logger, LogGuard) {
-    let (drain, guard) = match format {
-        LogFormat::Json => async_drain(json_drain(std::io::stdout())),
+    let stdout = BatchedStdout::start();
+    let (logger, guard) = match format {
+        // Synchronous into a shared buffer: no thread hand-off per line, no line ever dropped.
+        LogFormat::Json => {
+            let drain = Mutex::new(json_drain(stdout.clone())).map(slog::Fuse);
+            (
+                Logger::root(drain.filter_level(level).fuse(), base_keys()),
+                None,
+            )
+        }
         LogFormat::Pretty => {
             let decorator = slog_term::TermDecorator::new().stdout().build();
-            async_drain(slog_term::FullFormat::new(decorator).build().fuse())
+            let (drain, guard) = async_drain(slog_term::FullFormat::new(decorator).build().fuse());
+            (
+                Logger::root(drain.filter_level(level).fuse(), base_keys()),
+                Some(guard),
+            )
         }
     };
-    let logger = Logger::root(drain.filter_level(level).fuse(), base_keys());
     let scope = slog_scope::set_global_logger(for_service(&logger, process));
     let std_level = match level {
         Level::Trace => log::Level::Trace,
@@ -38,8 +108,9 @@ pub fn init(process: &'static str, format: LogFormat, level: Level) -> (Logger, 
     (
         logger,
         LogGuard {
-            _async: Some(guard),
-            _scope: Some(scope),
+            drain: guard,
+            scope: Some(scope),
+            stdout,
         },
     )
 }
