@@ -40,6 +40,7 @@ for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break;
 
 "$BIN" users --host 127.0.0.1 --port "$USERS_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" >/dev/null & pids+=($!)
 "$BIN" gateway ${BENCH_GATEWAY_ARGS:-} --host 127.0.0.1 --port "$GATEWAY_PORT" --users-url "http://127.0.0.1:$USERS_PORT" >/dev/null & pids+=($!)
+GATEWAY_PID=$!
 
 cat > "$work/nginx.conf" <<NGINX
 worker_processes 2;
@@ -69,6 +70,7 @@ http {
 }
 NGINX
 nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off;' & pids+=($!)
+NGINX_PID=$!
 
 wait_port "$USERS_PORT" /health/ready
 wait_port "$GATEWAY_PORT" /health/ready
@@ -93,23 +95,41 @@ end
 LUA
 } > "$work/ids.lua"
 
-run() { # name port prefix
-  local out
+# CPU seconds (user + system) used so far by a process and its children (nginx workers).
+cpu_ticks() {
+  local total=0 p
+  for p in "$@" $(pgrep -P "$1" 2>/dev/null || true); do
+    [ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+
+run() { # name port prefix key [pid whose CPU per request to report]
+  local out before=0 after=0
+  [ -n "${5:-}" ] && before=$(cpu_ticks "$5")
   out=$(BENCH_PREFIX="$3" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/ids.lua" "http://127.0.0.1:$2")
   if echo "$out" | grep -qE "Non-2xx|Socket errors"; then echo "$out" >&2; echo "errors during $1" >&2; exit 1; fi
   local rps p50 p99
   rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}')
   p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  printf '%-28s %12s %10s %10s\n' "$1" "$rps" "$p50" "$p99"
+  local cpu="-"
+  if [ -n "${5:-}" ]; then
+    after=$(cpu_ticks "$5")
+    local requests
+    requests=$(echo "$out" | awk '/requests in/ {print $1}')
+    cpu=$(python3 -c "print(round(($after - $before) / $(getconf CLK_TCK) * 1e6 / $requests, 1))")
+    eval "CPU_$4=$cpu"
+  fi
+  printf '%-28s %12s %10s %10s %16s\n' "$1" "$rps" "$p50" "$p99" "$cpu"
   eval "RPS_$4=$rps"
 }
 
 echo
 echo "GET /…/users/{id}, $USERS users, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) cores"
-printf '%-28s %12s %10s %10s\n' target "requests/s" p50 p99
-run "(a) gateway → users" "$GATEWAY_PORT" /api a
+printf '%-28s %12s %10s %10s %16s\n' target "requests/s" p50 p99 "proxy CPU µs/req"
+run "(a) gateway → users" "$GATEWAY_PORT" /api a "$GATEWAY_PID"
 run "(b) users directly" "$USERS_PORT" "" b
-run "(c) nginx → users" "$NGINX_PORT" /api c
+run "(c) nginx → users" "$NGINX_PORT" /api c "$NGINX_PID"
 echo
-python3 -c "a,b,c=$RPS_a,$RPS_b,$RPS_c; print(f'(a)/(c) gateway vs nginx: {a/c:.2f}   (target >= 1.0)'); print(f'(a)/(b) gateway hop vs direct: {a/b:.2f}')"
+python3 -c "a,b,c=$RPS_a,$RPS_b,$RPS_c; print(f'(a)/(c) gateway vs nginx throughput: {a/c:.2f}   (target >= 1.0)'); print(f'(a)/(b) gateway hop vs direct: {a/b:.2f}'); print(f'proxy CPU per request, gateway/nginx: {$CPU_a/$CPU_c:.2f}   (lower is leaner)')"
