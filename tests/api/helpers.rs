@@ -201,10 +201,7 @@ pub async fn spawn_app_with(redis: RedisServer, extra: &[&str]) -> TestApp {
     let logs = LogBuffer::default();
     let log = logging::capture(logs.clone());
     let app = platform::users::Application::build(&cmd.settings, log).expect("app builds");
-    let http = Http::new(app.port());
-    actix_web::rt::spawn(app.run_until_stopped());
-    // The server starts when the runtime first polls it: make sure it serves before returning.
-    assert_eq!(http.get("/health/live").await.status, 200);
+    let http = serve(app.port(), app.run_until_stopped()).await;
     TestApp { http, redis, logs }
 }
 
@@ -482,8 +479,15 @@ pub async fn spawn_gateway(users_url: &str, extra: &[&str]) -> TestGateway {
     let logs = LogBuffer::default();
     let app = platform::gateway::Application::build(&settings, logging::capture(logs.clone()))
         .expect("gateway builds");
-    let http = Http::new(app.port());
-    actix_web::rt::spawn(app.run_until_stopped());
-    assert_eq!(http.get("/health/live").await.status, 200);
+    let http = serve(app.port(), app.run_until_stopped()).await;
     TestGateway { http, logs }
+}
+
+/// Runs a role's server in this test's runtime and returns a client once it serves
+/// (the server only starts when the runtime first polls it).
+async fn serve(port: u16, run: impl Future<Output = anyhow::Result<()>> + 'static) -> Http {
+    actix_web::rt::spawn(run);
+    let http = Http::new(port);
+    assert_eq!(http.get("/health/live").await.status, 200);
+    http
 }
