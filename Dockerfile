@@ -44,5 +44,5 @@ COPY --from=build --chown=0:0 --chmod=0555 /src/target/release/platform /usr/loc
 # distroless' `nonroot` user; numeric so Kubernetes can check runAsNonRoot.
 USER 65532:65532
 EXPOSE 3000 3001
-ENTRYPOINT ["/usr/local/bin/platform"]
+ENTRYPOINT ["platform"]
 CMD ["--help"]

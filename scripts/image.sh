@@ -41,7 +41,7 @@ if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
   cid="$(docker run -d --rm -p "127.0.0.1:$CHECK_PORT:3001" "$IMAGE" users --redis-url redis://127.0.0.1:1)"
   trap 'docker rm -f "$cid" >/dev/null 2>&1 || true' EXIT
   wait_live "http://127.0.0.1:$CHECK_PORT/health/live" || die "platform users in the image did not answer /health/live"
-  size="$(docker image inspect --format '{{.Size}}' "$IMAGE")"
+  size="$(docker image ls --format '{{.Size}}' "$IMAGE" | head -1)"
 else
   command -v buildah >/dev/null 2>&1 || die "neither a Docker daemon nor buildah is available (install buildah: scripts/ci-tools.sh)"
   B=(buildah --storage-driver "${BUILDAH_STORAGE_DRIVER:-overlay}")
@@ -69,6 +69,11 @@ else
     mnt="$("${B[@]}" mount "$ctr")"
     cp -a "$root/." "$mnt/"
     rm -f "$mnt/.complete"
+    # Trust what this host trusts (a network may intercept TLS with its own CA): cargo
+    # downloads crates inside the build.
+    if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+      cp /etc/ssl/certs/ca-certificates.crt "$mnt/etc/ssl/certs/ca-certificates.crt"
+    fi
     "${B[@]}" umount "$ctr" >/dev/null
     "${B[@]}" config \
       --env PATH=/usr/local/cargo/bin:/opt/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -85,8 +90,15 @@ else
     debootstrap_root "$root" ca-certificates,tzdata,netbase
     list="$WORK/runtime-files"
     : >"$list"
+    # First the merged-/usr symlinks (/lib64 -> usr/lib64, ...): package paths go through them.
+    for l in bin lib lib64 sbin; do
+      if [ -L "$root/$l" ]; then echo "./$l" >>"$list"; fi
+    done
     for pkg in base-files libc6 libgcc-s1 ca-certificates tzdata netbase; do
-      f="$(ls "$root/var/lib/dpkg/info/$pkg.list" "$root/var/lib/dpkg/info/$pkg:"*.list 2>/dev/null | head -1)"
+      f=""
+      for candidate in "$root/var/lib/dpkg/info/$pkg.list" "$root/var/lib/dpkg/info/$pkg:"*.list; do
+        if [ -f "$candidate" ]; then f="$candidate"; break; fi
+      done
       [ -n "$f" ] || die "package $pkg not found in $root"
       # Files and symlinks only (directories come with them); skip docs and manuals.
       while IFS= read -r p; do
@@ -96,10 +108,11 @@ else
     done
     ls -d "$root/etc/ssl/certs/ca-certificates.crt" >/dev/null || die "no CA bundle in $root"
     echo "./etc/ssl/certs/ca-certificates.crt" >>"$list"
-    # The merged-/usr symlinks (/lib64 -> usr/lib64, ...) the dynamic loader path needs.
-    for l in bin lib lib64 sbin; do [ -L "$root/$l" ] && echo "./$l" >>"$list"; done
     ctr="$("${B[@]}" from scratch)"
     mnt="$("${B[@]}" mount "$ctr")"
+    for l in bin lib lib64 sbin; do
+      if [ -L "$root/$l" ]; then mkdir -p "$mnt/$(readlink "$root/$l")"; fi
+    done
     tar -C "$root" --no-recursion -cf - -T "$list" | tar -C "$mnt" -xf -
     mkdir -p "$mnt/tmp" "$mnt/home/nonroot" "$mnt/etc"
     chmod 1777 "$mnt/tmp"
@@ -133,7 +146,9 @@ else
     "${B[@]}" rm "$ctr" >/dev/null 2>&1 || true
   }
   trap cleanup EXIT
-  "${B[@]}" run --isolation chroot "$ctr" -- platform --help >/dev/null || die "platform --help failed in the image"
+  # The ENTRYPOINT as written (`platform`, found on the image's PATH), as `docker run IMAGE --help` would.
+  entry="$("${B[@]}" inspect --type image --format '{{index .OCIv1.Config.Entrypoint 0}}' "$IMAGE")"
+  "${B[@]}" run --isolation chroot "$ctr" -- "$entry" --help >/dev/null || die "'$entry --help' failed in the image"
   "${B[@]}" run --isolation chroot "$ctr" -- platform users --host 127.0.0.1 --port "$CHECK_PORT" \
     --redis-url redis://127.0.0.1:1 >"$WORK/users.log" 2>&1 &
   pid=$!
@@ -143,7 +158,7 @@ else
   [ -n "$listener" ] || die "no process listens on :$CHECK_PORT"
   running_uid="$(awk '/^Uid:/ {print $2}' "/proc/$listener/status")"
   [ "$running_uid" = "${user%%:*}" ] || die "platform runs as uid $running_uid, the image says $user"
-  size="$("${B[@]}" inspect --type image --format '{{.Size}}' "$IMAGE" 2>/dev/null || echo 0)"
+  size="$("${B[@]}" images --noheading --format '{{.Size}}' "$IMAGE" | head -1)"
 fi
 
 case "$user" in
@@ -152,4 +167,4 @@ case "$user" in
   *) die "USER '$user' is not numeric: Kubernetes cannot check runAsNonRoot" ;;
 esac
 log "ok: $IMAGE runs as uid ${user%%:*}, --help works, users answers /health/live"
-log "size: $size bytes ($(( size / 1024 / 1024 )) MiB)"
+log "size: $size"

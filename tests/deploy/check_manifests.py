@@ -1,0 +1,538 @@
+#!/usr/bin/env python3
+"""Proves the rendered Kubernetes manifests agree with the binary and with each other.
+
+For each overlay (`kubectl kustomize k8s/overlays/<name>`):
+
+1. Static agreement: no `replicas` where an HPA owns the Deployment; grace period above
+   preStop sleep + SHUTDOWN_TIMEOUT; the pods' runAsUser is the image's non-root USER; HPA
+   ranges and behaviour as the contract says; every env name is one the role's `--help` lists;
+   every Secret key a pod reads is produced (Secret or ExternalSecret).
+2. Live: in a private network namespace (so the manifest's own ports and Service names can be
+   used as they are), it starts Redis with the StatefulSet's command line and redis.conf, then
+   each Deployment's container `args` with exactly the env the manifest gives it (ConfigMaps,
+   Secrets, values), probes the manifest's startup/readiness/liveness paths and ports and the
+   Prometheus annotation's port/path, sends traffic through the gateway, and records which TCP
+   connections the roles open.
+3. NetworkPolicies: evaluates every policy over the namespace's pods plus the outside peers
+   (kube-dns, Prometheus in `monitoring`, the ingress controller, strangers) and asserts that
+   the allowed flows are exactly: the connections seen in step 2, DNS for the roles that
+   resolve a Service name, the Prometheus scrape of each annotated port, and the ingress
+   controller to the gateway. Anything more or less fails.
+
+Usage: check_manifests.py PLATFORM_BINARY [OVERLAY...]   (needs root or user namespaces,
+redis-server and kubectl; run by `make check-deploy`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+FAILURES: list[str] = []
+
+
+def check(cond: bool, msg: str) -> None:
+    if not cond:
+        FAILURES.append(msg)
+
+
+def render(overlay: str) -> list[dict]:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(objs: list[dict], kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
+
+
+def duration_seconds(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError(f"unparsable duration {text!r}")
+    return float(m.group(1)) * units[m.group(2)]
+
+
+def image_user() -> int:
+    users = re.findall(r"^USER\s+(\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    uid = users[-1].split(":")[0]
+    if not uid.isdigit():
+        raise SystemExit(f"Dockerfile USER {uid!r} is not numeric")
+    return int(uid)
+
+
+def role_env_names(binary: str, role: str) -> set[str]:
+    out = subprocess.run([binary, role, "--help"], check=True, capture_output=True, text=True).stdout
+    return set(re.findall(r"\[env: ([A-Z_][A-Z0-9_]*)", out))
+
+
+# ---- environment of a container, resolved from the rendered objects ---------------------------
+
+@dataclass
+class Secrets:
+    """Secret data the pods can read: real Secrets, and for an ExternalSecret a test value."""
+    data: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @classmethod
+    def from_objects(cls, objs: list[dict]) -> "Secrets":
+        s = cls()
+        for name, sec in by_kind(objs, "Secret").items():
+            for k, v in (sec.get("data") or {}).items():
+                s.data[(name, k)] = base64.b64decode(v).decode()
+            for k, v in (sec.get("stringData") or {}).items():
+                s.data[(name, k)] = v
+        for es in by_kind(objs, "ExternalSecret").values():
+            target = es["spec"]["target"]["name"]
+            for item in es["spec"]["data"]:
+                s.data[(target, item["secretKey"])] = f"test-{target}-{item['secretKey']}"
+        return s
+
+
+def container_env(objs: list[dict], container: dict, secrets: Secrets, where: str) -> dict[str, str]:
+    cms = by_kind(objs, "ConfigMap")
+    env: dict[str, str] = {}
+    for src in container.get("envFrom", []):
+        ref = src.get("configMapRef")
+        check(ref is not None, f"{where}: only configMapRef envFrom is modelled")
+        if ref is None:
+            continue
+        cm = cms.get(ref["name"])
+        check(cm is not None, f"{where}: envFrom ConfigMap {ref['name']} is not rendered")
+        env.update((cm or {}).get("data", {}))
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = expand(item["value"], env)
+        elif "secretKeyRef" in item.get("valueFrom", {}):
+            ref = item["valueFrom"]["secretKeyRef"]
+            key = (ref["name"], ref["key"])
+            check(key in secrets.data, f"{where}: env {item['name']} reads {key}, which no Secret/ExternalSecret provides")
+            env[item["name"]] = secrets.data.get(key, "")
+        elif "configMapKeyRef" in item.get("valueFrom", {}):
+            ref = item["valueFrom"]["configMapKeyRef"]
+            env[item["name"]] = cms[ref["name"]]["data"][ref["key"]]
+        else:
+            check(False, f"{where}: env {item['name']} has an unsupported source")
+    return env
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in args and env values."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), text)
+
+
+def named_port(container: dict, port) -> int:
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports", []):
+        if p.get("name") == port:
+            return p["containerPort"]
+    raise KeyError(f"container {container['name']} has no port named {port!r}")
+
+
+# ---- 1. static agreement ----------------------------------------------------------------------
+
+EXPECTED_HPA = {
+    "prod": {"gateway": (2, 15), "users": (2, 12)},
+    "dev": {"gateway": (1, 2), "users": (1, 2)},
+}
+
+
+def static_checks(overlay: str, objs: list[dict], binary: str) -> None:
+    deployments = by_kind(objs, "Deployment")
+    hpas = by_kind(objs, "HorizontalPodAutoscaler")
+    pdbs = by_kind(objs, "PodDisruptionBudget")
+    uid = image_user()
+    check(uid != 0, "the image runs as root")
+    shared = by_kind(objs, "ConfigMap")
+    secrets = Secrets.from_objects(objs)
+    for name, dep in deployments.items():
+        where = f"{overlay}/Deployment/{name}"
+        spec = dep["spec"]
+        pod = spec["template"]["spec"]
+        owned = [h for h in hpas.values() if h["spec"]["scaleTargetRef"]["name"] == name]
+        check(len(owned) == 1, f"{where}: expected exactly one HPA, found {len(owned)}")
+        check("replicas" not in spec, f"{where}: spec.replicas set although an HPA owns the count")
+        for h in owned:
+            lo_hi = (h["spec"]["minReplicas"], h["spec"]["maxReplicas"])
+            check(lo_hi == EXPECTED_HPA[overlay][name], f"{where}: HPA range {lo_hi}, expected {EXPECTED_HPA[overlay][name]}")
+            targets = {m["resource"]["name"]: m["resource"]["target"]["averageUtilization"] for m in h["spec"]["metrics"]}
+            check(targets == {"cpu": 70, "memory": 80}, f"{where}: HPA targets {targets}")
+            b = h["spec"]["behavior"]
+            check(b["scaleUp"]["stabilizationWindowSeconds"] == 60 and b["scaleUp"]["policies"] == [{"type": "Pods", "value": 2, "periodSeconds": 60}], f"{where}: HPA scale-up behaviour")
+            check(b["scaleDown"]["stabilizationWindowSeconds"] == 300 and b["scaleDown"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 120}], f"{where}: HPA scale-down behaviour")
+        labels = spec["selector"]["matchLabels"]
+        check(any(p["spec"]["selector"]["matchLabels"] == labels and p["spec"].get("minAvailable") == 1 for p in pdbs.values()), f"{where}: no PDB minAvailable 1")
+        ru = spec["strategy"]
+        check(ru["type"] == "RollingUpdate" and ru["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}, f"{where}: rolling update is not 1/0")
+        check(pod.get("securityContext", {}).get("runAsUser") == uid, f"{where}: runAsUser is not the image's uid {uid}")
+        check(pod.get("securityContext", {}).get("runAsNonRoot") is True, f"{where}: runAsNonRoot missing")
+        check(bool(pod.get("topologySpreadConstraints")), f"{where}: no topologySpreadConstraints")
+        (c,) = pod["containers"]
+        env = container_env(objs, c, secrets, where)
+        role = c["args"][0]
+        accepted = role_env_names(binary, role)
+        unknown = sorted(set(env) - accepted)
+        check(not unknown, f"{where}: env {unknown} is not read by `platform {role}` (it lists {sorted(accepted)})")
+        pre_stop = c.get("lifecycle", {}).get("preStop", {})
+        check("sleep" in pre_stop and "exec" not in pre_stop, f"{where}: preStop must be the native sleep (no shell in the image)")
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        budget = pre_stop.get("sleep", {}).get("seconds", 0) + duration_seconds(env.get("SHUTDOWN_TIMEOUT", "25s"))
+        check(grace > budget, f"{where}: terminationGracePeriodSeconds {grace} <= preStop + SHUTDOWN_TIMEOUT = {budget}")
+        sc = c.get("securityContext", {})
+        check(sc.get("allowPrivilegeEscalation") is False and sc.get("readOnlyRootFilesystem") is True and sc.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: container securityContext is not restricted")
+        live = c["livenessProbe"]["httpGet"]["path"]
+        check(live == "/health/live", f"{where}: liveness must not check dependencies (path {live})")
+    check(bool(shared), f"{overlay}: no ConfigMaps rendered")
+    ns = by_kind(objs, "Namespace")
+    check(len(ns) == 1, f"{overlay}: expected one Namespace")
+    for n in ns.values():
+        check(n["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce") == "restricted", f"{overlay}: namespace does not enforce restricted")
+
+
+# ---- 2. live run ------------------------------------------------------------------------------
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def http(method: str, url: str, body: dict | None = None) -> tuple[int, str]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_status(url: str, want: int, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    status = 0
+    while time.monotonic() < deadline:
+        status, _ = http_get(url, timeout=1)
+        if status == want:
+            return status
+        time.sleep(0.05)
+    return status
+
+
+def established(pids: dict[int, str]) -> set[tuple[str, int]]:
+    """(role, remote port) of every established TCP connection a role's process opened."""
+    out = subprocess.run(["ss", "-Htnp", "state", "established"], check=True, capture_output=True, text=True).stdout
+    flows = set()
+    listening = {int(m) for m in re.findall(r":(\d+)\s", subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout)}
+    for line in out.splitlines():
+        cols = line.split()
+        local, peer = cols[2], cols[3]
+        local_port = int(local.rsplit(":", 1)[1])
+        peer_port = int(peer.rsplit(":", 1)[1])
+        for pid in map(int, re.findall(r"pid=(\d+)", line)):
+            # An outbound connection: the local side is not a listening port.
+            if pid in pids and local_port not in listening:
+                flows.add((pids[pid], peer_port))
+    return flows
+
+
+def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str, int]]:
+    """Runs the manifests' containers; returns the outbound flows seen (src, dst service, port)."""
+    secrets = Secrets.from_objects(objs)
+    services = by_kind(objs, "Service")
+    namespace = next(iter(by_kind(objs, "Namespace")))
+    work = Path(tempfile.mkdtemp(prefix=f"k8s-{overlay}-"))
+    procs: list[subprocess.Popen] = []
+    pids: dict[int, str] = {}
+    try:
+        # Service names (short and FQDN) resolve to loopback: every Service port is distinct.
+        hosts = ["127.0.0.1 localhost"]
+        for svc in services:
+            hosts.append(f"127.0.0.1 {svc} {svc}.{namespace} {svc}.{namespace}.svc {svc}.{namespace}.svc.cluster.local")
+        (work / "hosts").write_text("\n".join(hosts) + "\n")
+        subprocess.run(["mount", "--bind", str(work / "hosts"), "/etc/hosts"], check=True)
+
+        # Redis with the StatefulSet's own command line and config (dir moved to a temp dir).
+        (sts,) = by_kind(objs, "StatefulSet").values()
+        (rc,) = sts["spec"]["template"]["spec"]["containers"]
+        renv = container_env(objs, rc, secrets, f"{overlay}/StatefulSet/redis")
+        conf_cm = next(v["configMap"]["name"] for v in sts["spec"]["template"]["spec"]["volumes"] if "configMap" in v)
+        conf_mount = next(m["mountPath"] for m in rc["volumeMounts"] if m["name"] == "config")
+        conf = by_kind(objs, "ConfigMap")[conf_cm]["data"]["redis.conf"]
+        conf = re.sub(r"^dir .*$", f"dir {work}", conf, flags=re.M)
+        (work / "redis.conf").write_text(conf)
+        args = [expand(a, renv).replace(f"{conf_mount}/redis.conf", str(work / "redis.conf")) for a in rc["args"]]
+        redis = subprocess.Popen([shutil.which(rc["command"][0]) or rc["command"][0], *args],
+                                 stdout=open(work / "redis.log", "w"), stderr=subprocess.STDOUT)
+        procs.append(redis)
+        rport = named_port(rc, rc["readinessProbe"].get("tcpSocket", {}).get("port", "redis"))
+        for _ in range(100):
+            r = subprocess.run(["redis-cli", "-p", str(rport), "ping"], capture_output=True, text=True,
+                               env={"REDISCLI_AUTH": renv.get("REDISCLI_AUTH", ""), "PATH": os.environ["PATH"]})
+            if r.stdout.strip() == "PONG":
+                break
+            time.sleep(0.05)
+        check(r.stdout.strip() == "PONG", f"{overlay}: redis from the StatefulSet did not answer PING with REDISCLI_AUTH ({r.stdout.strip()})")
+        info = subprocess.run(["redis-cli", "-p", str(rport), "config", "get", "maxmemory-policy"], capture_output=True, text=True,
+                              env={"REDISCLI_AUTH": renv.get("REDISCLI_AUTH", ""), "PATH": os.environ["PATH"]}).stdout.split()
+        check(info[-1:] == ["noeviction"], f"{overlay}: redis maxmemory-policy is {info}")
+        noauth = subprocess.run(["redis-cli", "-p", str(rport), "ping"], capture_output=True, text=True).stdout
+        check("NOAUTH" in noauth, f"{overlay}: redis answers without the password")
+
+        # Users first (the gateway's readiness depends on it), then the gateway.
+        deployments = by_kind(objs, "Deployment")
+        order = sorted(deployments, key=lambda n: 0 if n == "users" else 1)
+        for name in order:
+            pod = deployments[name]["spec"]["template"]["spec"]
+            (c,) = pod["containers"]
+            env = container_env(objs, c, secrets, f"{overlay}/Deployment/{name}")
+            env["PATH"] = "/usr/bin:/bin"
+            argv = [binary, *[expand(a, env) for a in c["args"]]]
+            p = subprocess.Popen(argv, env=env, stdout=open(work / f"{name}.log", "w"), stderr=subprocess.STDOUT)
+            procs.append(p)
+            pids[p.pid] = name
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                get = c[probe]["httpGet"]
+                url = f"http://127.0.0.1:{named_port(c, get['port'])}{get['path']}"
+                status = wait_status(url, 200, 10)
+                check(status == 200, f"{overlay}/{name}: {probe} {url} answered {status} (log: {work / (name + '.log')})")
+            ann = deployments[name]["spec"]["template"]["metadata"].get("annotations", {})
+            check(ann.get("prometheus.io/scrape") == "true", f"{overlay}/{name}: no prometheus.io/scrape annotation")
+            status, body = http_get(f"http://127.0.0.1:{ann.get('prometheus.io/port')}{ann.get('prometheus.io/path', '/metrics')}")
+            check(status == 200 and "http_requests_total" in body, f"{overlay}/{name}: the annotated metrics endpoint answered {status}")
+
+        # Traffic through the gateway Service port: gateway → users → Redis, with the password.
+        gw = services["gateway"]["spec"]["ports"][0]["port"]
+        status, body = http("POST", f"http://gateway:{gw}/api/users", {"name": "Manifest Check", "email": f"check-{overlay}@example.com"})
+        check(status == 201, f"{overlay}: POST through the gateway answered {status} {body}")
+        if status == 201:
+            uid = json.loads(body)["id"]
+            status, _ = http("GET", f"http://gateway:{gw}/api/users/{uid}")
+            check(status == 200, f"{overlay}: GET through the gateway answered {status}")
+        flows = established(pids)
+
+        # Map the remote ports back to Services.
+        port_to_service = {p["port"]: name for name, s in services.items() if s["spec"].get("clusterIP") != "None" for p in s["spec"]["ports"]}
+        seen = set()
+        for role, port in flows:
+            check(port in port_to_service, f"{overlay}: {role} connected to port {port}, which is no Service")
+            seen.add((role, port_to_service.get(port, "?"), port))
+        return seen
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+        for p in reversed(procs):
+            try:
+                code = p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                code = p.wait()
+            if p.pid in pids:
+                check(code == 0, f"{overlay}/{pids[p.pid]}: exit code {code} after SIGTERM (log: {work / (pids[p.pid] + '.log')})")
+        subprocess.run(["umount", "/etc/hosts"], check=False)
+
+
+# ---- 3. NetworkPolicies -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    namespace: str
+    labels: tuple
+    ns_labels: tuple
+    ports: tuple = ()  # (name, port, protocol) of its containers
+
+    def lab(self) -> dict:
+        return dict(self.labels)
+
+    def ns_lab(self) -> dict:
+        return dict(self.ns_labels)
+
+
+def selects(selector: dict | None, labels: dict) -> bool:
+    if selector is None:
+        return True
+    for k, v in selector.get("matchLabels", {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions", []):
+        op, key, values = e["operator"], e["key"], e.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def peer_matches(entry: dict, policy_ns: str, other: Peer) -> bool:
+    check("ipBlock" not in entry, "ipBlock peers are not modelled")
+    if "namespaceSelector" in entry:
+        if not selects(entry["namespaceSelector"], other.ns_lab()):
+            return False
+    elif other.namespace != policy_ns:
+        return False
+    return selects(entry.get("podSelector"), other.lab())
+
+
+def port_matches(rule_ports: list | None, target: Peer, port: int, proto: str) -> bool:
+    if not rule_ports:
+        return True
+    for rp in rule_ports:
+        if rp.get("protocol", "TCP") != proto:
+            continue
+        p = rp.get("port")
+        if p is None:
+            return True
+        if isinstance(p, str):
+            p = next((num for (n, num, pr) in target.ports if n == p), None)
+        if p == port or (rp.get("endPort") and p <= port <= rp["endPort"]):
+            return True
+    return False
+
+
+def direction_allows(policies: list[dict], ns: str, subject: Peer, other: Peer, target: Peer,
+                     port: int, proto: str, direction: str) -> bool:
+    """True if `subject`'s policies allow this flow in `direction` (Ingress/Egress)."""
+    if subject.namespace != ns:
+        return True  # our policies do not govern pods of other namespaces
+    applying = [p for p in policies if selects(p["spec"]["podSelector"], subject.lab())
+                and direction in p["spec"].get("policyTypes", ["Ingress"])]
+    if not applying:
+        return True
+    key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    for p in applying:
+        for rule in p["spec"].get(key, []):
+            peers = rule.get(peers_key)
+            if (not peers or any(peer_matches(e, ns, other) for e in peers)) and port_matches(rule.get("ports"), target, port, proto):
+                return True
+    return False
+
+
+def policy_checks(overlay: str, objs: list[dict], seen: set[tuple[str, str, int]]) -> None:
+    (ns_obj,) = by_kind(objs, "Namespace").values()
+    ns = ns_obj["metadata"]["name"]
+    ns_labels = {**ns_obj["metadata"].get("labels", {}), "kubernetes.io/metadata.name": ns}
+    policies = list(by_kind(objs, "NetworkPolicy").values())
+    services = by_kind(objs, "Service")
+
+    ours: dict[str, Peer] = {}
+    for kind in ("Deployment", "StatefulSet"):
+        for name, w in by_kind(objs, kind).items():
+            tmpl = w["spec"]["template"]
+            ports = tuple((p.get("name"), p["containerPort"], p.get("protocol", "TCP")) for c in tmpl["spec"]["containers"] for p in c.get("ports", []))
+            ours[name] = Peer(name, ns, tuple(sorted(tmpl["metadata"]["labels"].items())), tuple(sorted(ns_labels.items())), ports)
+
+    def outside(name, namespace, labels, ports=()):
+        return Peer(name, namespace, tuple(sorted(labels.items())), (("kubernetes.io/metadata.name", namespace),), ports)
+
+    peers = [
+        *ours.values(),
+        outside("kube-dns", "kube-system", {"k8s-app": "kube-dns"}, (("dns", 53, "UDP"), ("dns-tcp", 53, "TCP"))),
+        outside("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"}),
+        outside("ingress-controller", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}),
+        outside("stranger-elsewhere", "default", {"app": "stranger"}),
+        outside("other-monitoring-pod", "monitoring", {"app.kubernetes.io/name": "grafana"}),
+        Peer("stranger-here", ns, (("app", "stranger"),), tuple(sorted(ns_labels.items()))),
+    ]
+    candidate_ports = sorted({(p, pr) for peer in peers for (_, p, pr) in peer.ports} | {(53, "UDP"), (53, "TCP"), (80, "TCP"), (443, "TCP")})
+
+    allowed = set()
+    for src in peers:
+        for dst in peers:
+            if src is dst:
+                continue
+            for port, proto in candidate_ports:
+                if dst.namespace == ns and not any(p == port and pr == proto for (_, p, pr) in dst.ports):
+                    continue  # nothing listens there
+                if src.namespace != ns and dst.namespace != ns:
+                    continue  # not our business
+                if direction_allows(policies, ns, src, dst, dst, port, proto, "Egress") and \
+                        direction_allows(policies, ns, dst, src, dst, port, proto, "Ingress"):
+                    allowed.add((src.name, dst.name, port, proto))
+
+    # What must be allowed, each for a reason the roles' real behaviour gives.
+    service_to_workload = {}
+    for sname, s in services.items():
+        for wname, w in ours.items():
+            if selects({"matchLabels": s["spec"]["selector"]}, w.lab()):
+                service_to_workload[sname] = wname
+    expected = {(src, service_to_workload[svc], port, "TCP") for (src, svc, port) in seen}
+    # Names the roles resolve: the hosts of their URLs, when not IP literals.
+    secrets = Secrets.from_objects(objs)
+    for name, w in by_kind(objs, "Deployment").items():
+        (c,) = w["spec"]["template"]["spec"]["containers"]
+        env = container_env(objs, c, secrets, f"{overlay}/{name}")
+        hosts = [re.sub(r"^[a-z]+://(?:[^@/]*@)?([^:/]+).*$", r"\1", v) for k, v in env.items() if k.endswith("_URL")]
+        if any(not re.fullmatch(r"[\d.]+", h) for h in hosts):
+            expected |= {(name, "kube-dns", 53, "UDP"), (name, "kube-dns", 53, "TCP")}
+    # Prometheus scrapes each annotated port; the ingress controller reaches the entry point.
+    for kind in ("Deployment", "StatefulSet"):
+        for name, w in by_kind(objs, kind).items():
+            ann = w["spec"]["template"]["metadata"].get("annotations", {})
+            if ann.get("prometheus.io/scrape") == "true":
+                expected.add(("prometheus", name, int(ann["prometheus.io/port"]), "TCP"))
+    gw_port = services["gateway"]["spec"]["ports"][0]["port"]
+    expected.add(("ingress-controller", "gateway", gw_port, "TCP"))
+
+    for flow in sorted(expected - allowed):
+        check(False, f"{overlay}: NetworkPolicies block a flow the platform needs: {flow}")
+    for flow in sorted(allowed - expected):
+        check(False, f"{overlay}: NetworkPolicies allow a flow nothing needs: {flow}")
+    check(("gateway", "users", 3001) in {(a, b, p) for (a, b, p, _) in expected}, f"{overlay}: the gateway never connected to users")
+    check(("users", "redis", 6379) in {(a, b, p) for (a, b, p, _) in expected}, f"{overlay}: users never connected to redis")
+    print(f"{overlay}: {len(allowed)} flows allowed, all needed: " + ", ".join(f"{a}->{b}:{p}/{pr}" for a, b, p, pr in sorted(allowed)))
+
+
+def main() -> int:
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    binary = os.path.abspath(sys.argv[1])
+    overlays = sys.argv[2:] or ["dev", "prod"]
+    if os.environ.get("CHECK_MANIFESTS_INSIDE") != "1":
+        # Re-run inside fresh network and mount namespaces: loopback ports and /etc/hosts
+        # become ours, whatever runs on this machine.
+        unshare = ["unshare", "--net", "--mount", "--fork"]
+        if os.geteuid() != 0:
+            unshare.insert(1, "--map-root-user")
+        env = {**os.environ, "CHECK_MANIFESTS_INSIDE": "1"}
+        return subprocess.run([*unshare, sys.executable, __file__, binary, *overlays], env=env).returncode
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    for overlay in overlays:
+        objs = render(overlay)
+        static_checks(overlay, objs, binary)
+        seen = live_run(overlay, objs, binary)
+        policy_checks(overlay, objs, seen)
+    for f in FAILURES:
+        print(f"FAIL {f}", file=sys.stderr)
+    print(f"check_manifests: {len(FAILURES)} failure(s) in {', '.join(overlays)}")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
