@@ -5,6 +5,10 @@ SHELL = /usr/bin/env bash -o pipefail
 
 CARGO ?= cargo
 REDIS_PORT ?= 6379
+IMAGE ?= platform:local
+KIND_CLUSTER ?= platform
+OVERLAY ?= dev
+NAMESPACE ?= platform-$(OVERLAY)
 
 ##@ General
 
@@ -36,3 +40,50 @@ bench: ## Benchmark gateway vs users vs nginx on GET /api/users/{id} (wrk; bound
 .PHONY: build
 build: ## Release build of the platform binary
 	$(CARGO) build --release --locked
+
+##@ Deployment
+
+.PHONY: check-deploy
+check-deploy: ## Lint and validate Dockerfile, k8s overlays and workflows; prove manifests match the binary
+	./scripts/check-deploy.sh
+
+.PHONY: image
+image: ## Build the image (docker, or buildah with local stand-in bases) and check it runs
+	IMAGE=$(IMAGE) ./scripts/image.sh
+
+define require
+	@command -v $(1) >/dev/null 2>&1 || { echo "error: '$(1)' is not installed; $(2)" >&2; exit 1; }
+endef
+
+.PHONY: kind-up
+kind-up: ## Create a local kind cluster (name: KIND_CLUSTER, default platform)
+	$(call require,kind,see https://kind.sigs.k8s.io/docs/user/quick-start/#installation)
+	$(call require,docker,kind runs its nodes as Docker containers)
+	@docker info >/dev/null 2>&1 || { echo "error: no Docker daemon answers; kind needs one" >&2; exit 1; }
+	kind get clusters | grep -qx '$(KIND_CLUSTER)' || kind create cluster --name $(KIND_CLUSTER) --wait 120s
+
+.PHONY: kind-load
+kind-load: ## Load IMAGE (default platform:local) into the kind cluster (build it first with `make image`)
+	$(call require,kind,see https://kind.sigs.k8s.io/docs/user/quick-start/#installation)
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && docker image inspect $(IMAGE) >/dev/null 2>&1; then \
+	  kind load docker-image $(IMAGE) --name $(KIND_CLUSTER); \
+	elif command -v buildah >/dev/null 2>&1 && buildah inspect --type image $(IMAGE) >/dev/null 2>&1; then \
+	  mkdir -p target && rm -f target/platform-image.tar && \
+	  buildah push $(IMAGE) docker-archive:target/platform-image.tar:$(IMAGE) && \
+	  kind load image-archive target/platform-image.tar --name $(KIND_CLUSTER); \
+	else echo "error: image $(IMAGE) not found in docker or buildah storage; run 'make image' first" >&2; exit 1; fi
+
+.PHONY: deploy
+deploy: ## Apply OVERLAY (default dev) to the current context, wait for rollout, smoke-test, roll back on failure
+	$(call require,kubectl,see https://kubernetes.io/docs/tasks/tools/)
+	./scripts/deploy.sh $(OVERLAY)
+
+.PHONY: port-forward
+port-forward: ## Forward localhost:3000 to the gateway in platform-OVERLAY
+	$(call require,kubectl,see https://kubernetes.io/docs/tasks/tools/)
+	kubectl -n $(NAMESPACE) port-forward svc/gateway 3000:3000
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster
+	$(call require,kind,see https://kind.sigs.k8s.io/docs/user/quick-start/#installation)
+	kind delete cluster --name $(KIND_CLUSTER)

@@ -39,6 +39,7 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --d
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 "$BIN" users --host 127.0.0.1 --port "$USERS_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" >/dev/null & pids+=($!)
+# shellcheck disable=SC2086 # BENCH_GATEWAY_ARGS holds several flags: split on purpose.
 "$BIN" gateway ${BENCH_GATEWAY_ARGS:-} --host 127.0.0.1 --port "$GATEWAY_PORT" --users-url "http://127.0.0.1:$USERS_PORT" >/dev/null & pids+=($!)
 GATEWAY_PID=$!
 
@@ -132,4 +133,5 @@ run "(a) gateway → users" "$GATEWAY_PORT" /api a "$GATEWAY_PID"
 run "(b) users directly" "$USERS_PORT" "" b
 run "(c) nginx → users" "$NGINX_PORT" /api c "$NGINX_PID"
 echo
+# shellcheck disable=SC2154 # RPS_* and CPU_* are set by run_wrk through eval.
 python3 -c "a,b,c=$RPS_a,$RPS_b,$RPS_c; print(f'(a)/(c) gateway vs nginx throughput: {a/c:.2f}   (target >= 1.0)'); print(f'(a)/(b) gateway hop vs direct: {a/b:.2f}'); print(f'proxy CPU per request, gateway/nginx: {$CPU_a/$CPU_c:.2f}   (lower is leaner)')"

@@ -15,7 +15,7 @@ PY_TOOLS=(
   "checkov==3.3.30"
   "yamllint==1.38.0"
 )
-APT_PACKAGES=(buildah debootstrap prometheus)
+APT_PACKAGES=(buildah debootstrap prometheus shellcheck)
 
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV" >&2
