@@ -35,6 +35,9 @@ done
 step "shellcheck"
 shellcheck scripts/*.sh .ci/run
 
+step "kubernetes-validate --strict (Secret template)"
+"$BIN/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" k8s/secret-template.yaml
+
 step "actionlint (with shellcheck on every run: block)"
 "$BIN/actionlint" -no-color
 
