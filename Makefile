@@ -8,6 +8,7 @@ REDIS_PORT ?= 6379
 IMAGE ?= platform:local
 KIND_CLUSTER ?= platform
 OVERLAY ?= dev
+PROMETHEUS_PORT ?= 9090
 NAMESPACE ?= platform-$(OVERLAY)
 
 ##@ General
@@ -24,14 +25,22 @@ run: ## Install/start Redis if needed, then run gateway (:3000) + users (:3001) 
 	$(CARGO) run --release --locked -- all --log-format pretty
 
 .PHONY: test
-test: ## Run the whole test suite (installs redis-server if missing)
-	./scripts/ensure-redis.sh
+test: ## Run the whole test suite (installs redis-server and prometheus if missing)
+	./scripts/ensure-apt.sh redis-server:redis-server redis-cli:redis-tools prometheus:prometheus
 	$(CARGO) test --locked
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+.PHONY: monitor
+monitor: ## Run Prometheus (with the alert rules) against `make run`'s platform; prints its URL
+	./scripts/ensure-apt.sh prometheus:prometheus
+	@mkdir -p .run/prometheus
+	@echo "Prometheus: http://127.0.0.1:$(PROMETHEUS_PORT)  (scraping 127.0.0.1:3000; alerts at /alerts)"
+	prometheus --config.file=k8s/monitoring/prometheus-local.yml --storage.tsdb.path=.run/prometheus \
+	  --web.listen-address=127.0.0.1:$(PROMETHEUS_PORT) --log.level=warn
 
 .PHONY: bench
 bench: ## Benchmark gateway vs users vs nginx on GET /api/users/{id} (wrk; bounded time)

@@ -38,6 +38,18 @@ shellcheck scripts/*.sh .ci/run
 step "kubernetes-validate --strict (Secret template)"
 "$BIN/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" k8s/secret-template.yaml
 
+step "promtool: scrape configs, alert rules and their unit tests"
+promtool check config k8s/monitoring/prometheus-local.yml
+promtool check rules k8s/monitoring/alerts.yml
+promtool test rules k8s/monitoring/alerts.test.yml
+# Debian's promtool is built without Kubernetes service discovery, so the in-cluster
+# prometheus.yml gets yamllint (above) here; CI's promtool checks it (.github/workflows/ci.yml).
+
+step "kustomize + kubernetes-validate --strict (k8s/monitoring)"
+kubectl kustomize k8s/monitoring >"$OUT/monitoring.yaml"
+"$BIN/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$OUT/monitoring.yaml"
+for f in k8s/monitoring/dashboards/*.json; do python3 -m json.tool "$f" >/dev/null; done
+
 step "actionlint (with shellcheck on every run: block)"
 "$BIN/actionlint" -no-color
 

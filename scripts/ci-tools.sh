@@ -15,7 +15,6 @@ PY_TOOLS=(
   "checkov==3.3.30"
   "yamllint==1.38.0"
 )
-APT_PACKAGES=(buildah debootstrap prometheus shellcheck)
 
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV" >&2
@@ -28,16 +27,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 if [ "${1:-}" != "--python" ]; then
-  missing=()
-  for pkg in "${APT_PACKAGES[@]}"; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-    echo "installing ${missing[*]} with apt-get" >&2
-    $SUDO apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  ./scripts/ensure-apt.sh buildah:buildah debootstrap:debootstrap promtool:prometheus shellcheck:shellcheck
 fi
 echo "$PWD/$VENV/bin"

@@ -4,14 +4,7 @@
 # noeviction), unless one already answers there.
 set -euo pipefail
 
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-  echo "redis-server not found: installing it with apt-get" >&2
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
-  # The Debian package starts a system service; our tests start their own servers.
-fi
+"$(dirname "$0")/ensure-apt.sh" redis-server:redis-server redis-cli:redis-tools
 
 if [ "${1:-}" = "--start" ]; then
   port="${REDIS_PORT:-6379}"

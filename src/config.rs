@@ -60,6 +60,32 @@ pub struct CommonSettings {
     pub workers: Option<usize>,
 }
 
+impl CommonSettings {
+    /// Worker threads the server really starts (the flag, or one per available CPU).
+    pub fn effective_workers(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+            .max(1)
+    }
+}
+
+/// The shared settings as fields of the start-up log line.
+impl slog::KV for CommonSettings {
+    fn serialize(&self, _: &slog::Record, s: &mut dyn slog::Serializer) -> slog::Result {
+        s.emit_arguments("host", &format_args!("{}", self.host))?;
+        s.emit_str("log_level", &self.log_level.as_str().to_lowercase())?;
+        s.emit_str(
+            "log_format",
+            match self.log_format {
+                LogFormat::Json => "json",
+                LogFormat::Pretty => "pretty",
+            },
+        )?;
+        s.emit_usize("workers", self.effective_workers())?;
+        s.emit_f64("shutdown_timeout_s", self.shutdown_timeout.as_secs_f64())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Json,

@@ -43,14 +43,12 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
-    let mut server = HttpServer::new(factory)
+    let server = HttpServer::new(factory)
         .disable_signals()
         .keep_alive(KEEP_ALIVE)
         .client_request_timeout(REQUEST_HEAD_TIMEOUT)
-        .shutdown_timeout(common.shutdown_timeout.as_secs_f64().ceil() as u64);
-    if let Some(workers) = common.workers {
-        server = server.workers(workers.max(1));
-    }
+        .shutdown_timeout(common.shutdown_timeout.as_secs_f64().ceil() as u64)
+        .workers(common.effective_workers());
     Ok(server
         .listen(listener)
         .context("failed to start the HTTP server")?

@@ -63,13 +63,12 @@ impl Application {
             timeout: settings.upstream.upstream_timeout,
             max_body: settings.upstream.max_body,
         };
-        info!(log, "starting";
+        info!(log.new(slog::o!(settings.common.clone())), "starting";
             "port" => port,
             "users_url" => crate::config::redact_url(&settings.users_url),
             "upstream_timeout_ms" => settings.upstream.upstream_timeout.as_millis() as u64,
             "upstream_connect_timeout_ms" => settings.upstream.upstream_connect_timeout.as_millis() as u64,
             "max_body" => settings.upstream.max_body,
-            "shutdown_timeout_s" => settings.common.shutdown_timeout.as_secs_f64(),
         );
         let ready_url = format!("{base}/health/ready");
         let readiness = UpstreamReadiness::default();

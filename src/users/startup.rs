@@ -44,13 +44,12 @@ impl Application {
         let log = logging::for_service(&log, SERVICE);
         let port = listener.local_addr()?.port();
         let store = UserStore::new(&settings.redis)?;
-        info!(log, "starting";
+        info!(log.new(slog::o!(settings.common.clone())), "starting";
             "port" => port,
             "redis_url" => settings.redis.redacted_url(),
             "redis_password" => if settings.redis.redis_password.is_some() { "***" } else { "none" },
             "redis_pool_size" => settings.redis.redis_pool_size,
             "redis_timeout_ms" => settings.redis.redis_timeout.as_millis() as u64,
-            "shutdown_timeout_s" => settings.common.shutdown_timeout.as_secs_f64(),
         );
         let app_store = store.clone();
         let app_draining = draining.clone();

@@ -357,6 +357,29 @@ impl Process {
         Self::spawn(&all_args, envs, port)
     }
 
+    /// `platform all` on two free ports against `redis_url`: (process on the gateway's port,
+    /// the users role's port).
+    pub fn all(redis_url: &str) -> (Self, u16) {
+        let (gateway_port, users_port) = (free_port(), free_port());
+        let (g, u) = (gateway_port.to_string(), users_port.to_string());
+        let args = [
+            "all",
+            "--host",
+            "127.0.0.1",
+            "--gateway-port",
+            &g,
+            "--users-port",
+            &u,
+            "--redis-url",
+            redis_url,
+        ];
+        let process = Self::spawn(&args, &[], gateway_port);
+        wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", users_port)).is_ok()
+        });
+        (process, users_port)
+    }
+
     /// The binary with `args`, waiting until `port` accepts connections.
     pub fn spawn(args: &[&str], envs: &[(&str, &str)], port: u16) -> Self {
         let mut cmd = Command::new(BIN);

@@ -6,6 +6,7 @@ mod gateway;
 mod health;
 mod helpers;
 mod metrics;
+mod monitoring;
 mod process;
 mod reindex;
 mod request_id;

@@ -97,6 +97,20 @@ async fn logs_are_json_lines_with_the_contract_fields_and_no_secret() {
             .is_some_and(|u| u.contains(":***@127.0.0.1")),
         "{start}"
     );
+    // The effective configuration, secrets masked.
+    assert_eq!(start["redis_password"], "***", "{start}");
+    assert_eq!(start["host"], "127.0.0.1", "{start}");
+    assert_eq!(start["log_level"], "info", "{start}");
+    assert_eq!(start["log_format"], "json", "{start}");
+    for field in [
+        "port",
+        "workers",
+        "redis_pool_size",
+        "redis_timeout_ms",
+        "shutdown_timeout_s",
+    ] {
+        assert!(start[field].is_number(), "{field} missing in {start}");
+    }
     let access = lines
         .iter()
         .find(|l| l["request_id"] == "log-test-1")
@@ -165,24 +179,8 @@ async fn sigterm_lets_the_in_flight_request_finish_and_exits_0() {
 #[actix_web::test]
 async fn platform_all_serves_both_roles_in_one_process_and_stops_on_sigterm() {
     let redis = RedisServer::start();
-    let (gateway_port, users_port) = (crate::helpers::free_port(), crate::helpers::free_port());
-    let (g, u) = (gateway_port.to_string(), users_port.to_string());
-    let url = redis.url();
-    let mut process = Process::spawn(
-        &[
-            "all",
-            "--host",
-            "127.0.0.1",
-            "--gateway-port",
-            &g,
-            "--users-port",
-            &u,
-            "--redis-url",
-            &url,
-        ],
-        &[],
-        gateway_port,
-    );
+    let (mut process, users_port) = Process::all(&redis.url());
+    let gateway_port = process.port;
     let client = awc::Client::default();
     let mut created = client
         .post(format!("http://127.0.0.1:{gateway_port}/api/users"))
@@ -207,12 +205,73 @@ async fn platform_all_serves_both_roles_in_one_process_and_stops_on_sigterm() {
 
     process.sigterm();
     assert_eq!(process.wait_exit(Duration::from_secs(10)), Some(0));
-    let services: std::collections::HashSet<String> = json_lines(&process.stdout())
+    let lines = json_lines(&process.stdout());
+    let services: std::collections::HashSet<String> = lines
         .iter()
         .filter_map(|l| l["service"].as_str().map(str::to_owned))
         .collect();
     assert!(
         services.contains("gateway") && services.contains("users"),
         "{services:?}"
+    );
+    // One start-up line per role with its effective configuration.
+    for (service, fields) in [
+        (
+            "gateway",
+            &["users_url", "upstream_timeout_ms", "max_body"][..],
+        ),
+        (
+            "users",
+            &["redis_url", "redis_pool_size", "redis_password"][..],
+        ),
+    ] {
+        let start = lines
+            .iter()
+            .find(|l| l["msg"] == "starting" && l["service"] == service)
+            .unwrap_or_else(|| panic!("no start-up line for {service}"));
+        for field in [
+            "port",
+            "host",
+            "workers",
+            "log_level",
+            "log_format",
+            "shutdown_timeout_s",
+        ]
+        .iter()
+        .chain(fields)
+        {
+            assert!(start.get(*field).is_some(), "{field} missing in {start}");
+        }
+    }
+    // The POST crossed both roles: one §8 access line in each, with the same request id;
+    // the readiness probe is logged at debug, so not at the default level.
+    let access: Vec<&Value> = lines.iter().filter(|l| l["status"] == 201).collect();
+    assert_eq!(access.len(), 2, "{access:?}");
+    assert_eq!(access[0]["request_id"], access[1]["request_id"]);
+    let routes: std::collections::HashSet<&str> =
+        access.iter().filter_map(|l| l["route"].as_str()).collect();
+    assert_eq!(routes, ["/api/users", "/users"].into());
+    for line in &access {
+        for field in [
+            "ts",
+            "level",
+            "msg",
+            "service",
+            "version",
+            "request_id",
+            "method",
+            "path",
+            "route",
+            "status",
+            "duration_ms",
+            "remote_addr",
+            "user_agent",
+        ] {
+            assert!(line.get(field).is_some(), "{field} missing in {line}");
+        }
+    }
+    assert!(
+        !lines.iter().any(|l| l["path"] == "/health/ready"),
+        "probe logged at info"
     );
 }
