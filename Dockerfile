@@ -15,6 +15,8 @@ WORKDIR /src
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 COPY Cargo.toml Cargo.lock ./
+# Build settings of C dependencies (mimalloc's arena commit): part of the dependency layer.
+COPY .cargo ./.cargo
 # An empty crate with the same manifest builds every dependency; the real sources then only
 # rebuild `platform` itself. The crate's own artifacts are removed so they cannot look fresh.
 RUN mkdir src \

@@ -6,6 +6,11 @@ use platform::config::{self, CommonSettings, Role, UsersTask};
 use platform::telemetry::logging;
 use platform::{all, gateway, users};
 
+/// mimalloc instead of glibc's malloc: a proxied request allocates and frees a few dozen
+/// small objects across threads; glibc spent ~10 % of the gateway's CPU on them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[actix_web::main]
 async fn main() -> ExitCode {
     let cli = config::parse_cli();

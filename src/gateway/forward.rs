@@ -108,7 +108,7 @@ pub async fn forward(
             };
             metrics::record_upstream(
                 SERVICE,
-                method.as_str(),
+                &method,
                 error.code.status().as_u16(),
                 started.elapsed(),
             );
@@ -116,7 +116,7 @@ pub async fn forward(
         }
     };
     let status = response.status();
-    metrics::record_upstream(SERVICE, method.as_str(), status.as_u16(), started.elapsed());
+    metrics::record_upstream(SERVICE, &method, status.as_u16(), started.elapsed());
 
     let mut out = HttpResponse::build(status);
     for (name, value) in headers::end_to_end(response.headers(), &[header::CONTENT_LENGTH]) {

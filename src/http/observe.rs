@@ -8,7 +8,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderValue, USER_AGENT};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
-use slog::{Logger, debug, error, info, warn};
+use slog::{Drain, Logger, debug, error, info, warn};
 
 use super::error::{ApiError, ErrorCode};
 use super::request_id::{self, RequestId};
@@ -31,24 +31,13 @@ pub async fn observe(
     let _in_flight = metrics::InFlight::start();
     let id = RequestId::from_headers(req.headers());
     req.extensions_mut().insert(id.clone());
-    let log = req
-        .app_data::<web::Data<AppLogger>>()
-        .map(|l| l.0.clone())
-        .unwrap_or_else(|| Logger::root(slog::Discard, slog::o!()));
-    let method = req.method().to_string();
-    let path = req.path().to_owned();
-    let remote_addr = req
-        .peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default();
-    let user_agent = req
-        .headers()
-        .get(USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
 
     let mut res = next.call(req).await?.map_into_boxed_body();
+    // Everything below borrows from the request the response still holds: no copies.
+    let log = match res.request().app_data::<web::Data<AppLogger>>() {
+        Some(l) => l.0.clone(),
+        None => Logger::root(slog::Discard, slog::o!()),
+    };
     if let Some(err) = res.response().error() {
         let api = err.as_error::<ApiError>();
         let rendered = match api {
@@ -75,33 +64,52 @@ pub async fn observe(
     }
 
     let status = res.status().as_u16();
-    let chosen = res.request().extensions().get::<RouteLabel>().map(|r| r.0);
-    let route = match chosen {
-        Some(label) => label.to_owned(),
-        None => res
-            .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".to_owned()),
+    let req = res.request();
+    let pattern;
+    let route = match req.extensions().get::<RouteLabel>() {
+        Some(label) => label.0,
+        None => {
+            pattern = req.match_pattern();
+            pattern.as_deref().unwrap_or("unmatched")
+        }
     };
     let elapsed = started.elapsed();
-    metrics::record_http(&method, &route, status, elapsed);
+    metrics::record_http(req.method(), route, status, elapsed);
 
-    let is_probe = path.starts_with("/health") || path == "/metrics";
-    let kv = slog::o!(
-        "request_id" => id.as_str().to_owned(),
-        "method" => method,
-        "path" => path,
-        "route" => route,
-        "status" => status,
-        "duration_ms" => (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
-        "remote_addr" => remote_addr,
-        "user_agent" => user_agent,
-    );
-    let log = log.new(kv);
-    match status {
-        _ if is_probe => debug!(log, "request"),
-        500.. => warn!(log, "request"),
-        _ => info!(log, "request"),
+    let path = req.path();
+    let level = match status {
+        _ if path.starts_with("/health") || path == "/metrics" => slog::Level::Debug,
+        500.. => slog::Level::Warning,
+        _ => slog::Level::Info,
+    };
+    if log.is_enabled(level) {
+        let remote_addr = req.peer_addr().map(|a| a.ip().to_string());
+        let user_agent = req
+            .headers()
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let duration_ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        // slog takes the level as a constant: one call per level, same fields.
+        macro_rules! access {
+            ($log_macro:ident) => {
+                $log_macro!(log, "request";
+                    "request_id" => id.as_str(),
+                    "method" => req.method().as_str(),
+                    "path" => path,
+                    "route" => route,
+                    "status" => status,
+                    "duration_ms" => duration_ms,
+                    "remote_addr" => remote_addr.as_deref().unwrap_or(""),
+                    "user_agent" => user_agent,
+                )
+            };
+        }
+        match level {
+            slog::Level::Debug => access!(debug),
+            slog::Level::Warning => access!(warn),
+            _ => access!(info),
+        }
     }
     Ok(res)
 }

@@ -1,10 +1,15 @@
 //! Prometheus metrics: one recorder per process, real histograms, the names of CONTRACT §7.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use actix_web::http::Method;
 use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -93,15 +98,82 @@ fn describe() {
     describe_counter!(USERS_DELETED, "Users deleted by this process");
 }
 
-/// Counts one served request.
-pub fn record_http(method: &str, route: &str, status: u16, elapsed: Duration) {
-    let labels = [
-        ("method", method.to_owned()),
-        ("route", route.to_owned()),
-        ("status_code", status.to_string()),
-    ];
-    counter!(HTTP_REQUESTS, &labels).increment(1);
-    histogram!(HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
+/// The `method` label: the standard methods by name, anything else `OTHER` (a client can send
+/// any token as a method; it must not create series).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// Metric handles of one label set, kept per thread: a request then costs two atomic updates
+/// instead of building a labelled key and looking it up in the shared registry.
+struct HttpHandles {
+    method: &'static str,
+    route: Box<str>,
+    status: u16,
+    requests: Counter,
+    duration: Histogram,
+}
+
+struct UpstreamHandles {
+    service: &'static str,
+    method: &'static str,
+    status: u16,
+    duration: Histogram,
+}
+
+thread_local! {
+    static HTTP_HANDLES: RefCell<HashMap<u64, Vec<HttpHandles>>> = RefCell::new(HashMap::new());
+    static UPSTREAM_HANDLES: RefCell<HashMap<u64, Vec<UpstreamHandles>>> = RefCell::new(HashMap::new());
+    static IN_FLIGHT: Gauge = gauge!(HTTP_IN_FLIGHT);
+}
+
+fn label_hash(parts: impl Hash) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    parts.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Counts one served request. `route` is a route pattern or `unmatched`, never a raw path.
+pub fn record_http(method: &Method, route: &str, status: u16, elapsed: Duration) {
+    let method = method_label(method);
+    let key = label_hash((method, route, status));
+    HTTP_HANDLES.with_borrow_mut(|cache| {
+        let slot = cache.entry(key).or_default();
+        let position = slot
+            .iter()
+            .position(|h| h.method == method && h.status == status && &*h.route == route);
+        let handles = match position {
+            Some(i) => &slot[i],
+            None => {
+                let labels = [
+                    ("method", method.to_owned()),
+                    ("route", route.to_owned()),
+                    ("status_code", status.to_string()),
+                ];
+                slot.push(HttpHandles {
+                    method,
+                    route: route.into(),
+                    status,
+                    requests: counter!(HTTP_REQUESTS, &labels),
+                    duration: histogram!(HTTP_DURATION, &labels),
+                });
+                &slot[slot.len() - 1]
+            }
+        };
+        handles.requests.increment(1);
+        handles.duration.record(elapsed.as_secs_f64());
+    });
 }
 
 /// Tracks a request in flight until dropped.
@@ -109,14 +181,14 @@ pub struct InFlight;
 
 impl InFlight {
     pub fn start() -> Self {
-        gauge!(HTTP_IN_FLIGHT).increment(1.0);
+        IN_FLIGHT.with(|g| g.increment(1.0));
         Self
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+        IN_FLIGHT.with(|g| g.decrement(1.0));
     }
 }
 
@@ -127,14 +199,33 @@ pub fn record_redis(operation: &'static str, status: &'static str, elapsed: Dura
 }
 
 /// Times one call to an upstream service.
-pub fn record_upstream(service: &'static str, method: &str, status: u16, elapsed: Duration) {
-    histogram!(
-        UPSTREAM_DURATION,
-        "service" => service,
-        "method" => method.to_owned(),
-        "status_code" => status.to_string()
-    )
-    .record(elapsed.as_secs_f64());
+pub fn record_upstream(service: &'static str, method: &Method, status: u16, elapsed: Duration) {
+    let method = method_label(method);
+    let key = label_hash((service, method, status));
+    UPSTREAM_HANDLES.with_borrow_mut(|cache| {
+        let slot = cache.entry(key).or_default();
+        let position = slot
+            .iter()
+            .position(|h| h.service == service && h.method == method && h.status == status);
+        let handles = match position {
+            Some(i) => &slot[i],
+            None => {
+                slot.push(UpstreamHandles {
+                    service,
+                    method,
+                    status,
+                    duration: histogram!(
+                        UPSTREAM_DURATION,
+                        "service" => service,
+                        "method" => method,
+                        "status_code" => status.to_string()
+                    ),
+                });
+                &slot[slot.len() - 1]
+            }
+        };
+        handles.duration.record(elapsed.as_secs_f64());
+    });
 }
 
 pub fn set_users_total(total: u64) {

@@ -49,3 +49,19 @@ async fn metrics_expose_the_contract_names_with_route_patterns() {
     );
     assert!(!text.contains("quantile="), "histograms, not summaries");
 }
+
+#[actix_web::test]
+async fn an_unknown_method_is_counted_as_other_not_as_a_new_series() {
+    let app = spawn_app().await;
+    for method in ["BREW", "XYZZY"] {
+        let request = format!("{method} /users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let (status, _, _) = crate::upstream::raw_request(app.port, &request);
+        assert_eq!(status, 405, "{method}");
+    }
+    let text = app.get("/metrics").await.text;
+    assert!(
+        text.contains(r#"http_requests_total{method="OTHER",route="/users",status_code="405"} 2"#),
+        "{text}"
+    );
+    assert!(!text.contains("BREW") && !text.contains("XYZZY"), "{text}");
+}
