@@ -4,8 +4,11 @@ use std::time::Instant;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::ConnectionType;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderValue, USER_AGENT};
+use actix_web::http::header::{
+    CONTENT_LENGTH, HeaderMap, HeaderValue, TRANSFER_ENCODING, USER_AGENT,
+};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 use slog::{Drain, Logger, debug, error, info, warn};
@@ -57,6 +60,13 @@ pub async fn observe(
                 fallback.render(Some(id.as_str()))
             }
         };
+        let mut rendered = rendered;
+        if unread_body(&rendered, res.request().headers()) {
+            // actix-web #2632: an unread body would be parsed as the next request.
+            rendered
+                .head_mut()
+                .set_connection_type(ConnectionType::Close);
+        }
         res = res.into_response(rendered);
     }
     if let Ok(value) = HeaderValue::from_str(id.as_str()) {
@@ -112,6 +122,18 @@ pub async fn observe(
         }
     }
     Ok(res)
+}
+
+/// An error answered before the handler read the request's body (unknown path, wrong method,
+/// wrong media type) to a request that has one: the connection cannot be reused.
+fn unread_body(rendered: &actix_web::HttpResponse, headers: &HeaderMap) -> bool {
+    let early = matches!(rendered.status().as_u16(), 404 | 405 | 415);
+    let has_body = headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    early && has_body
 }
 
 fn fallback_error(status: StatusCode, message: &str) -> ApiError {
