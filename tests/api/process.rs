@@ -176,6 +176,44 @@ async fn sigterm_lets_the_in_flight_request_finish_and_exits_0() {
     );
 }
 
+#[test]
+fn after_sigterm_probes_fail_while_the_in_flight_request_finishes() {
+    use std::io::{Read, Write};
+    let redis = RedisServer::start();
+    let mut process = Process::users(&redis.url(), &["--redis-timeout", "3s"], &[]);
+    // A request held in flight by a frozen Redis when SIGTERM arrives.
+    redis.pause();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", process.port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    conn.write_all(b"GET /users HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    process.sigterm();
+    std::thread::sleep(Duration::from_millis(300));
+    // A probe now (as the kubelet makes one: a new connection) cannot succeed: the process
+    // stopped accepting at SIGTERM, so it reads as not ready while the drain goes on.
+    let probe = std::net::TcpStream::connect(("127.0.0.1", process.port)).and_then(|mut c| {
+        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+        c.write_all(b"GET /health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        c.read_to_string(&mut out)?;
+        Ok(out)
+    });
+    assert!(
+        !probe
+            .as_deref()
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200")),
+        "ready during the drain: {probe:?}"
+    );
+    // Redis is back: the in-flight request completes normally, then the process exits 0.
+    redis.resume();
+    let mut raw = String::new();
+    let _ = conn.read_to_string(&mut raw);
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert_eq!(process.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
 #[actix_web::test]
 async fn platform_all_serves_both_roles_in_one_process_and_stops_on_sigterm() {
     let redis = RedisServer::start();
