@@ -9,6 +9,8 @@ IMAGE ?= platform:local
 KIND_CLUSTER ?= platform
 OVERLAY ?= dev
 PROMETHEUS_PORT ?= 9090
+BUILDAH_STORAGE_DRIVER ?= overlay
+BUILDAH = buildah --storage-driver $(BUILDAH_STORAGE_DRIVER)
 NAMESPACE ?= platform-$(OVERLAY)
 
 ##@ General
@@ -58,7 +60,7 @@ check-deploy: ## Lint and validate Dockerfile, k8s overlays and workflows; prove
 
 .PHONY: image
 image: ## Build the image (docker, or buildah with local stand-in bases) and check it runs
-	IMAGE=$(IMAGE) ./scripts/image.sh
+	IMAGE=$(IMAGE) BUILDAH_STORAGE_DRIVER=$(BUILDAH_STORAGE_DRIVER) ./scripts/image.sh
 
 define require
 	@command -v $(1) >/dev/null 2>&1 || { echo "error: '$(1)' is not installed; $(2)" >&2; exit 1; }
@@ -76,9 +78,9 @@ kind-load: ## Load IMAGE (default platform:local) into the kind cluster (build i
 	$(call require,kind,see https://kind.sigs.k8s.io/docs/user/quick-start/#installation)
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && docker image inspect $(IMAGE) >/dev/null 2>&1; then \
 	  kind load docker-image $(IMAGE) --name $(KIND_CLUSTER); \
-	elif command -v buildah >/dev/null 2>&1 && buildah inspect --type image $(IMAGE) >/dev/null 2>&1; then \
+	elif command -v buildah >/dev/null 2>&1 && $(BUILDAH) inspect --type image $(IMAGE) >/dev/null 2>&1; then \
 	  mkdir -p target && rm -f target/platform-image.tar && \
-	  buildah push $(IMAGE) docker-archive:target/platform-image.tar:$(IMAGE) && \
+	  $(BUILDAH) push $(IMAGE) docker-archive:target/platform-image.tar:$(IMAGE) && \
 	  kind load image-archive target/platform-image.tar --name $(KIND_CLUSTER); \
 	else echo "error: image $(IMAGE) not found in docker or buildah storage; run 'make image' first" >&2; exit 1; fi
 
