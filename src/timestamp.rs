@@ -1,5 +1,7 @@
 //! Timestamps as the seeds write them: RFC 3339 UTC with milliseconds and `Z`.
 
+use std::fmt;
+
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -9,8 +11,40 @@ pub fn now() -> String {
 }
 
 pub fn format(at: OffsetDateTime) -> String {
+    let mut out = String::with_capacity(24);
+    let _ = write_to(at, &mut out);
+    out
+}
+
+/// Appends now, formatted as [`now`], to `out` (no allocation, no formatting machinery:
+/// every log line's `ts`).
+pub fn write_now(out: &mut Vec<u8>) {
+    let at = OffsetDateTime::now_utc();
+    let mut digits = |value: u32, width: usize, then: u8| {
+        let mut buf = [b'0'; 4];
+        let mut v = value;
+        for slot in buf[..width].iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&buf[..width]);
+        if then != 0 {
+            out.push(then);
+        }
+    };
+    digits(at.year().clamp(0, 9999) as u32, 4, b'-');
+    digits(u32::from(u8::from(at.month())), 2, b'-');
+    digits(u32::from(at.day()), 2, b'T');
+    digits(u32::from(at.hour()), 2, b':');
+    digits(u32::from(at.minute()), 2, b':');
+    digits(u32::from(at.second()), 2, b'.');
+    digits(u32::from(at.millisecond()), 3, b'Z');
+}
+
+fn write_to(at: OffsetDateTime, out: &mut impl fmt::Write) -> fmt::Result {
     let at = at.to_offset(time::UtcOffset::UTC);
-    format!(
+    write!(
+        out,
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         at.year(),
         u8::from(at.month()),
@@ -43,6 +77,17 @@ mod tests {
             format(datetime!(2026-11-23 13:00:00 +01:00)),
             "2026-11-23T12:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn write_now_has_the_format_of_now() {
+        let mut out = Vec::new();
+        write_now(&mut out);
+        let text = String::from_utf8(out).expect("ASCII");
+        assert_eq!(text.len(), "2026-11-23T12:00:00.000Z".len(), "{text}");
+        let millis = parse_millis(&text).expect("RFC 3339");
+        let again = parse_millis(&now()).expect("RFC 3339");
+        assert!((again - millis).abs() < 1000, "{text}");
     }
 
     #[test]

@@ -33,7 +33,10 @@ impl RequestId {
     }
 
     pub fn generate() -> Self {
-        Self(Rc::from(uuid::Uuid::new_v4().to_string()))
+        let mut buf = uuid::Uuid::encode_buffer();
+        Self(Rc::from(
+            &*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf),
+        ))
     }
 
     pub fn as_str(&self) -> &str {

@@ -4,8 +4,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slog::{Drain, FnValue, Level, Logger, PushFnValue, o};
+use slog::{Drain, Level, Logger, o};
 
+use super::json_lines::{JsonLines, LineSink};
 use crate::config::LogFormat;
 
 /// Keeps the asynchronous drain alive; dropping it writes out the last lines.
@@ -58,17 +59,12 @@ impl BatchedStdout {
     }
 }
 
-impl Write for BatchedStdout {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.0.lock() {
-            Ok(mut out) => out.write(buf),
-            Err(_) => Err(std::io::Error::other("stdout buffer poisoned")),
+impl LineSink for BatchedStdout {
+    fn write_line(&self, line: &[u8]) {
+        if let Ok(mut out) = self.0.lock() {
+            // Only a full buffer reaches stdout here; nothing to do if stdout is gone.
+            let _ = out.write_all(line);
         }
-    }
-
-    /// slog-json flushes after every record; the batch is flushed by time instead.
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -80,7 +76,7 @@ pub fn init(process: &'static str, format: LogFormat, level: Level) -> (Logger, 
     let (logger, guard) = match format {
         // Synchronous into a shared buffer: no thread hand-off per line, no line ever dropped.
         LogFormat::Json => {
-            let drain = Mutex::new(json_drain(stdout.clone())).map(slog::Fuse);
+            let drain = slog::Fuse(JsonLines::new(stdout.clone()));
             (
                 Logger::root(drain.filter_level(level).fuse(), base_keys()),
                 None,
@@ -117,7 +113,7 @@ pub fn init(process: &'static str, format: LogFormat, level: Level) -> (Logger, 
 
 /// A synchronous JSON logger writing into `buffer`: for tests that read what a role logs.
 pub fn capture(buffer: LogBuffer) -> Logger {
-    Logger::root(Mutex::new(json_drain(buffer)).map(slog::Fuse), base_keys())
+    Logger::root(slog::Fuse(JsonLines::new(buffer)), base_keys())
 }
 
 fn base_keys() -> slog::OwnedKV<impl slog::SendSyncRefUnwindSafeKV> {
@@ -127,18 +123,6 @@ fn base_keys() -> slog::OwnedKV<impl slog::SendSyncRefUnwindSafeKV> {
 /// A role's logger: `service` on every line.
 pub fn for_service(root: &Logger, service: &'static str) -> Logger {
     root.new(o!("service" => service))
-}
-
-fn json_drain<W: Write + Send + 'static>(out: W) -> slog::Fuse<slog_json::Json<W>> {
-    slog_json::Json::new(out)
-        .set_newlines(true)
-        .add_key_value(o!(
-            "ts" => PushFnValue(|_, ser| ser.emit(crate::timestamp::now())),
-            "level" => FnValue(|record| level_name(record.level())),
-            "msg" => PushFnValue(|record, ser| ser.emit(record.msg())),
-        ))
-        .build()
-        .fuse()
 }
 
 /// slog-async's default drops records beyond 128 queued ones; we block instead.
@@ -154,17 +138,6 @@ where
     (drain.fuse(), guard)
 }
 
-fn level_name(level: Level) -> &'static str {
-    match level {
-        Level::Critical => "critical",
-        Level::Error => "error",
-        Level::Warning => "warn",
-        Level::Info => "info",
-        Level::Debug => "debug",
-        Level::Trace => "trace",
-    }
-}
-
 /// An in-memory, shareable log sink.
 #[derive(Clone, Default)]
 pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
@@ -176,16 +149,11 @@ impl LogBuffer {
     }
 }
 
-impl Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.0.lock() {
-            Ok(mut inner) => inner.write(buf),
-            Err(_) => Err(std::io::Error::other("log buffer poisoned")),
+impl LineSink for LogBuffer {
+    fn write_line(&self, line: &[u8]) {
+        if let Ok(mut inner) = self.0.lock() {
+            inner.extend_from_slice(line);
         }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
