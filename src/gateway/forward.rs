@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::body::SizedStream;
 use actix_web::error::PayloadError;
-use actix_web::http::header::{self, HeaderName};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use awc::error::{ConnectError, SendRequestError};
@@ -35,15 +35,20 @@ pub struct Upstream {
     pub max_body: u64,
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+
 /// Headers the gateway sets itself instead of copying.
 static SET_BY_US: [HeaderName; 7] = [
     header::HOST,
     header::CONTENT_LENGTH,
     request_id::HEADER,
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-prefix"),
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PREFIX,
 ];
 
 pub async fn forward(
@@ -163,12 +168,12 @@ fn upstream_request(
     }
     let peer = req.peer_addr().map(|a| a.ip().to_string());
     if let Some(xff) = headers::forwarded_for(req.headers(), peer.as_deref()) {
-        up = up.insert_header(("x-forwarded-for", xff));
+        up = up.insert_header((X_FORWARDED_FOR, xff));
     }
     let info = req.connection_info();
-    up.insert_header(("x-forwarded-proto", info.scheme()))
-        .insert_header(("x-forwarded-host", info.host()))
-        .insert_header(("x-forwarded-prefix", PREFIX))
+    up.insert_header((X_FORWARDED_PROTO, info.scheme()))
+        .insert_header((X_FORWARDED_HOST, info.host()))
+        .insert_header((X_FORWARDED_PREFIX, HeaderValue::from_static(PREFIX)))
         .insert_header((request_id::HEADER, id.as_str()))
 }
 
