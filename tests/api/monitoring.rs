@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::{Http, Process, RedisServer, free_port};
+use crate::helpers::{Http, Process, RedisServer, free_port, wait_until};
 
 fn monitoring_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/monitoring")
@@ -29,22 +29,17 @@ const EXTERNAL_METRICS: &[&str] = &[
     "up",
 ];
 
-const KEYWORDS: &[&str] = &[
-    "and",
-    "or",
-    "unless",
-    "bool",
-    "offset",
+/// Words that group or modify, followed by a parenthesized list of label names.
+const GROUPING: &[&str] = &[
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
-    "inf",
-    "nan",
-    "Inf",
-    "NaN",
+];
+const OPERATORS: &[&str] = &[
+    "and", "or", "unless", "bool", "offset", "inf", "nan", "Inf", "NaN",
 ];
 
 /// The metric names a PromQL expression selects: identifiers that are not functions,
@@ -107,21 +102,12 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 let rest: String = chars[next..].iter().take(8).collect();
                 // `sum by (…) (…)`: an aggregation whose grouping comes first.
                 let grouped = rest.starts_with("by") || rest.starts_with("without");
-                let called = chars.get(next) == Some(&'(')
-                    || (grouped && !KEYWORDS.contains(&word.as_str()));
-                if called
-                    && [
-                        "by",
-                        "without",
-                        "on",
-                        "ignoring",
-                        "group_left",
-                        "group_right",
-                    ]
-                    .contains(&word.as_str())
-                {
+                let is_grouping = GROUPING.contains(&word.as_str());
+                let keyword = is_grouping || OPERATORS.contains(&word.as_str());
+                let called = chars.get(next) == Some(&'(') || (grouped && !keyword);
+                if called && is_grouping {
                     i = skip_until(next, ')');
-                } else if !called && !KEYWORDS.contains(&word.as_str()) {
+                } else if !called && !keyword {
                     names.insert(word);
                 }
             }
@@ -432,6 +418,10 @@ impl Prometheus {
             .stderr(Stdio::null())
             .spawn()
             .expect("`prometheus` runs (Debian package prometheus; `make test` installs it)");
+        // Its HTTP API answers once the listener is up (it loads the rules before that).
+        wait_until(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
         Self {
             child,
             http: Http::new(port),
