@@ -1,4 +1,6 @@
 use std::io::Write;
+
+use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -314,4 +316,42 @@ async fn a_client_that_disconnects_mid_request_leaves_nothing_open_upstream() {
         .expect("access line");
     assert!(line.contains(r#""status":400"#), "{line}");
     assert!(!logs.contains(r#""level":"error""#), "{logs}");
+}
+
+#[actix_web::test]
+async fn response_bodies_reach_the_client_while_the_upstream_is_still_sending() {
+    // The upstream sends 10 of 100 announced bytes and then stalls for 10 s: a proxy that
+    // buffered the body whole could not pass anything on before then.
+    let stall = FakeUpstream::start(Behaviour::StallBody);
+    let gw = spawn_gateway(&stall.url(), &["--upstream-timeout", "30s"]).await;
+    let mut res = gw
+        .client
+        .get(gw.url("/api/users"))
+        .send()
+        .await
+        .expect("head arrives");
+    assert_eq!(res.status().as_u16(), 200);
+    let first = actix_web::rt::time::timeout(Duration::from_secs(5), res.next())
+        .await
+        .expect("the first bytes came through before the upstream finished")
+        .expect("a chunk")
+        .expect("not an error");
+    assert_eq!(&first[..], b"0123456789");
+}
+
+#[actix_web::test]
+async fn request_bodies_reach_the_upstream_while_the_client_is_still_sending() {
+    // The client announces 1 MiB and sends 64 KiB of it: a proxy that buffered the body whole
+    // could not pass anything on.
+    let upstream = FakeUpstream::start(Behaviour::CountBody);
+    let gw = spawn_gateway(&upstream.url(), &["--upstream-timeout", "30s"]).await;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    conn.write_all(
+        b"POST /api/users/upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1048576\r\n\r\n",
+    )
+    .expect("head");
+    conn.write_all(&[b'a'; 64 * 1024]).expect("first part");
+    wait_until(Duration::from_secs(5), || {
+        upstream.received.load(Ordering::SeqCst) >= 64 * 1024
+    });
 }

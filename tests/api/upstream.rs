@@ -19,12 +19,16 @@ pub enum Behaviour {
     Silent,
     /// Sends a head announcing 100 bytes, 10 of them, then stalls.
     StallBody,
+    /// Counts request body bytes as they arrive (in `received`), never answers.
+    CountBody,
 }
 
 pub struct FakeUpstream {
     pub port: u16,
     /// Connections open right now.
     pub active: Arc<AtomicUsize>,
+    /// Request body bytes received so far (`CountBody`).
+    pub received: Arc<AtomicUsize>,
 }
 
 impl FakeUpstream {
@@ -32,18 +36,23 @@ impl FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().map(|a| a.port()).expect("port");
         let active = Arc::new(AtomicUsize::new(0));
-        let counter = active.clone();
+        let received = Arc::new(AtomicUsize::new(0));
+        let (counter, bytes) = (active.clone(), received.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
-                let counter = counter.clone();
+                let (counter, bytes) = (counter.clone(), bytes.clone());
                 counter.fetch_add(1, Ordering::SeqCst);
                 std::thread::spawn(move || {
-                    let _ = serve(stream, behaviour);
+                    let _ = serve(stream, behaviour, &bytes);
                     counter.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Self { port, active }
+        Self {
+            port,
+            active,
+            received,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -51,7 +60,7 @@ impl FakeUpstream {
     }
 }
 
-fn serve(stream: TcpStream, behaviour: Behaviour) -> std::io::Result<()> {
+fn serve(stream: TcpStream, behaviour: Behaviour, received: &AtomicUsize) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
@@ -74,10 +83,21 @@ fn serve(stream: TcpStream, behaviour: Behaviour) -> std::io::Result<()> {
                 .push(v.trim().to_owned());
         }
     }
+    if let Behaviour::CountBody = behaviour {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match reader.read(&mut chunk)? {
+                0 => return Ok(()),
+                n => received.fetch_add(n, Ordering::SeqCst),
+            };
+        }
+    }
     let body = read_body(&mut reader, &headers)?;
     let mut parts = request_line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     match behaviour {
+        // Handled before the body is read.
+        Behaviour::CountBody => Ok(()),
         Behaviour::Silent => {
             std::thread::sleep(Duration::from_secs(10));
             Ok(())
