@@ -1,8 +1,8 @@
 use std::io::Write;
-
-use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use crate::helpers::{free_port, spawn_app, spawn_gateway, wait_until};
 use crate::upstream::{Behaviour, FakeUpstream, raw_request};
