@@ -2,9 +2,10 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use awc::ClientResponse;
 use futures_util::StreamExt;
 
-use crate::helpers::{free_port, spawn_app, spawn_gateway, wait_until};
+use crate::helpers::{TestGateway, free_port, spawn_app, spawn_gateway, wait_until};
 use crate::upstream::{Behaviour, FakeUpstream, raw_request};
 
 #[actix_web::test]
@@ -225,17 +226,24 @@ async fn a_silent_upstream_gives_504_and_the_gateway_keeps_serving() {
     assert!(metrics.contains(r#"upstream_request_duration_seconds_bucket{service="users",method="GET",status_code="504""#), "{metrics}");
 }
 
-#[actix_web::test]
-async fn a_stalled_response_body_is_cut_at_the_upstream_timeout() {
+/// The gateway with `--upstream-timeout timeout` in front of an upstream that sends a head
+/// announcing 100 bytes, 10 of them, then stalls; and the response head the client got.
+async fn stalled_response(timeout: &str) -> (TestGateway, ClientResponse) {
     let stall = FakeUpstream::start(Behaviour::StallBody);
-    let gw = spawn_gateway(&stall.url(), &["--upstream-timeout", "300ms"]).await;
-    let mut res = gw
+    let gw = spawn_gateway(&stall.url(), &["--upstream-timeout", timeout]).await;
+    let res = gw
         .client
         .get(gw.url("/api/users"))
         .send()
         .await
         .expect("head arrives");
     assert_eq!(res.status().as_u16(), 200);
+    (gw, res)
+}
+
+#[actix_web::test]
+async fn a_stalled_response_body_is_cut_at_the_upstream_timeout() {
+    let (gw, mut res) = stalled_response("300ms").await;
     // The gateway cuts the connection after the 10 bytes that came (curl: "transfer closed
     // with 90 bytes remaining"); awc reports that as an error or as a short body.
     match actix_web::rt::time::timeout(Duration::from_secs(5), res.body()).await {
@@ -322,15 +330,7 @@ async fn a_client_that_disconnects_mid_request_leaves_nothing_open_upstream() {
 async fn response_bodies_reach_the_client_while_the_upstream_is_still_sending() {
     // The upstream sends 10 of 100 announced bytes and then stalls for 10 s: a proxy that
     // buffered the body whole could not pass anything on before then.
-    let stall = FakeUpstream::start(Behaviour::StallBody);
-    let gw = spawn_gateway(&stall.url(), &["--upstream-timeout", "30s"]).await;
-    let mut res = gw
-        .client
-        .get(gw.url("/api/users"))
-        .send()
-        .await
-        .expect("head arrives");
-    assert_eq!(res.status().as_u16(), 200);
+    let (_gw, mut res) = stalled_response("30s").await;
     let first = actix_web::rt::time::timeout(Duration::from_secs(5), res.next())
         .await
         .expect("the first bytes came through before the upstream finished")
