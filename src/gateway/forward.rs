@@ -7,18 +7,23 @@ use std::time::{Duration, Instant};
 use actix_web::body::SizedStream;
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::uri::{Authority, Scheme};
+use actix_web::http::{Method, StatusCode, Uri};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use anyhow::Context as _;
 use awc::error::{ConnectError, SendRequestError};
 use awc::{Client, ClientRequest};
 use futures_util::{Stream, StreamExt};
 
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::observe::RouteLabel;
+use crate::http::peer::IpText;
 use crate::http::request_id::{self, RequestId};
 use crate::telemetry::metrics;
 
-use super::headers;
+use super::headers::{
+    self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PREFIX, X_FORWARDED_PROTO,
+};
 
 /// The path prefix the gateway serves the users API under.
 pub const PREFIX: &str = "/api";
@@ -33,12 +38,31 @@ pub struct Upstream {
     pub base: String,
     pub timeout: Duration,
     pub max_body: u64,
+    // `base` parsed once, so a request only parses its own path and query.
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+impl Upstream {
+    pub fn new(base_url: &str, timeout: Duration, max_body: u64) -> anyhow::Result<Self> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        let uri: Uri = base
+            .parse()
+            .with_context(|| format!("the users URL {base:?} is not a valid URI"))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            anyhow::bail!("the users URL {base:?} needs a scheme and a host");
+        };
+        Ok(Self {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+            base,
+            timeout,
+            max_body,
+        })
+    }
+}
 
 /// Headers the gateway sets itself instead of copying.
 static SET_BY_US: [HeaderName; 7] = [
@@ -78,9 +102,17 @@ pub async fn forward(
     let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
     let has_body = declared.is_some_and(|len| len > 0) || chunked;
 
-    let build = || upstream_request(&req, &client, &upstream, &id);
-    let inbound = Rc::new(Cell::new(Inbound::Fine));
-    let result = if !has_body {
+    let target = upstream_uri(&req, &upstream)?;
+    let build = || upstream_request(&req, target.clone(), &client, &upstream, &id);
+    // How reading the client's body went; only a request with a body needs to know.
+    let inbound = has_body.then(|| Rc::new(Cell::new(Inbound::Fine)));
+    let result = if let Some(inbound) = &inbound {
+        let body = limited(payload, upstream.max_body, inbound.clone());
+        match declared {
+            Some(len) if !chunked => build().send_body(SizedStream::new(len, body)).await,
+            _ => build().send_stream(body).await,
+        }
+    } else {
         let first = build().send().await;
         match first {
             // A pooled connection the upstream had closed: nothing reached it, so an
@@ -94,18 +126,12 @@ pub async fn forward(
             }
             other => other,
         }
-    } else {
-        let body = limited(payload, upstream.max_body, inbound.clone());
-        match declared {
-            Some(len) if !chunked => build().send_body(SizedStream::new(len, body)).await,
-            _ => build().send_stream(body).await,
-        }
     };
 
     let response = match result {
         Ok(response) => response,
         Err(e) => {
-            let error = match inbound.get() {
+            let error = match inbound.map_or(Inbound::Fine, |i| i.get()) {
                 Inbound::TooLarge => too_large(upstream.max_body),
                 // The client went away or broke its own body: not the upstream's fault.
                 Inbound::Broken => ApiError::field("body", "the request body ended early"),
@@ -146,33 +172,51 @@ pub async fn forward(
     })
 }
 
-/// The request to the upstream: method, path, query, end-to-end headers, forwarding headers.
+/// `{users-url}/users…?query` for a request to `/api/users…?query`.
+fn upstream_uri(req: &HttpRequest, upstream: &Upstream) -> Result<Uri, ApiError> {
+    let path = req.uri().path();
+    let rest = path.strip_prefix(PREFIX).unwrap_or(path);
+    let query = req.uri().query();
+    let mut target = String::with_capacity(
+        upstream.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1),
+    );
+    target.push_str(&upstream.base_path);
+    target.push_str(rest);
+    if let Some(query) = query {
+        target.push('?');
+        target.push_str(query);
+    }
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(target)
+        .build()
+        // Cannot happen for a path actix already parsed; answered as the client's fault if it does.
+        .map_err(|_| ApiError::field("path", "the path cannot be forwarded"))
+}
+
+/// The request to the upstream: method, target, end-to-end headers, forwarding headers.
 fn upstream_request(
     req: &HttpRequest,
+    target: Uri,
     client: &Client,
     upstream: &Upstream,
     id: &RequestId,
 ) -> ClientRequest {
-    let path = req.uri().path();
-    let rest = path.strip_prefix(PREFIX).unwrap_or(path);
-    let mut url = format!("{}{rest}", upstream.base);
-    if let Some(query) = req.uri().query() {
-        url.push('?');
-        url.push_str(query);
-    }
     let mut up = client
-        .request(req.method().clone(), url)
+        .request(req.method().clone(), target)
         .timeout(upstream.timeout);
     for (name, value) in headers::end_to_end(req.headers(), &SET_BY_US) {
         up = up.append_header((name.clone(), value.clone()));
     }
-    let peer = req.peer_addr().map(|a| a.ip().to_string());
-    if let Some(xff) = headers::forwarded_for(req.headers(), peer.as_deref()) {
+    let peer = req.peer_addr().map(|a| IpText::new(a.ip()));
+    let peer = peer.as_ref().map(IpText::as_str);
+    if let Some(xff) = headers::forwarded_for(req.headers(), peer) {
         up = up.insert_header((X_FORWARDED_FOR, xff));
     }
-    let info = req.connection_info();
-    up.insert_header((X_FORWARDED_PROTO, info.scheme()))
-        .insert_header((X_FORWARDED_HOST, info.host()))
+    let origin = headers::origin(req.headers(), req.app_config().host());
+    up.insert_header((X_FORWARDED_PROTO, origin.proto))
+        .insert_header((X_FORWARDED_HOST, origin.host))
         .insert_header((X_FORWARDED_PREFIX, HeaderValue::from_static(PREFIX)))
         .insert_header((request_id::HEADER, id.as_str()))
 }

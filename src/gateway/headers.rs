@@ -3,6 +3,11 @@
 use actix_web::http::header::{self, HeaderMap, HeaderName};
 
 /// Hop-by-hop headers of RFC 9110 plus the legacy ones proxies strip.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+
 static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -39,20 +44,65 @@ pub fn end_to_end<'a>(
 
 /// `X-Forwarded-For` with `peer` appended to what earlier proxies wrote.
 pub fn forwarded_for(headers: &HeaderMap, peer: Option<&str>) -> Option<String> {
-    let earlier: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+    let mut all = String::new();
+    let earlier = headers
+        .get_all(X_FORWARDED_FOR)
         .filter_map(|v| v.to_str().ok())
         .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    let mut all = earlier.join(", ");
-    if let Some(peer) = peer {
+        .filter(|v| !v.is_empty());
+    for value in earlier.chain(peer) {
         if !all.is_empty() {
             all.push_str(", ");
         }
-        all.push_str(peer);
+        all.push_str(value);
     }
     (!all.is_empty()).then_some(all)
+}
+
+/// The scheme and host the client used, as `X-Forwarded-Proto`/`-Host` pass them on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Origin<'a> {
+    pub proto: &'a str,
+    pub host: &'a str,
+}
+
+/// What an earlier proxy said (`Forwarded: proto=…;host=…`, else the first
+/// `X-Forwarded-Proto`/`-Host`), else this hop's own: plain `http`, the `Host` header, else
+/// `default_host`. (actix-web's `ConnectionInfo` rules, without its allocations.)
+pub fn origin<'a>(headers: &'a HeaderMap, default_host: &'a str) -> Origin<'a> {
+    let (mut proto, mut host) = (None, None);
+    for (name, value) in forwarded_pairs(headers) {
+        if name.eq_ignore_ascii_case("proto") {
+            proto = proto.or(Some(value));
+        } else if name.eq_ignore_ascii_case("host") {
+            host = host.or(Some(value));
+        }
+    }
+    let first = |name: &HeaderName| {
+        let value = headers.get(name)?.to_str().ok()?;
+        value.split(',').next().map(str::trim)
+    };
+    Origin {
+        proto: proto
+            .or_else(|| first(&X_FORWARDED_PROTO))
+            .unwrap_or("http"),
+        host: host
+            .or_else(|| first(&X_FORWARDED_HOST))
+            .or_else(|| headers.get(header::HOST)?.to_str().ok())
+            .unwrap_or(default_host),
+    }
+}
+
+/// The `name=value` pairs of every `Forwarded` header (RFC 7239), values unquoted.
+fn forwarded_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(header::FORWARDED)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([';', ',']))
+        .filter_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            Some((name.trim(), value.trim().trim_matches('"')))
+        })
 }
 
 #[cfg(test)]
@@ -112,5 +162,50 @@ mod tests {
             Some("1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1".into())
         );
         assert_eq!(forwarded_for(&map(&[]), None), None);
+        assert_eq!(
+            forwarded_for(&map(&[("x-forwarded-for", " ")]), Some("10.0.0.1")),
+            Some("10.0.0.1".into())
+        );
+    }
+
+    #[test]
+    fn origin_prefers_what_earlier_proxies_said() {
+        let own = map(&[("host", "api.example")]);
+        assert_eq!(
+            origin(&own, "fallback"),
+            Origin {
+                proto: "http",
+                host: "api.example"
+            }
+        );
+        let bare = map(&[]);
+        assert_eq!(origin(&bare, "fallback").host, "fallback");
+        let forwarded = map(&[
+            ("host", "internal"),
+            ("x-forwarded-proto", "https, http"),
+            ("x-forwarded-host", "edge.example"),
+        ]);
+        assert_eq!(
+            origin(&forwarded, "fallback"),
+            Origin {
+                proto: "https",
+                host: "edge.example"
+            }
+        );
+        let rfc7239 = map(&[
+            ("x-forwarded-proto", "http"),
+            (
+                "forwarded",
+                "for=1.2.3.4, for=5.6.7.8; Proto=https;host=\"shop.example\"",
+            ),
+            ("forwarded", "proto=ftp"),
+        ]);
+        assert_eq!(
+            origin(&rfc7239, "fallback"),
+            Origin {
+                proto: "https",
+                host: "shop.example"
+            }
+        );
     }
 }

@@ -57,12 +57,12 @@ impl Application {
         metrics::install();
         let log = logging::for_service(&log, SERVICE);
         let port = listener.local_addr()?.port();
-        let base = settings.users_url.as_str().trim_end_matches('/').to_owned();
-        let upstream = Upstream {
-            base: base.clone(),
-            timeout: settings.upstream.upstream_timeout,
-            max_body: settings.upstream.max_body,
-        };
+        let upstream = Upstream::new(
+            settings.users_url.as_str(),
+            settings.upstream.upstream_timeout,
+            settings.upstream.max_body,
+        )?;
+        let base = upstream.base.clone();
         info!(log.new(slog::o!(settings.common.clone())), "starting";
             "port" => port,
             "users_url" => crate::config::redact_url(&settings.users_url),

@@ -4,4 +4,5 @@ pub mod body;
 pub mod error;
 pub mod observe;
 pub mod ops;
+pub mod peer;
 pub mod request_id;

@@ -14,6 +14,7 @@ use actix_web::{Error, HttpMessage, web};
 use slog::{Drain, Logger, debug, error, info, warn};
 
 use super::error::{ApiError, ErrorCode};
+use super::peer::IpText;
 use super::request_id::{self, RequestId};
 use crate::telemetry::metrics;
 
@@ -93,7 +94,7 @@ pub async fn observe(
         _ => slog::Level::Info,
     };
     if log.is_enabled(level) {
-        let remote_addr = req.peer_addr().map(|a| a.ip().to_string());
+        let remote_addr = req.peer_addr().map(|a| IpText::new(a.ip()));
         let user_agent = req
             .headers()
             .get(USER_AGENT)
@@ -110,7 +111,7 @@ pub async fn observe(
                     "route" => route,
                     "status" => status,
                     "duration_ms" => duration_ms,
-                    "remote_addr" => remote_addr.as_deref().unwrap_or(""),
+                    "remote_addr" => remote_addr.as_ref().map_or("", IpText::as_str),
                     "user_agent" => user_agent,
                 )
             };

@@ -98,9 +98,10 @@ impl Fields<'_> {
         }
     }
 
-    fn number(&mut self, key: Key, value: impl fmt::Display) -> slog::Result {
+    fn number(&mut self, key: Key, value: impl itoa::Integer) -> slog::Result {
         self.key(key);
-        let _ = write!(self.line, "{value}");
+        self.line
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         Ok(())
     }
 }
@@ -183,7 +184,10 @@ impl slog::Serializer for Fields<'_> {
     /// JSON has no NaN or infinity: those are `null`.
     fn emit_f64(&mut self, key: Key, val: f64) -> slog::Result {
         if val.is_finite() {
-            self.number(key, val)
+            self.key(key);
+            self.line
+                .extend_from_slice(ryu::Buffer::new().format_finite(val).as_bytes());
+            Ok(())
         } else {
             self.emit_none(key)
         }

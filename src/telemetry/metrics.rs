@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -132,14 +132,40 @@ struct UpstreamHandles {
     duration: Histogram,
 }
 
+/// Handle caches keyed by `label_hash`; the key is a hash already, so the map uses it as is.
+type HandleCache<T> = HashMap<u64, Vec<T>, BuildHasherDefault<Fnv>>;
+
 thread_local! {
-    static HTTP_HANDLES: RefCell<HashMap<u64, Vec<HttpHandles>>> = RefCell::new(HashMap::new());
-    static UPSTREAM_HANDLES: RefCell<HashMap<u64, Vec<UpstreamHandles>>> = RefCell::new(HashMap::new());
+    static HTTP_HANDLES: RefCell<HandleCache<HttpHandles>> = RefCell::default();
+    static UPSTREAM_HANDLES: RefCell<HandleCache<UpstreamHandles>> = RefCell::default();
     static IN_FLIGHT: Gauge = gauge!(HTTP_IN_FLIGHT);
 }
 
+/// FNV-1a. The keys are label sets we build ourselves from a bounded set of values (route
+/// patterns, standard methods, status codes), so SipHash's flooding resistance buys nothing
+/// on this per-request path.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 fn label_hash(parts: impl Hash) -> u64 {
-    let mut hasher = DefaultHasher::new();
+    let mut hasher = Fnv::default();
     parts.hash(&mut hasher);
     hasher.finish()
 }
