@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Benchmark, not a test: GET /api/users/{id} over preloaded users, in one run, against
 #   (a) gateway → users → Redis, (b) users directly, (c) nginx → users (same users process).
-# Prints requests/s, p50, p99 for each and the ratios (a)/(c), (a)/(b).
-# Knobs: BENCH_DURATION (10s), BENCH_CONNECTIONS (64), BENCH_THREADS (2), BENCH_USERS (200).
+# Prints requests/s, p50, p99 for each and the ratios (a)/(c), (a)/(b); the targets take turns
+# over several rounds (scripts/bench_measure.py), so machine noise hits them alike.
+# nginx is configured to do the gateway's job as far as nginx can: a JSON access line per
+# request with the same fields (buffered, as one would run it), X-Request-ID kept or created,
+# sent upstream and echoed, X-Forwarded-For/-Proto/-Host/-Prefix. BENCH_NGINX_LOG=off drops
+# its access log (the gateway still writes its own).
+# Knobs: BENCH_SECONDS (5 per round), BENCH_ROUNDS (3), BENCH_CONNECTIONS (64),
+# BENCH_THREADS (2), BENCH_USERS (200), BENCH_NGINX_LOG (on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION="${BENCH_DURATION:-10s}"
+SECONDS_PER_ROUND="${BENCH_SECONDS:-5}"
+ROUNDS="${BENCH_ROUNDS:-3}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 THREADS="${BENCH_THREADS:-2}"
 USERS="${BENCH_USERS:-200}"
@@ -43,13 +50,23 @@ for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break;
 "$BIN" gateway ${BENCH_GATEWAY_ARGS:-} --host 127.0.0.1 --port "$GATEWAY_PORT" --users-url "http://127.0.0.1:$USERS_PORT" >/dev/null & pids+=($!)
 GATEWAY_PID=$!
 
+if [ "${BENCH_NGINX_LOG:-on}" = off ]; then
+  NGINX_ACCESS_LOG="access_log off;"
+else
+  NGINX_ACCESS_LOG="access_log $work/nginx-access.log access_json buffer=64k flush=1s;"
+fi
 cat > "$work/nginx.conf" <<NGINX
 worker_processes 2;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  map \$http_x_request_id \$rid { default \$http_x_request_id; "" \$request_id; }
+  log_format access_json escape=json '{"ts":"\$time_iso8601","level":"info","msg":"request",'
+    '"request_id":"\$rid","method":"\$request_method","path":"\$request_uri","route":"/api/users/{tail}",'
+    '"status":\$status,"duration_ms":\$request_time,"remote_addr":"\$remote_addr",'
+    '"user_agent":"\$http_user_agent"}';
+  $NGINX_ACCESS_LOG
   client_body_temp_path $work/body;
   proxy_temp_path $work/proxy;
   upstream users { server 127.0.0.1:$USERS_PORT; keepalive 128; }
@@ -60,9 +77,11 @@ http {
       proxy_pass http://users;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header X-Request-ID \$request_id;
+      proxy_set_header X-Request-ID \$rid;
+      add_header X-Request-ID \$rid always;
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$host;
       proxy_set_header X-Forwarded-Prefix /api;
       proxy_connect_timeout 1s;
       proxy_read_timeout 5s;
@@ -96,42 +115,12 @@ end
 LUA
 } > "$work/ids.lua"
 
-# CPU seconds (user + system) used so far by a process and its children (nginx workers).
-cpu_ticks() {
-  local total=0 p
-  for p in "$@" $(pgrep -P "$1" 2>/dev/null || true); do
-    [ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$total"
-}
-
-run() { # name port prefix key [pid whose CPU per request to report]
-  local out before=0 after=0
-  [ -n "${5:-}" ] && before=$(cpu_ticks "$5")
-  out=$(BENCH_PREFIX="$3" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/ids.lua" "http://127.0.0.1:$2")
-  if echo "$out" | grep -qE "Non-2xx|Socket errors"; then echo "$out" >&2; echo "errors during $1" >&2; exit 1; fi
-  local rps p50 p99
-  rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
-  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
-  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  local cpu="-"
-  if [ -n "${5:-}" ]; then
-    after=$(cpu_ticks "$5")
-    local requests
-    requests=$(echo "$out" | awk '/requests in/ {print $1}')
-    cpu=$(python3 -c "print(round(($after - $before) / $(getconf CLK_TCK) * 1e6 / $requests, 1))")
-    eval "CPU_$4=$cpu"
-  fi
-  printf '%-28s %12s %10s %10s %16s\n' "$1" "$rps" "$p50" "$p99" "$cpu"
-  eval "RPS_$4=$rps"
-}
-
-echo
-echo "GET /…/users/{id}, $USERS users, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) cores"
-printf '%-28s %12s %10s %10s %16s\n' target "requests/s" p50 p99 "proxy CPU µs/req"
-run "(a) gateway → users" "$GATEWAY_PORT" /api a "$GATEWAY_PID"
-run "(b) users directly" "$USERS_PORT" "" b
-run "(c) nginx → users" "$NGINX_PORT" /api c "$NGINX_PID"
-echo
-# shellcheck disable=SC2154 # RPS_* and CPU_* are set by run_wrk through eval.
-python3 -c "a,b,c=$RPS_a,$RPS_b,$RPS_c; print(f'(a)/(c) gateway vs nginx throughput: {a/c:.2f}   (target >= 1.0)'); print(f'(a)/(b) gateway hop vs direct: {a/b:.2f}'); print(f'proxy CPU per request, gateway/nginx: {$CPU_a/$CPU_c:.2f}   (lower is leaner)')"
+python3 scripts/bench_measure.py --lua "$work/ids.lua" --threads "$THREADS" --connections "$CONNECTIONS" \
+  --seconds "$SECONDS_PER_ROUND" --rounds "$ROUNDS" \
+  --target "a|(a) gateway → users|$GATEWAY_PORT|/api|$GATEWAY_PID" \
+  --target "b|(b) users directly|$USERS_PORT||" \
+  --target "c|(c) nginx → users|$NGINX_PORT|/api|$NGINX_PID"
+if [ "${BENCH_NGINX_LOG:-on}" != off ] && [ ! -s "$work/nginx-access.log" ]; then
+  echo "nginx wrote no access log: its configuration is not the one described above" >&2
+  exit 1
+fi
