@@ -83,10 +83,15 @@ pub async fn forward(
     id: RequestId,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let route = if req.path() == ROOT {
+    // The app's default service: everything its own routes don't take. Matched here, not by
+    // an actix scope, which would cost a routing layer on every proxied request.
+    let path = req.path();
+    let route = if path == ROOT {
         ROOT
-    } else {
+    } else if path.starts_with(ROOT) && path.as_bytes()[ROOT.len()] == b'/' {
         "/api/users/{tail}"
+    } else {
+        return Err(ApiError::not_found());
     };
     req.extensions_mut().insert(RouteLabel(route));
     let deadline = started + upstream.timeout;

@@ -10,7 +10,6 @@ use slog::{Logger, info};
 use super::forward::{self, Upstream};
 use super::readiness::UpstreamReadiness;
 use crate::config::GatewaySettings;
-use crate::http::error;
 use crate::http::observe::{AppLogger, observe};
 use crate::http::ops::{Draining, Ops, ReadinessCheck};
 use crate::server::{self, KEEP_ALIVE};
@@ -94,9 +93,8 @@ impl Application {
                 .app_data(web::Data::new(app_log.clone()))
                 .wrap(from_fn(observe))
                 .configure(|cfg| ops.configure(cfg))
-                // A static prefix, matched without a regex on this hot path.
-                .service(web::scope(forward::ROOT).default_service(web::to(forward::forward)))
-                .default_service(web::to(error::not_found))
+                // `/api/users` and `/api/users/…` are proxied, any other path is a 404.
+                .default_service(web::to(forward::forward))
         })?;
         Ok(Self {
             port,
