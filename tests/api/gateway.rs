@@ -79,6 +79,12 @@ async fn crud_through_the_gateway_reaches_users_and_redis() {
             .contains(r#"http_requests_total{method="POST",route="/api/users",status_code="201"}"#)
     );
     assert!(metrics.contains(r#"upstream_request_duration_seconds_bucket{service="users",method="GET",status_code="200",le="0.001"}"#));
+    // The two paths outside /api/users were never proxied and count as unmatched.
+    assert!(
+        metrics
+            .contains(r#"http_requests_total{method="GET",route="unmatched",status_code="404"} 2"#),
+        "{metrics}"
+    );
     assert!(!metrics.contains(&id));
 }
 
