@@ -17,6 +17,8 @@ ENV CARGO_TERM_COLOR=never \
 COPY Cargo.toml Cargo.lock ./
 # Build settings of C dependencies (mimalloc's arena commit): part of the dependency layer.
 COPY .cargo ./.cargo
+# awc with our one-function patch (vendor/awc/PATCHED.md), a dependency like any other.
+COPY vendor ./vendor
 # An empty crate with the same manifest builds every dependency; the real sources then only
 # rebuild `platform` itself. The crate's own artifacts are removed so they cannot look fresh.
 RUN mkdir src \
