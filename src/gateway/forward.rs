@@ -288,3 +288,25 @@ fn too_large(max: u64) -> ApiError {
         format!("the body is larger than {max} bytes"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_users_url_is_split_once_into_scheme_authority_and_base_path() {
+        let timeout = Duration::from_secs(1);
+        let plain = Upstream::new("http://users:3001/", timeout, 1).expect("valid URL");
+        assert_eq!(plain.base, "http://users:3001");
+        assert_eq!(plain.scheme.as_str(), "http");
+        assert_eq!(plain.authority.as_str(), "users:3001");
+        assert_eq!(plain.base_path, "");
+
+        let nested = Upstream::new("https://10.0.0.7/v1/", timeout, 1).expect("valid URL");
+        assert_eq!(nested.base, "https://10.0.0.7/v1");
+        assert_eq!(nested.base_path, "/v1");
+
+        assert!(Upstream::new("users:3001", timeout, 1).is_err());
+        assert!(Upstream::new("http://bad host/", timeout, 1).is_err());
+    }
+}

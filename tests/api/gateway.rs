@@ -261,6 +261,19 @@ async fn a_stalled_response_body_is_cut_at_the_upstream_timeout() {
 }
 
 #[actix_web::test]
+async fn a_users_url_with_a_path_prefixes_the_upstream_target() {
+    let echo = FakeUpstream::start(Behaviour::Echo);
+    let gw = spawn_gateway(&format!("{}/internal/", echo.url()), &[]).await;
+    let reply = gw.get("/api/users/abc?limit=2&x=%20").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let seen: serde_json::Value = serde_json::from_str(&reply.text).expect("echo JSON");
+    assert_eq!(seen["target"], "/internal/users/abc?limit=2&x=%20");
+    let root = gw.get("/api/users").await;
+    let seen: serde_json::Value = serde_json::from_str(&root.text).expect("echo JSON");
+    assert_eq!(seen["target"], "/internal/users");
+}
+
+#[actix_web::test]
 async fn bodies_of_1_mib_stream_through_and_larger_ones_get_413() {
     let echo = FakeUpstream::start(Behaviour::Echo);
     let gw = spawn_gateway(&echo.url(), &[]).await;
