@@ -219,7 +219,12 @@ fn upstream_request(
     if let Some(xff) = headers::forwarded_for(req.headers(), peer) {
         up = up.insert_header((X_FORWARDED_FOR, xff));
     }
-    let origin = headers::origin(req.headers(), req.app_config().host());
+    // Without a `Host` header: the request's absolute-form authority, else the server's name.
+    let own_host = req
+        .uri()
+        .authority()
+        .map_or(req.app_config().host(), |a| a.as_str());
+    let origin = headers::origin(req.headers(), own_host);
     up.insert_header((X_FORWARDED_PROTO, origin.proto))
         .insert_header((X_FORWARDED_HOST, origin.host))
         .insert_header((X_FORWARDED_PREFIX, HeaderValue::from_static(PREFIX)))

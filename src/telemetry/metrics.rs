@@ -132,7 +132,7 @@ struct UpstreamHandles {
     duration: Histogram,
 }
 
-/// Handle caches keyed by `label_hash`; the key is a hash already, so the map uses it as is.
+/// Handle caches keyed by `label_hash`; the map hashes that key with FNV-1a too.
 type HandleCache<T> = HashMap<u64, Vec<T>, BuildHasherDefault<Fnv>>;
 
 thread_local! {
