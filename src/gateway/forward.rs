@@ -42,6 +42,9 @@ pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     base_path: String,
+    // The `Host` header awc would write for `authority` (port left out when 80/443), made once
+    // instead of formatted per request; static bytes, so cloning it counts no references.
+    host: HeaderValue,
 }
 
 impl Upstream {
@@ -53,8 +56,17 @@ impl Upstream {
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             anyhow::bail!("the users URL {base:?} needs a scheme and a host");
         };
+        let host = match authority.port_u16() {
+            None | Some(80 | 443) => authority.host().to_owned(),
+            Some(port) => format!("{}:{port}", authority.host()),
+        };
+        // Leaked once per gateway (a few bytes): a `'static` value clones for free on every worker.
+        let host: &'static str = Box::leak(host.into_boxed_str());
+        let host = HeaderValue::from_maybe_shared(web::Bytes::from_static(host.as_bytes()))
+            .with_context(|| format!("the users URL {base:?} has no valid host"))?;
         Ok(Self {
             scheme: scheme.clone(),
+            host,
             authority: authority.clone(),
             base_path: uri.path().trim_end_matches('/').to_owned(),
             base,
@@ -225,7 +237,8 @@ fn upstream_request(
         .authority()
         .map_or(req.app_config().host(), |a| a.as_str());
     let origin = headers::origin(req.headers(), own_host);
-    up.insert_header((X_FORWARDED_PROTO, origin.proto))
+    up.insert_header((header::HOST, upstream.host.clone()))
+        .insert_header((X_FORWARDED_PROTO, origin.proto))
         .insert_header((X_FORWARDED_HOST, origin.host))
         .insert_header((X_FORWARDED_PREFIX, HeaderValue::from_static(PREFIX)))
         .insert_header((request_id::HEADER, id.as_str()))
@@ -306,10 +319,16 @@ mod tests {
         assert_eq!(plain.scheme.as_str(), "http");
         assert_eq!(plain.authority.as_str(), "users:3001");
         assert_eq!(plain.base_path, "");
+        assert_eq!(plain.host, "users:3001");
 
         let nested = Upstream::new("https://10.0.0.7/v1/", timeout, 1).expect("valid URL");
         assert_eq!(nested.base, "https://10.0.0.7/v1");
         assert_eq!(nested.base_path, "/v1");
+        assert_eq!(nested.host, "10.0.0.7");
+        let default_port = Upstream::new("http://users:80", timeout, 1).expect("valid URL");
+        assert_eq!(default_port.host, "users");
+        let ipv6 = Upstream::new("http://[::1]:3001", timeout, 1).expect("valid URL");
+        assert_eq!(ipv6.host, "[::1]:3001");
 
         assert!(Upstream::new("users:3001", timeout, 1).is_err());
         assert!(Upstream::new("http://bad host/", timeout, 1).is_err());

@@ -274,6 +274,22 @@ async fn a_users_url_with_a_path_prefixes_the_upstream_target() {
 }
 
 #[actix_web::test]
+async fn upstream_connections_are_pooled_and_reused() {
+    let upstream = FakeUpstream::start(Behaviour::KeepAlive);
+    let gw = spawn_gateway(&upstream.url(), &[]).await;
+    for i in 1..=20 {
+        let reply = gw.get(&format!("/api/users/{i}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(reply.body["request"], format!("GET /users/{i} HTTP/1.1"));
+        assert_eq!(
+            reply.body["on_this_connection"], i,
+            "request {i} did not reuse the pooled connection"
+        );
+    }
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[actix_web::test]
 async fn bodies_of_1_mib_stream_through_and_larger_ones_get_413() {
     let echo = FakeUpstream::start(Behaviour::Echo);
     let gw = spawn_gateway(&echo.url(), &[]).await;

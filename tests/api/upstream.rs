@@ -21,6 +21,8 @@ pub enum Behaviour {
     StallBody,
     /// Counts request body bytes as they arrive (in `received`), never answers.
     CountBody,
+    /// Answers every request on a connection with 200 and keeps the connection open.
+    KeepAlive,
 }
 
 pub struct FakeUpstream {
@@ -29,6 +31,8 @@ pub struct FakeUpstream {
     pub active: Arc<AtomicUsize>,
     /// Request body bytes received so far (`CountBody`).
     pub received: Arc<AtomicUsize>,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
 }
 
 impl FakeUpstream {
@@ -37,9 +41,11 @@ impl FakeUpstream {
         let port = listener.local_addr().map(|a| a.port()).expect("port");
         let active = Arc::new(AtomicUsize::new(0));
         let received = Arc::new(AtomicUsize::new(0));
-        let (counter, bytes) = (active.clone(), received.clone());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (counter, bytes, connections) = (active.clone(), received.clone(), accepted.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
+                connections.fetch_add(1, Ordering::SeqCst);
                 let (counter, bytes) = (counter.clone(), bytes.clone());
                 counter.fetch_add(1, Ordering::SeqCst);
                 std::thread::spawn(move || {
@@ -52,6 +58,7 @@ impl FakeUpstream {
             port,
             active,
             received,
+            accepted,
         }
     }
 
@@ -64,25 +71,24 @@ fn serve(stream: TcpStream, behaviour: Behaviour, received: &AtomicUsize) -> std
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line)? == 0 {
+    if let Behaviour::KeepAlive = behaviour {
+        let mut served = 0;
+        while let Some(request_line) = read_request(&mut reader)? {
+            served += 1;
+            let answer = json!({"request": request_line.trim_end(), "on_this_connection": served})
+                .to_string();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                answer.len()
+            );
+            out.write_all(head.as_bytes())?;
+            out.write_all(answer.as_bytes())?;
+        }
         return Ok(());
     }
-    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            headers
-                .entry(k.trim().to_ascii_lowercase())
-                .or_default()
-                .push(v.trim().to_owned());
-        }
-    }
+    let Some((request_line, headers)) = read_head(&mut reader)? else {
+        return Ok(());
+    };
     if let Behaviour::CountBody = behaviour {
         let mut chunk = [0u8; 16 * 1024];
         loop {
@@ -96,8 +102,8 @@ fn serve(stream: TcpStream, behaviour: Behaviour, received: &AtomicUsize) -> std
     let mut parts = request_line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     match behaviour {
-        // Handled before the body is read.
-        Behaviour::CountBody => Ok(()),
+        // Handled before the body is read, or on their own connection loop.
+        Behaviour::CountBody | Behaviour::KeepAlive => Ok(()),
         Behaviour::Silent => {
             std::thread::sleep(Duration::from_secs(10));
             Ok(())
@@ -128,10 +134,45 @@ fn serve(stream: TcpStream, behaviour: Behaviour, received: &AtomicUsize) -> std
     }
 }
 
-fn read_body(
-    reader: &mut impl BufRead,
-    headers: &BTreeMap<String, Vec<String>>,
-) -> std::io::Result<Vec<u8>> {
+/// One whole request (head and body); its request line, or `None` once the peer closed.
+fn read_request(reader: &mut impl BufRead) -> std::io::Result<Option<String>> {
+    let Some((request_line, headers)) = read_head(reader)? else {
+        return Ok(None);
+    };
+    read_body(reader, &headers)?;
+    Ok(Some(request_line))
+}
+
+/// Header values by lowercased name, in arrival order.
+type Headers = BTreeMap<String, Vec<String>>;
+
+/// A request line and its headers, or `None` once the peer closed.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<(String, Headers)>> {
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line)? == 0 {
+        return Ok(None);
+    }
+    let mut headers = Headers::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers
+                .entry(k.trim().to_ascii_lowercase())
+                .or_default()
+                .push(v.trim().to_owned());
+        }
+    }
+    Ok(Some((request_line, headers)))
+}
+
+fn read_body(reader: &mut impl BufRead, headers: &Headers) -> std::io::Result<Vec<u8>> {
     let mut body = Vec::new();
     if let Some(len) = headers
         .get("content-length")

@@ -31,9 +31,25 @@ use super::{
     Connect,
 };
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
     authority: Authority,
+}
+
+// Patched (see PATCHED.md): `Authority`'s own `Hash` feeds the hasher one lowercased byte at a
+// time, which costs SipHash a full `write` per byte, twice per request (checkout and release).
+// Same bytes, same hasher, same `Eq` consistency (equal keys have equal lengths and equal
+// lowercased bytes), but written in blocks.
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut lower = [0u8; 64];
+        for chunk in self.authority.as_str().as_bytes().chunks(lower.len()) {
+            let block = &mut lower[..chunk.len()];
+            block.copy_from_slice(chunk);
+            block.make_ascii_lowercase();
+            state.write(block);
+        }
+    }
 }
 
 impl From<Authority> for Key {
