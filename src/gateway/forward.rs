@@ -213,6 +213,7 @@ fn upstream_uri(req: &HttpRequest, upstream: &Upstream) -> Result<Uri, ApiError>
 }
 
 /// The request to the upstream: method, target, end-to-end headers, forwarding headers.
+/// Headers go straight into its map: awc's by-value builder calls move the whole request.
 fn upstream_request(
     req: &HttpRequest,
     target: Uri,
@@ -223,13 +224,19 @@ fn upstream_request(
     let mut up = client
         .request(req.method().clone(), target)
         .timeout(upstream.timeout);
+    let out = up.headers_mut();
     for (name, value) in headers::end_to_end(req.headers(), &SET_BY_US) {
-        up = up.append_header((name.clone(), value.clone()));
+        out.append(name.clone(), value.clone());
     }
+    out.insert(header::HOST, upstream.host.clone());
     let peer = req.peer_addr().map(|a| IpText::new(a.ip()));
     let peer = peer.as_ref().map(IpText::as_str);
-    if let Some(xff) = headers::forwarded_for(req.headers(), peer) {
-        up = up.insert_header((X_FORWARDED_FOR, xff));
+    // Every value below is made of visible ASCII (other headers' values, an IP, the server's
+    // host name), which a header value always accepts.
+    if let Some(xff) =
+        headers::forwarded_for(req.headers(), peer).and_then(|xff| HeaderValue::try_from(xff).ok())
+    {
+        out.insert(X_FORWARDED_FOR, xff);
     }
     // Without a `Host` header: the request's absolute-form authority, else the server's name.
     let own_host = req
@@ -237,11 +244,20 @@ fn upstream_request(
         .authority()
         .map_or(req.app_config().host(), |a| a.as_str());
     let origin = headers::origin(req.headers(), own_host);
-    up.insert_header((header::HOST, upstream.host.clone()))
-        .insert_header((X_FORWARDED_PROTO, origin.proto))
-        .insert_header((X_FORWARDED_HOST, origin.host))
-        .insert_header((X_FORWARDED_PREFIX, HeaderValue::from_static(PREFIX)))
-        .insert_header((request_id::HEADER, id.as_str()))
+    let proto = match origin.proto {
+        "http" => Ok(HeaderValue::from_static("http")),
+        "https" => Ok(HeaderValue::from_static("https")),
+        other => HeaderValue::from_str(other),
+    };
+    if let Ok(proto) = proto {
+        out.insert(X_FORWARDED_PROTO, proto);
+    }
+    if let Ok(host) = HeaderValue::from_str(origin.host) {
+        out.insert(X_FORWARDED_HOST, host);
+    }
+    out.insert(X_FORWARDED_PREFIX, HeaderValue::from_static(PREFIX));
+    out.insert(request_id::HEADER, id.header_value().clone());
+    up
 }
 
 /// How reading the client's body went, for telling a client fault from an upstream one.

@@ -6,9 +6,7 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::ConnectionType;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{
-    CONTENT_LENGTH, HeaderMap, HeaderValue, TRANSFER_ENCODING, USER_AGENT,
-};
+use actix_web::http::header::{CONTENT_LENGTH, HeaderMap, TRANSFER_ENCODING, USER_AGENT};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 use slog::{Drain, Logger, debug, error, info, warn};
@@ -70,9 +68,8 @@ pub async fn observe(
         }
         res = res.into_response(rendered);
     }
-    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
-        res.headers_mut().insert(request_id::HEADER, value);
-    }
+    res.headers_mut()
+        .insert(request_id::HEADER, id.header_value().clone());
 
     let status = res.status().as_u16();
     let req = res.request();

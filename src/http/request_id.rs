@@ -2,51 +2,61 @@
 
 use std::fmt;
 use std::future::{Ready, ready};
-use std::rc::Rc;
 
 use actix_web::dev::Payload;
-use actix_web::http::header::{HeaderMap, HeaderName};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_LEN: usize = 128;
 
-/// The id of the request being served; cheap to clone.
+/// The id of the request being served, kept as the header value it is sent and echoed as;
+/// cheap to clone (a kept id shares the bytes of the incoming header).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestId(Rc<str>);
+pub struct RequestId(HeaderValue);
 
 impl RequestId {
     /// The incoming id if it is 1–128 visible ASCII characters, else a fresh UUID v4.
     pub fn from_headers(headers: &HeaderMap) -> Self {
         headers
             .get(&HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(Self::parse)
-            .unwrap_or_else(Self::generate)
+            .filter(|v| is_sane(v.as_bytes()))
+            .map_or_else(Self::generate, |v| Self(v.clone()))
     }
 
     pub fn parse(candidate: &str) -> Option<Self> {
-        let ok = !candidate.is_empty()
-            && candidate.len() <= MAX_LEN
-            && candidate.bytes().all(|b| b.is_ascii_graphic());
-        ok.then(|| Self(Rc::from(candidate)))
+        if !is_sane(candidate.as_bytes()) {
+            return None;
+        }
+        HeaderValue::from_str(candidate).ok().map(Self)
     }
 
     pub fn generate() -> Self {
         let mut buf = uuid::Uuid::encode_buffer();
-        Self(Rc::from(
-            &*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf),
-        ))
+        let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+        Self(HeaderValue::from_bytes(text.as_bytes()).unwrap_or(HeaderValue::from_static("-")))
     }
 
     pub fn as_str(&self) -> &str {
+        // Only sane ids (visible ASCII) are ever made, which `to_str` accepts.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    pub fn header_value(&self) -> &HeaderValue {
         &self.0
     }
 }
 
+/// 1–128 visible ASCII characters.
+fn is_sane(candidate: &[u8]) -> bool {
+    !candidate.is_empty()
+        && candidate.len() <= MAX_LEN
+        && candidate.iter().all(u8::is_ascii_graphic)
+}
+
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
