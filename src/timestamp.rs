@@ -1,6 +1,8 @@
 //! Timestamps as the seeds write them: RFC 3339 UTC with milliseconds and `Z`.
 
+use std::cell::Cell;
 use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -17,28 +19,61 @@ pub fn format(at: OffsetDateTime) -> String {
 }
 
 /// Appends now, formatted as [`now`], to `out` (no allocation, no formatting machinery:
-/// every log line's `ts`).
+/// every log line's `ts`). The date and time up to the second are formatted once per second
+/// per thread; a line within the same second only adds its milliseconds.
 pub fn write_now(out: &mut Vec<u8>) {
-    let at = OffsetDateTime::now_utc();
-    let mut digits = |value: u32, width: usize, then: u8| {
-        let mut buf = [b'0'; 4];
-        let mut v = value;
-        for slot in buf[..width].iter_mut().rev() {
-            *slot = b'0' + (v % 10) as u8;
-            v /= 10;
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let (second, millis) = (since_epoch.as_secs(), since_epoch.subsec_millis());
+    thread_local! {
+        /// The last second formatted on this thread, as `YYYY-MM-DDTHH:MM:SS.`.
+        static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+    }
+    let prefix = SECOND.with(|cached| {
+        let (at, prefix) = cached.get();
+        if at == second {
+            return prefix;
         }
-        out.extend_from_slice(&buf[..width]);
-        if then != 0 {
-            out.push(then);
-        }
-    };
-    digits(at.year().clamp(0, 9999) as u32, 4, b'-');
-    digits(u32::from(u8::from(at.month())), 2, b'-');
-    digits(u32::from(at.day()), 2, b'T');
-    digits(u32::from(at.hour()), 2, b':');
-    digits(u32::from(at.minute()), 2, b':');
-    digits(u32::from(at.second()), 2, b'.');
-    digits(u32::from(at.millisecond()), 3, b'Z');
+        let prefix = second_prefix(second);
+        cached.set((second, prefix));
+        prefix
+    });
+    out.extend_from_slice(&prefix);
+    out.extend_from_slice(&digits::<3>(millis));
+    out.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of a Unix second (years past 9999 are written as 9999).
+fn second_prefix(second: u64) -> [u8; 20] {
+    let at = i64::try_from(second)
+        .ok()
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let mut text = [0u8; 20];
+    text[..4].copy_from_slice(&digits::<4>(at.year().clamp(0, 9999) as u32));
+    text[4] = b'-';
+    text[5..7].copy_from_slice(&digits::<2>(u32::from(u8::from(at.month()))));
+    text[7] = b'-';
+    text[8..10].copy_from_slice(&digits::<2>(u32::from(at.day())));
+    text[10] = b'T';
+    text[11..13].copy_from_slice(&digits::<2>(u32::from(at.hour())));
+    text[13] = b':';
+    text[14..16].copy_from_slice(&digits::<2>(u32::from(at.minute())));
+    text[16] = b':';
+    text[17..19].copy_from_slice(&digits::<2>(u32::from(at.second())));
+    text[19] = b'.';
+    text
+}
+
+/// The last `N` decimal digits of `value`, zero-padded.
+fn digits<const N: usize>(mut value: u32) -> [u8; N] {
+    let mut text = [b'0'; N];
+    for slot in text.iter_mut().rev() {
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    text
 }
 
 fn write_to(at: OffsetDateTime, out: &mut impl fmt::Write) -> fmt::Result {
@@ -77,6 +112,21 @@ mod tests {
             format(datetime!(2026-11-23 13:00:00 +01:00)),
             "2026-11-23T12:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn the_cached_second_is_what_format_writes() {
+        for at in [
+            datetime!(1970-01-01 00:00:00 UTC),
+            datetime!(2026-11-23 12:34:56.789 UTC),
+            datetime!(2024-02-29 23:59:59.999 UTC),
+        ] {
+            let second = u64::try_from(at.unix_timestamp()).expect("after 1970");
+            let mut line = second_prefix(second).to_vec();
+            line.extend_from_slice(&digits::<3>(u32::from(at.millisecond())));
+            line.push(b'Z');
+            assert_eq!(String::from_utf8_lossy(&line), format(at));
+        }
     }
 
     #[test]

@@ -34,45 +34,22 @@ pub async fn observe(
     let id = RequestId::from_headers(req.headers());
     req.extensions_mut().insert(id.clone());
 
-    let mut res = next.call(req).await?.map_into_boxed_body();
-    // Everything below borrows from the request the response still holds: no copies.
-    let log = match res.request().app_data::<web::Data<AppLogger>>() {
-        Some(l) => l.0.clone(),
-        None => Logger::root(slog::Discard, slog::o!()),
-    };
-    if let Some(err) = res.response().error() {
-        let api = err.as_error::<ApiError>();
-        let rendered = match api {
-            Some(api) => {
-                if let Some(cause) = &api.cause {
-                    error!(log, "request failed"; "request_id" => id.as_str(), "error" => api.code.as_str(), "cause" => format!("{cause:#}"));
-                }
-                api.render(Some(id.as_str()))
-            }
-            None => {
-                // An error raised outside our handlers (actix itself): same body shape.
-                let fallback =
-                    fallback_error(err.as_response_error().status_code(), &err.to_string());
-                if fallback.code == ErrorCode::InternalServerError {
-                    error!(log, "request failed"; "request_id" => id.as_str(), "cause" => err.to_string());
-                }
-                fallback.render(Some(id.as_str()))
-            }
-        };
-        let mut rendered = rendered;
-        if unread_body(&rendered, res.request().headers()) {
-            // actix-web #2632: an unread body would be parsed as the next request.
-            rendered
-                .head_mut()
-                .set_connection_type(ConnectionType::Close);
-        }
-        res = res.into_response(rendered);
-    }
+    let mut res = with_error_body(next.call(req).await?.map_into_boxed_body(), &id);
     res.headers_mut()
         .insert(request_id::HEADER, id.header_value().clone());
 
     let status = res.status().as_u16();
     let req = res.request();
+    // Everything below borrows from the request the response still holds: no copies. (The
+    // logger too: its reference counts are shared by every worker.)
+    let no_logger;
+    let log = match req.app_data::<web::Data<AppLogger>>() {
+        Some(l) => &l.0,
+        None => {
+            no_logger = Logger::root(slog::Discard, slog::o!());
+            &no_logger
+        }
+    };
     let pattern;
     let route = match req.extensions().get::<RouteLabel>() {
         Some(label) => label.0,
@@ -120,6 +97,43 @@ pub async fn observe(
         }
     }
     Ok(res)
+}
+
+/// The response with our error body (§2) in place of the one actix or a handler made, its
+/// cause logged when it is a server fault.
+fn with_error_body(res: ServiceResponse<BoxBody>, id: &RequestId) -> ServiceResponse<BoxBody> {
+    let Some(err) = res.response().error() else {
+        return res;
+    };
+    let log = match res.request().app_data::<web::Data<AppLogger>>() {
+        Some(l) => l.0.clone(),
+        None => Logger::root(slog::Discard, slog::o!()),
+    };
+    let api = err.as_error::<ApiError>();
+    let rendered = match api {
+        Some(api) => {
+            if let Some(cause) = &api.cause {
+                error!(log, "request failed"; "request_id" => id.as_str(), "error" => api.code.as_str(), "cause" => format!("{cause:#}"));
+            }
+            api.render(Some(id.as_str()))
+        }
+        None => {
+            // An error raised outside our handlers (actix itself): same body shape.
+            let fallback = fallback_error(err.as_response_error().status_code(), &err.to_string());
+            if fallback.code == ErrorCode::InternalServerError {
+                error!(log, "request failed"; "request_id" => id.as_str(), "cause" => err.to_string());
+            }
+            fallback.render(Some(id.as_str()))
+        }
+    };
+    let mut rendered = rendered;
+    if unread_body(&rendered, res.request().headers()) {
+        // actix-web #2632: an unread body would be parsed as the next request.
+        rendered
+            .head_mut()
+            .set_connection_type(ConnectionType::Close);
+    }
+    res.into_response(rendered)
 }
 
 /// An error answered before the handler read the request's body (unknown path, wrong method,
