@@ -31,9 +31,17 @@ use super::{
     Connect,
 };
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Eq)]
 pub struct Key {
     authority: Authority,
+}
+
+// Patched (see PATCHED.md): an exact byte match first, the case-insensitive `Authority`
+// comparison only when that fails.
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.authority.as_str() == other.authority.as_str() || self.authority == other.authority
+    }
 }
 
 // Patched (see PATCHED.md): `Authority`'s own `Hash` feeds the hasher one lowercased byte at a
