@@ -1,6 +1,7 @@
 //! `platform`: one binary, several roles. See ARCHITECTURE.md for the map.
 
 pub mod all;
+pub mod allocator;
 pub mod config;
 pub mod gateway;
 pub mod http;

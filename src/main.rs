@@ -9,7 +9,7 @@ use platform::{all, gateway, users};
 /// mimalloc instead of glibc's malloc: a proxied request allocates and frees a few dozen
 /// small objects across threads; glibc spent ~10 % of the gateway's CPU on them.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: platform::allocator::Allocator = platform::allocator::Allocator;
 
 #[actix_web::main]
 async fn main() -> ExitCode {
