@@ -120,17 +120,17 @@ pub async fn forward(
     let has_body = declared.is_some_and(|len| len > 0) || chunked;
 
     let target = upstream_uri(&req, &upstream)?;
-    let build = || upstream_request(&req, target.clone(), &client, &upstream, &id);
+    let build = |target| upstream_request(&req, target, &client, &upstream, &id);
     // How reading the client's body went; only a request with a body needs to know.
     let inbound = has_body.then(|| Rc::new(Cell::new(Inbound::Fine)));
     let result = if let Some(inbound) = &inbound {
         let body = limited(payload, upstream.max_body, inbound.clone());
         match declared {
-            Some(len) if !chunked => build().send_body(SizedStream::new(len, body)).await,
-            _ => build().send_stream(body).await,
+            Some(len) if !chunked => build(target).send_body(SizedStream::new(len, body)).await,
+            _ => build(target).send_stream(body).await,
         }
     } else {
-        let first = build().send().await;
+        let first = build(target).send().await;
         match first {
             // A pooled connection the upstream had closed: nothing reached it, so an
             // idempotent request without a body is safe to send once more.
@@ -139,7 +139,11 @@ pub async fn forward(
                     && is_stale_connection(&e)
                     && Instant::now() < deadline =>
             {
-                build().send().await
+                // The first request took the target; the same request gives the same one.
+                match upstream_uri(&req, &upstream) {
+                    Ok(target) => build(target).send().await,
+                    Err(_) => Err(e),
+                }
             }
             other => other,
         }
@@ -293,9 +297,16 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// Errors that mean a reused connection was already closed by the upstream.
+/// Errors that mean a reused connection was already closed by the upstream: writing failed, or
+/// the connection ended before a response head (awc reports that as `Disconnected`). Only an
+/// idempotent request is ever sent again (RFC 9110 §9.2.2).
 fn is_stale_connection(e: &SendRequestError) -> bool {
-    matches!(e, SendRequestError::Send(_) | SendRequestError::Response(_))
+    matches!(
+        e,
+        SendRequestError::Send(_)
+            | SendRequestError::Response(_)
+            | SendRequestError::Connect(ConnectError::Disconnected)
+    )
 }
 
 fn upstream_error(e: SendRequestError) -> ApiError {

@@ -290,6 +290,22 @@ async fn upstream_connections_are_pooled_and_reused() {
 }
 
 #[actix_web::test]
+async fn a_get_on_a_pooled_connection_the_upstream_dropped_is_sent_once_more_a_post_is_not() {
+    let upstream = FakeUpstream::start(Behaviour::DropSecond);
+    let gw = spawn_gateway(&upstream.url(), &[]).await;
+    assert_eq!(gw.get("/api/users/first").await.status, 200);
+    // The pooled connection takes the GET and closes: the gateway sends it again on a new one.
+    let again = gw.get("/api/users/second").await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["request"], "GET /users/second HTTP/1.1");
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+    // Now that connection is pooled; it takes a body-less POST and closes: never sent twice.
+    let post = gw.send(gw.client.post(gw.url("/api/users")), None).await;
+    post.assert_error(502, "upstream_unavailable");
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[actix_web::test]
 async fn bodies_of_1_mib_stream_through_and_larger_ones_get_413() {
     let echo = FakeUpstream::start(Behaviour::Echo);
     let gw = spawn_gateway(&echo.url(), &[]).await;

@@ -23,6 +23,9 @@ pub enum Behaviour {
     CountBody,
     /// Answers every request on a connection with 200 and keeps the connection open.
     KeepAlive,
+    /// Answers a connection's first request like `KeepAlive` (so it gets pooled), then reads the
+    /// second and closes the connection without answering.
+    DropSecond,
 }
 
 pub struct FakeUpstream {
@@ -71,10 +74,13 @@ fn serve(stream: TcpStream, behaviour: Behaviour, received: &AtomicUsize) -> std
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
-    if let Behaviour::KeepAlive = behaviour {
+    if let Behaviour::KeepAlive | Behaviour::DropSecond = behaviour {
         let mut served = 0;
         while let Some(request_line) = read_request(&mut reader)? {
             served += 1;
+            if served == 2 && matches!(behaviour, Behaviour::DropSecond) {
+                return Ok(());
+            }
             let answer = json!({"request": request_line.trim_end(), "on_this_connection": served})
                 .to_string();
             let head = format!(
@@ -103,7 +109,7 @@ fn serve(stream: TcpStream, behaviour: Behaviour, received: &AtomicUsize) -> std
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     match behaviour {
         // Handled before the body is read, or on their own connection loop.
-        Behaviour::CountBody | Behaviour::KeepAlive => Ok(()),
+        Behaviour::CountBody | Behaviour::KeepAlive | Behaviour::DropSecond => Ok(()),
         Behaviour::Silent => {
             std::thread::sleep(Duration::from_secs(10));
             Ok(())
