@@ -1,14 +1,16 @@
 //! The middleware around every route: request id, error body with that id, metrics, access log.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use actix_web::body::{BoxBody, MessageBody};
+use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::ConnectionType;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_LENGTH, HeaderMap, TRANSFER_ENCODING, USER_AGENT};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage, web};
+use actix_web::{Error, HttpMessage, HttpRequest, web};
 use slog::{Drain, Logger, debug, error, info, warn};
 
 use super::error::{ApiError, ErrorCode};
@@ -28,9 +30,9 @@ pub struct AppLogger(pub Logger);
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, Error> {
+) -> Result<ServiceResponse<EitherBody<BoxBody, Observed>>, Error> {
     let started = Instant::now();
-    let _in_flight = metrics::InFlight::start();
+    let in_flight = metrics::InFlight::start();
     let id = RequestId::from_headers(req.headers());
     req.extensions_mut().insert(id.clone());
 
@@ -38,36 +40,88 @@ pub async fn observe(
     res.headers_mut()
         .insert(request_id::HEADER, id.header_value().clone());
 
-    let status = res.status().as_u16();
-    let req = res.request();
-    // Everything below borrows from the request the response still holds: no copies. (The
-    // logger too: its reference counts are shared by every worker.)
-    let no_logger;
-    let log = match req.app_data::<web::Data<AppLogger>>() {
-        Some(l) => &l.0,
-        None => {
-            no_logger = Logger::root(slog::Discard, slog::o!());
-            &no_logger
-        }
+    let access = Access {
+        req: res.request().clone(),
+        id,
+        status: res.status().as_u16(),
+        started,
+        _in_flight: in_flight,
     };
-    let pattern;
-    let route = match req.extensions().get::<RouteLabel>() {
-        Some(label) => label.0,
-        None => {
-            pattern = req.match_pattern();
-            pattern.as_deref().unwrap_or("unmatched")
+    // A body already in hand (bytes, or none at all) is done: the request ends here. A
+    // streamed one (a proxied body) ends with its last chunk, so its time and its log line
+    // wait for that.
+    Ok(res.map_body(|_, body| {
+        if matches!(body.size(), BodySize::None) {
+            access.finish(None);
+            return EitherBody::left(body);
         }
-    };
-    let elapsed = started.elapsed();
-    metrics::record_http(req.method(), route, status, elapsed);
+        match body.try_into_bytes() {
+            Ok(bytes) => {
+                access.finish(None);
+                EitherBody::left(BoxBody::new(bytes))
+            }
+            Err(body) => EitherBody::right(Observed {
+                body,
+                access: Some(access),
+            }),
+        }
+    }))
+}
 
-    let path = req.path();
-    let level = match status {
-        _ if path.starts_with("/health") || path == "/metrics" => slog::Level::Debug,
-        500.. => slog::Level::Warning,
-        _ => slog::Level::Info,
-    };
-    if log.is_enabled(level) {
+/// How a streamed response body ended, when not with its last chunk.
+enum BodyEnd {
+    Failed(String),
+    Abandoned,
+}
+
+/// One request between its arrival and the end of its response: what the access log line
+/// and the request metrics need. Holds the request (a reference count), so nothing is copied.
+struct Access {
+    req: HttpRequest,
+    id: RequestId,
+    status: u16,
+    started: Instant,
+    _in_flight: metrics::InFlight,
+}
+
+impl Access {
+    /// Records the request's metrics and writes its access line (CONTRACT §7, §8).
+    fn finish(self, end: Option<BodyEnd>) {
+        let Self {
+            req,
+            id,
+            status,
+            started,
+            ..
+        } = self;
+        let no_logger;
+        let log = match req.app_data::<web::Data<AppLogger>>() {
+            Some(l) => &l.0,
+            None => {
+                no_logger = Logger::root(slog::Discard, slog::o!());
+                &no_logger
+            }
+        };
+        let pattern;
+        let route = match req.extensions().get::<RouteLabel>() {
+            Some(label) => label.0,
+            None => {
+                pattern = req.match_pattern();
+                pattern.as_deref().unwrap_or("unmatched")
+            }
+        };
+        let elapsed = started.elapsed();
+        metrics::record_http(req.method(), route, status, elapsed);
+
+        let path = req.path();
+        let level = match (status, &end) {
+            (_, Some(BodyEnd::Failed(_))) | (500.., _) => slog::Level::Warning,
+            _ if path.starts_with("/health") || path == "/metrics" => slog::Level::Debug,
+            _ => slog::Level::Info,
+        };
+        if !log.is_enabled(level) {
+            return;
+        }
         let remote_addr = req.peer_addr().map(|a| IpText::new(a.ip()));
         let user_agent = req
             .headers()
@@ -75,9 +129,10 @@ pub async fn observe(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let duration_ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
-        // slog takes the level as a constant: one call per level, same fields.
+        // slog takes the level as a constant: one call per level, same fields; `error` only
+        // on a line whose body did not end well.
         macro_rules! access {
-            ($log_macro:ident) => {
+            ($log_macro:ident $($extra:tt)*) => {
                 $log_macro!(log, "request";
                     "request_id" => id.as_str(),
                     "method" => req.method().as_str(),
@@ -87,16 +142,72 @@ pub async fn observe(
                     "duration_ms" => duration_ms,
                     "remote_addr" => remote_addr.as_ref().map_or("", IpText::as_str),
                     "user_agent" => user_agent,
+                    $($extra)*
                 )
             };
         }
-        match level {
-            slog::Level::Debug => access!(debug),
-            slog::Level::Warning => access!(warn),
-            _ => access!(info),
+        match (level, end) {
+            (_, Some(end)) => {
+                let error = match &end {
+                    BodyEnd::Failed(cause) => cause.as_str(),
+                    BodyEnd::Abandoned => "the connection closed before the response body ended",
+                };
+                match level {
+                    slog::Level::Warning => access!(warn "error" => error,),
+                    _ => access!(info "error" => error,),
+                }
+            }
+            (slog::Level::Debug, None) => access!(debug),
+            (slog::Level::Warning, None) => access!(warn),
+            (_, None) => access!(info),
         }
     }
-    Ok(res)
+}
+
+/// A streamed response body that finishes its request's `Access` when it ends: with its last
+/// chunk, with an error (the upstream failed mid-body), or dropped early (the client left).
+pub struct Observed {
+    body: BoxBody,
+    access: Option<Access>,
+}
+
+impl MessageBody for Observed {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<web::Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        let next = Pin::new(&mut this.body).poll_next(cx);
+        match &next {
+            Poll::Ready(None) => this.finish(None),
+            Poll::Ready(Some(Err(e))) => {
+                let cause = format!("the response body failed: {e}");
+                this.finish(Some(BodyEnd::Failed(cause)));
+            }
+            _ => {}
+        }
+        next
+    }
+}
+
+impl Observed {
+    fn finish(&mut self, end: Option<BodyEnd>) {
+        if let Some(access) = self.access.take() {
+            access.finish(end);
+        }
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.finish(Some(BodyEnd::Abandoned));
+    }
 }
 
 /// The response with our error body (§2) in place of the one actix or a handler made, its

@@ -6,7 +6,7 @@ use awc::ClientResponse;
 use futures_util::StreamExt;
 
 use crate::helpers::{TestGateway, free_port, spawn_app, spawn_gateway, wait_until};
-use crate::upstream::{Behaviour, FakeUpstream, raw_request};
+use crate::upstream::{Behaviour, FakeUpstream, SLOW_BODY_PAUSE, raw_request};
 
 #[actix_web::test]
 async fn crud_through_the_gateway_reaches_users_and_redis() {
@@ -405,4 +405,96 @@ async fn request_bodies_reach_the_upstream_while_the_client_is_still_sending() {
     wait_until(Duration::from_secs(5), || {
         upstream.received.load(Ordering::SeqCst) >= 64 * 1024
     });
+}
+
+/// Waits for the access line of the request to `path` (written when its response ends).
+fn wait_for_access_line(gw: &TestGateway, path: &str) -> serde_json::Value {
+    wait_until(Duration::from_secs(5), || gw.access_line(path).is_some());
+    gw.access_line(path).expect("access line")
+}
+
+#[actix_web::test]
+async fn a_streamed_response_is_timed_and_logged_when_its_body_ends() {
+    let slow = FakeUpstream::start(Behaviour::SlowBody);
+    let gw = spawn_gateway(&slow.url(), &[]).await;
+    let reply = gw.get("/api/users/slow").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text, "0123456789abcdefghij");
+
+    let line = wait_for_access_line(&gw, "/api/users/slow");
+    let pause_ms = SLOW_BODY_PAUSE.as_secs_f64() * 1000.0;
+    assert!(
+        line["duration_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms >= pause_ms),
+        "{line}"
+    );
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["level"], "info", "{line}");
+    assert!(line.get("error").is_none(), "{line}");
+
+    // The histogram has it too: an observation above 0.25 s (the head came at once).
+    let metrics = gw.get("/metrics").await.text;
+    let count = |le: &str| -> u64 {
+        let series = format!(
+            r#"http_request_duration_seconds_bucket{{method="GET",route="/api/users/{{tail}}",status_code="200",le="{le}"}} "#
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+    };
+    assert!(count("+Inf") > count("0.25"), "{metrics}");
+}
+
+#[actix_web::test]
+async fn a_response_body_cut_at_the_upstream_timeout_is_logged_at_warn_with_its_cause() {
+    let (gw, mut res) = stalled_response("300ms").await;
+    let _ = actix_web::rt::time::timeout(Duration::from_secs(5), res.body()).await;
+
+    let line = wait_for_access_line(&gw, "/api/users");
+    assert_eq!(line["status"], 200, "the head went out as 200: {line}");
+    assert_eq!(line["level"], "warn", "{line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("response body failed")),
+        "{line}"
+    );
+    assert!(
+        line["duration_ms"].as_f64().is_some_and(|ms| ms >= 300.0),
+        "{line}"
+    );
+}
+
+#[actix_web::test]
+async fn a_client_that_leaves_mid_response_is_logged_when_it_goes() {
+    let stall = FakeUpstream::start(Behaviour::StallBody);
+    let gw = spawn_gateway(&stall.url(), &["--upstream-timeout", "30s"]).await;
+    {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        conn.write_all(b"GET /api/users/leaving HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut head = [0u8; 64];
+        let n = std::io::Read::read(&mut conn, &mut head).expect("the head arrives");
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+        assert!(
+            gw.access_line("/api/users/leaving").is_none(),
+            "logged before the body ended"
+        );
+    } // dropped: the client is gone while the upstream still owes 90 bytes
+
+    let line = wait_for_access_line(&gw, "/api/users/leaving");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["level"], "info", "not the server's fault: {line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("connection closed")),
+        "{line}"
+    );
+    assert_eq!(gw.get("/health/live").await.status, 200);
 }

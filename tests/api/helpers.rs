@@ -321,15 +321,18 @@ impl TestApp {
 
     /// Lines the role logged, each parsed as JSON.
     pub fn log_lines(&self) -> Vec<Value> {
-        self.logs
-            .contents()
-            .lines()
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
-            })
-            .collect()
+        json_lines(&self.logs)
     }
+}
+
+/// Every line of a captured log, each parsed as JSON.
+fn json_lines(logs: &LogBuffer) -> Vec<Value> {
+    logs.contents()
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
+        })
+        .collect()
 }
 
 /// The real `platform` binary in a child process, its stdout captured line by line.
@@ -470,6 +473,15 @@ pub fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
 pub struct TestGateway {
     pub http: Http,
     pub logs: LogBuffer,
+}
+
+impl TestGateway {
+    /// The access line of the request to `path`, once the gateway has written it.
+    pub fn access_line(&self, path: &str) -> Option<Value> {
+        json_lines(&self.logs)
+            .into_iter()
+            .find(|l| l["msg"] == "request" && l["path"] == path)
+    }
 }
 
 impl std::ops::Deref for TestGateway {

@@ -19,6 +19,8 @@ pub enum Behaviour {
     Silent,
     /// Sends a head announcing 100 bytes, 10 of them, then stalls.
     StallBody,
+    /// Sends a head announcing 20 bytes, 10 of them, the other 10 after 400 ms.
+    SlowBody,
     /// Counts request body bytes as they arrive (in `received`), never answers.
     CountBody,
     /// Answers every request on a connection with 200 and keeps the connection open.
@@ -27,6 +29,9 @@ pub enum Behaviour {
     /// second and closes the connection without answering.
     DropSecond,
 }
+
+/// How long `SlowBody` waits between the two halves of its body.
+pub const SLOW_BODY_PAUSE: Duration = Duration::from_millis(400);
 
 pub struct FakeUpstream {
     pub port: u16,
@@ -119,6 +124,12 @@ fn serve(stream: TcpStream, behaviour: Behaviour, received: &AtomicUsize) -> std
             out.flush()?;
             std::thread::sleep(Duration::from_secs(10));
             Ok(())
+        }
+        Behaviour::SlowBody => {
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 20\r\n\r\n0123456789")?;
+            out.flush()?;
+            std::thread::sleep(SLOW_BODY_PAUSE);
+            out.write_all(b"abcdefghij")
         }
         Behaviour::Echo if target.starts_with("/users/mirror") => {
             let head = format!(
