@@ -1,7 +1,9 @@
 //! The proxy: `/api/users…` → `{users-url}/users…`, bodies streamed both ways, bounded in time.
 
 use std::cell::Cell;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use actix_web::body::SizedStream;
@@ -168,8 +170,6 @@ pub async fn forward(
         }
     };
     let status = response.status();
-    metrics::record_upstream(SERVICE, &method, status.as_u16(), started.elapsed());
-
     let mut out = HttpResponse::build(status);
     for (name, value) in headers::end_to_end(response.headers(), &[header::CONTENT_LENGTH]) {
         out.append_header((name.clone(), value.clone()));
@@ -178,6 +178,7 @@ pub async fn forward(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
+        metrics::record_upstream(SERVICE, &method, status.as_u16(), started.elapsed());
         return Ok(out.finish());
     }
     let length = response
@@ -185,12 +186,74 @@ pub async fn forward(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    // The upstream timeout covers the body too, not only the head.
-    let body = response.timeout(deadline.saturating_duration_since(Instant::now()));
+    // The upstream timeout covers the body too, not only the head; so does its metric.
+    let body = UpstreamBody {
+        body: response.timeout(deadline.saturating_duration_since(Instant::now())),
+        method,
+        status: status.as_u16(),
+        started,
+        recorded: false,
+    };
     Ok(match length {
         Some(len) => out.body(SizedStream::new(len, body)),
         None => out.streaming(body),
     })
+}
+
+/// The upstream's response body on its way to the client. The exchange ends with it, so it
+/// records `upstream_request_duration_seconds` then: with the upstream's status when the body
+/// ends whole (or the client stops reading it), 504 when it stalls past the deadline, 502 when
+/// the upstream breaks it off.
+struct UpstreamBody<S> {
+    body: S,
+    method: Method,
+    status: u16,
+    started: Instant,
+    recorded: bool,
+}
+
+impl<S> UpstreamBody<S> {
+    fn record(&mut self, status: u16) {
+        if !self.recorded {
+            self.recorded = true;
+            metrics::record_upstream(SERVICE, &self.method, status, self.started.elapsed());
+        }
+    }
+}
+
+impl<S> Stream for UpstreamBody<S>
+where
+    S: Stream<Item = Result<web::Bytes, PayloadError>> + Unpin,
+{
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let next = Pin::new(&mut this.body).poll_next(cx);
+        match &next {
+            Poll::Ready(None) => this.record(this.status),
+            Poll::Ready(Some(Err(e))) => this.record(body_error_status(e)),
+            _ => {}
+        }
+        next
+    }
+}
+
+impl<S> Drop for UpstreamBody<S> {
+    fn drop(&mut self) {
+        self.record(self.status);
+    }
+}
+
+/// The status an upstream body failure counts as: awc's body deadline is an I/O `TimedOut`.
+fn body_error_status(e: &PayloadError) -> u16 {
+    let code = match e {
+        PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            ErrorCode::UpstreamTimeout
+        }
+        _ => ErrorCode::UpstreamUnavailable,
+    };
+    code.status().as_u16()
 }
 
 /// `{users-url}/users…?query` for a request to `/api/users…?query`.

@@ -498,3 +498,26 @@ async fn a_client_that_leaves_mid_response_is_logged_when_it_goes() {
     );
     assert_eq!(gw.get("/health/live").await.status, 200);
 }
+
+#[actix_web::test]
+async fn a_response_body_cut_at_the_deadline_counts_as_an_upstream_timeout() {
+    // DELETE: no other test sees a 504 with that method, so the series is this test's alone.
+    let stall = FakeUpstream::start(Behaviour::StallBody);
+    let gw = spawn_gateway(&stall.url(), &["--upstream-timeout", "300ms"]).await;
+    let mut res = gw
+        .client
+        .delete(gw.url("/api/users/stalling"))
+        .send()
+        .await
+        .expect("head arrives");
+    assert_eq!(res.status().as_u16(), 200);
+    let _ = actix_web::rt::time::timeout(Duration::from_secs(5), res.body()).await;
+
+    wait_for_access_line(&gw, "/api/users/stalling");
+    let metrics = gw.get("/metrics").await.text;
+    let series = r#"upstream_request_duration_seconds_count{service="users",method="DELETE",status_code="504"} "#;
+    assert!(
+        metrics.lines().any(|l| l.starts_with(series)),
+        "the exchange failed in its body, after a 200 head: {metrics}"
+    );
+}
