@@ -115,8 +115,8 @@ impl Access {
 
         let path = req.path();
         let level = match (status, &end) {
-            (_, Some(BodyEnd::Failed(_))) | (500.., _) => slog::Level::Warning,
             _ if path.starts_with("/health") || path == "/metrics" => slog::Level::Debug,
+            (500.., _) | (_, Some(BodyEnd::Failed(_))) => slog::Level::Warning,
             _ => slog::Level::Info,
         };
         if !log.is_enabled(level) {

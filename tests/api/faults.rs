@@ -38,6 +38,12 @@ async fn redis_killed_mid_run_gives_503_then_recovers_by_itself() {
     assert_eq!(ready.body["status"], "not ready");
     assert_eq!(ready.body["dependencies"]["redis"], "down");
     assert_eq!(app.get("/health/live").await.status, 200);
+    // A probe's 503 is still a probe: logged at debug, not at warn on every kubelet poll.
+    let probe = ready.header("x-request-id").expect("request id");
+    assert!(app.log_lines().iter().any(|l| l["msg"] == "request"
+        && l["request_id"] == probe.as_str()
+        && l["status"] == 503
+        && l["level"] == "debug"));
 
     // The cause is logged with the request id.
     let id = reply.header("x-request-id").expect("request id");
