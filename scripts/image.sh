@@ -10,7 +10,9 @@
 # uid, and that `platform users` starts and answers /health/live.
 #
 # Environment: IMAGE (default platform:local), RUST_IMAGE, RUNTIME_IMAGE (Dockerfile defaults),
-# BUILDAH_STORAGE_DRIVER (default overlay; vfs works everywhere but is slower).
+# BUILDAH_STORAGE_DRIVER (default overlay; vfs works everywhere but is slower), BUILD_STAGE (tag
+# of the build stage, default localhost/platform-build:cache). Untagged images of earlier
+# buildah builds are removed after a build passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,8 @@ RUNTIME_IMAGE="${RUNTIME_IMAGE:-gcr.io/distroless/cc-debian12:nonroot}"
 REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 WORK="target/image"
+# The tag of the build stage (buildah path), which keeps the layer cache reachable.
+BUILD_STAGE="${BUILD_STAGE:-localhost/platform-build:cache}"
 CHECK_PORT="${CHECK_PORT:-39331}"
 
 log() { echo "image: $*" >&2; }
@@ -132,11 +136,16 @@ else
 
   toolchain="$(rustc --print sysroot)"
   log "building $IMAGE with buildah (toolchain $toolchain mounted at /opt/rust)"
-  "${B[@]}" bud --isolation chroot --pull-never --layers \
-    --build-arg "RUST_IMAGE=$RUST_IMAGE" --build-arg "RUNTIME_IMAGE=$RUNTIME_IMAGE" \
-    --build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" \
-    -v "$toolchain:/opt/rust:ro" \
-    -t "$IMAGE" .
+  bud() {
+    "${B[@]}" bud --isolation chroot --pull-never --layers \
+      --build-arg "RUST_IMAGE=$RUST_IMAGE" --build-arg "RUNTIME_IMAGE=$RUNTIME_IMAGE" \
+      --build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" \
+      -v "$toolchain:/opt/rust:ro" "$@" .
+  }
+  # The build stage first, tagged: it holds the layer cache (dependencies compiled once per
+  # Cargo.lock), which stays reachable through the tag when untagged images are removed below.
+  bud --target build -t "$BUILD_STAGE"
+  bud -t "$IMAGE"
 
   user="$("${B[@]}" inspect --type image --format '{{.OCIv1.Config.User}}' "$IMAGE")"
   ctr="$("${B[@]}" from --pull-never "$IMAGE")"
@@ -159,6 +168,14 @@ else
   running_uid="$(awk '/^Uid:/ {print $2}' "/proc/$listener/status")"
   [ "$running_uid" = "${user%%:*}" ] || die "platform runs as uid $running_uid, the image says $user"
   size="$("${B[@]}" images --noheading --format '{{.Size}}' "$IMAGE" | head -1)"
+
+  # Every untagged image left now is an earlier build's (a previous $IMAGE or build stage):
+  # this build's two are tagged. Removing them keeps local storage from growing ~1 GB a build.
+  removed=0
+  for id in $("${B[@]}" images --quiet --filter dangling=true 2>/dev/null || true); do
+    if "${B[@]}" rmi "$id" >/dev/null 2>&1; then removed=$((removed + 1)); fi
+  done
+  [ "$removed" -eq 0 ] || log "removed $removed untagged image(s) of earlier builds"
 fi
 
 case "$user" in
