@@ -6,9 +6,10 @@
 # nginx is configured to do the gateway's job as far as nginx can: a JSON access line per
 # request with the same fields (buffered, as one would run it), X-Request-ID kept or created,
 # sent upstream and echoed, X-Forwarded-For/-Proto/-Host/-Prefix. BENCH_NGINX_LOG=off drops
-# its access log (the gateway still writes its own).
+# its access log (the gateway still writes its own). A control target, (a2), is a second,
+# identical gateway: (a)/(a2) shows how far this machine's noise moves a ratio of the run.
 # Knobs: BENCH_SECONDS (5 per round), BENCH_ROUNDS (3), BENCH_CONNECTIONS (64),
-# BENCH_THREADS (2), BENCH_USERS (200), BENCH_NGINX_LOG (on).
+# BENCH_THREADS (2), BENCH_USERS (200), BENCH_NGINX_LOG (on), BENCH_CONTROL (on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +50,15 @@ for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break;
 # shellcheck disable=SC2086 # BENCH_GATEWAY_ARGS holds several flags: split on purpose.
 "$BIN" gateway ${BENCH_GATEWAY_ARGS:-} --host 127.0.0.1 --port "$GATEWAY_PORT" --users-url "http://127.0.0.1:$USERS_PORT" >/dev/null & pids+=($!)
 GATEWAY_PID=$!
+# The control: the same gateway once more. (a)/(a2) should be 1.0; how far its rounds stray
+# is how far this machine's noise moves any ratio of the run.
+CONTROL=()
+if [ "${BENCH_CONTROL:-on}" != off ]; then
+  CONTROL_PORT=$(free_port)
+  # shellcheck disable=SC2086 # as above
+  "$BIN" gateway ${BENCH_GATEWAY_ARGS:-} --host 127.0.0.1 --port "$CONTROL_PORT" --users-url "http://127.0.0.1:$USERS_PORT" >/dev/null & pids+=($!)
+  CONTROL=(--target "a2|(a2) the same gateway again|$CONTROL_PORT|/api|$!")
+fi
 
 if [ "${BENCH_NGINX_LOG:-on}" = off ]; then
   NGINX_ACCESS_LOG="access_log off;"
@@ -94,6 +104,7 @@ NGINX_PID=$!
 
 wait_port "$USERS_PORT" /health/ready
 wait_port "$GATEWAY_PORT" /health/ready
+[ -z "${CONTROL_PORT:-}" ] || wait_port "$CONTROL_PORT" /health/ready
 wait_port "$NGINX_PORT" /api/users?limit=1
 
 echo "preloading $USERS users…"
@@ -119,7 +130,8 @@ python3 scripts/bench_measure.py --lua "$work/ids.lua" --threads "$THREADS" --co
   --seconds "$SECONDS_PER_ROUND" --rounds "$ROUNDS" \
   --target "a|(a) gateway → users|$GATEWAY_PORT|/api|$GATEWAY_PID" \
   --target "b|(b) users directly|$USERS_PORT||" \
-  --target "c|(c) nginx → users|$NGINX_PORT|/api|$NGINX_PID"
+  --target "c|(c) nginx → users|$NGINX_PORT|/api|$NGINX_PID" \
+  "${CONTROL[@]}"
 if [ "${BENCH_NGINX_LOG:-on}" != off ] && [ ! -s "$work/nginx-access.log" ]; then
   echo "nginx wrote no access log: its configuration is not the one described above" >&2
   exit 1

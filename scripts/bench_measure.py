@@ -109,6 +109,8 @@ def main():
     print()
     ratio("a", "c", "gateway vs nginx throughput", "   (target >= 1.0)")
     ratio("a", "b", "gateway hop vs direct")
+    if "a2" in by_key:
+        ratio("a", "a2", "the same gateway twice (noise floor; 1.0 on a quiet machine)")
     a_cpu, c_cpu = by_key["a"]["cpu"], by_key["c"]["cpu"]
     print(f"proxy CPU per request, gateway/nginx: {a_cpu / c_cpu:.2f}   (lower is leaner)")
 
