@@ -31,33 +31,9 @@ use super::{
     Connect,
 };
 
-#[derive(Debug, Clone, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     authority: Authority,
-}
-
-// Patched (see PATCHED.md): an exact byte match first, the case-insensitive `Authority`
-// comparison only when that fails.
-impl PartialEq for Key {
-    fn eq(&self, other: &Self) -> bool {
-        self.authority.as_str() == other.authority.as_str() || self.authority == other.authority
-    }
-}
-
-// Patched (see PATCHED.md): `Authority`'s own `Hash` feeds the hasher one lowercased byte at a
-// time, which costs SipHash a full `write` per byte, twice per request (checkout and release).
-// Same bytes, same hasher, same `Eq` consistency (equal keys have equal lengths and equal
-// lowercased bytes), but written in blocks.
-impl std::hash::Hash for Key {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let mut lower = [0u8; 64];
-        for chunk in self.authority.as_str().as_bytes().chunks(lower.len()) {
-            let block = &mut lower[..chunk.len()];
-            block.copy_from_slice(chunk);
-            block.make_ascii_lowercase();
-            state.write(block);
-        }
-    }
 }
 
 impl From<Authority> for Key {
