@@ -40,7 +40,7 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 monitor: ## Run Prometheus (with the alert rules) against `make run`'s platform; prints its URL
 	./scripts/ensure-apt.sh prometheus:prometheus
 	@mkdir -p .run/prometheus
-	@echo "Prometheus: http://127.0.0.1:$(PROMETHEUS_PORT)  (scraping 127.0.0.1:3000; alerts at /alerts)"
+	@echo "Prometheus: http://127.0.0.1:$(PROMETHEUS_PORT)  (scraping :3000 and :3001; alerts at /alerts)"
 	prometheus --config.file=k8s/monitoring/prometheus-local.yml --storage.tsdb.path=.run/prometheus \
 	  --web.listen-address=127.0.0.1:$(PROMETHEUS_PORT) --log.level=warn
 

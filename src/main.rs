@@ -22,12 +22,12 @@ async fn main() -> ExitCode {
     // Dropped at the end of main: flushes the last log lines.
     let (log, _guard) = logging::init(process, common.log_format, common.log_level);
     let result = match cli.role {
-        Role::Gateway(settings) => match gateway::Application::build(&settings, log) {
+        Role::Gateway(settings) => match gateway::build(&settings, log) {
             Ok(app) => app.run_until_stopped().await,
             Err(e) => Err(e),
         },
         Role::Users(cmd) => match cmd.task {
-            None => match users::Application::build(&cmd.settings, log) {
+            None => match users::build(&cmd.settings, log) {
                 Ok(app) => app.run_until_stopped().await,
                 Err(e) => Err(e),
             },

@@ -1,11 +1,34 @@
 //! Reading a bounded JSON request body into a JSON object, with the §2 errors.
 
-use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, TRANSFER_ENCODING};
 use actix_web::{HttpRequest, web};
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
 use super::error::{ApiError, ErrorCode};
+
+/// The body a request head announces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Declared {
+    /// `Content-Length`, above zero.
+    Length(u64),
+    /// `Transfer-Encoding` (chunked): the length is known at its end.
+    Chunked,
+}
+
+/// What the request head says of its body; `None` when it has none (actix-http has already
+/// refused a malformed `Content-Length`).
+pub fn declared(headers: &HeaderMap) -> Option<Declared> {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        return Some(Declared::Chunked);
+    }
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&len| len > 0)
+        .map(Declared::Length)
+}
 
 /// Reads at most `limit` bytes of `payload` and parses them as a JSON object.
 /// Over the limit → 413 (the rest is not read), not `application/json` → 415,
@@ -15,18 +38,10 @@ pub async fn json_object(
     mut payload: web::Payload,
     limit: usize,
 ) -> Result<Map<String, Value>, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the body is larger than {limit} bytes"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+    let too_large = || ApiError::payload_too_large(limit as u64);
+    if let Some(Declared::Length(len)) = declared(req.headers())
+        && len > limit as u64
+    {
         return Err(too_large());
     }
     let mut body = web::BytesMut::new();

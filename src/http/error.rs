@@ -17,6 +17,7 @@ pub enum ErrorCode {
     MethodNotAllowed,
     PayloadTooLarge,
     UnsupportedMediaType,
+    ExpectationFailed,
     Conflict,
     StoreUnavailable,
     UpstreamUnavailable,
@@ -35,6 +36,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::ExpectationFailed => "expectation_failed",
             Self::Conflict => "conflict",
             Self::StoreUnavailable => "store_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
@@ -51,10 +53,37 @@ impl ErrorCode {
             Self::DuplicateEmail | Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::InternalServerError => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl ErrorCode {
+    /// Whether the connection closes after this answer, the one place that decides it. An
+    /// answer given before the request's body was read leaves that body on the connection,
+    /// where it would be parsed as the next request (actix-web #2632): after a 413 (the rest
+    /// is never read), and after a 404, 405, 415 or 417 to a request with a body (refused
+    /// before a handler read it).
+    pub fn closes_connection(self, request_has_body: bool) -> bool {
+        match self {
+            Self::PayloadTooLarge => true,
+            Self::NotFound
+            | Self::MethodNotAllowed
+            | Self::UnsupportedMediaType
+            | Self::ExpectationFailed => request_has_body,
+            Self::ValidationError
+            | Self::InvalidJson
+            | Self::DuplicateEmail
+            | Self::UserNotFound
+            | Self::Conflict
+            | Self::StoreUnavailable
+            | Self::UpstreamUnavailable
+            | Self::UpstreamTimeout
+            | Self::InternalServerError => false,
         }
     }
 }
@@ -135,6 +164,14 @@ impl ApiError {
         Self::new(ErrorCode::NotFound, "no route matches this path")
     }
 
+    /// A 413 for a body over `limit` bytes.
+    pub fn payload_too_large(limit: u64) -> Self {
+        Self::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is larger than {limit} bytes"),
+        )
+    }
+
     pub fn method_not_allowed() -> Self {
         Self::new(
             ErrorCode::MethodNotAllowed,
@@ -150,12 +187,7 @@ impl ApiError {
             details: &self.details,
             request_id,
         };
-        let mut response = HttpResponse::build(self.code.status());
-        if self.code == ErrorCode::PayloadTooLarge {
-            // The rest of the body was never read: the connection cannot be reused.
-            response.force_close();
-        }
-        response.json(body)
+        HttpResponse::build(self.code.status()).json(body)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The middleware around every route: request id, error body with that id, metrics, access log.
 
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -8,44 +9,63 @@ use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::ConnectionType;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CONTENT_LENGTH, HeaderMap, TRANSFER_ENCODING, USER_AGENT};
+use actix_web::http::header::USER_AGENT;
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpRequest, web};
 use slog::{Drain, Logger, debug, error, info, warn};
 
+use super::body;
 use super::error::{ApiError, ErrorCode};
 use super::peer::IpText;
 use super::request_id::{self, RequestId};
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::{Metrics, WorkerMetrics};
 
 /// The route label a handler chose itself (set in request extensions); saves observe from
 /// matching the path against every resource again.
 #[derive(Clone, Copy)]
 pub struct RouteLabel(pub &'static str);
 
-/// The logger of a role, as app data: `app.app_data(web::Data::new(AppLogger(log)))`.
-#[derive(Clone)]
-pub struct AppLogger(pub Logger);
+/// Where one worker of a role writes its access lines and request metrics. Every role's `App`
+/// carries one as app data (`Observer::new`), which the middleware below needs.
+pub struct Observer {
+    pub log: Logger,
+    pub metrics: WorkerMetrics,
+}
+
+impl Observer {
+    pub fn new(log: Logger, metrics: &Metrics) -> Rc<Self> {
+        Rc::new(Self {
+            log,
+            metrics: metrics.worker(),
+        })
+    }
+
+    /// The observer of the app serving `req`.
+    pub fn of(req: &HttpRequest) -> &Rc<Self> {
+        req.app_data::<Rc<Self>>()
+            .expect("every role's App carries its Observer")
+    }
+}
 
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<BoxBody, Observed>>, Error> {
     let started = Instant::now();
-    let in_flight = metrics::InFlight::start();
+    let serving = Serving::start(Observer::of(req.request()).clone());
     let id = RequestId::from_headers(req.headers());
     req.extensions_mut().insert(id.clone());
 
-    let mut res = with_error_body(next.call(req).await?.map_into_boxed_body(), &id);
+    let res = next.call(req).await?.map_into_boxed_body();
+    let mut res = with_error_body(res, &id, &serving.0.log);
     res.headers_mut()
         .insert(request_id::HEADER, id.header_value().clone());
-
     let access = Access {
         req: res.request().clone(),
         id,
         status: res.status().as_u16(),
         started,
-        _in_flight: in_flight,
+        serving,
     };
     // A body already in hand (bytes, or none at all) is done: the request ends here. A
     // streamed one (a proxied body) ends with its last chunk, so its time and its log line
@@ -81,7 +101,23 @@ struct Access {
     id: RequestId,
     status: u16,
     started: Instant,
-    _in_flight: metrics::InFlight,
+    serving: Serving,
+}
+
+/// A request in `http_requests_in_flight` until dropped.
+struct Serving(Rc<Observer>);
+
+impl Serving {
+    fn start(observer: Rc<Observer>) -> Self {
+        observer.metrics.request_started();
+        Self(observer)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.metrics.request_ended();
+    }
 }
 
 impl Access {
@@ -92,16 +128,9 @@ impl Access {
             id,
             status,
             started,
-            ..
-        } = self;
-        let no_logger;
-        let log = match req.app_data::<web::Data<AppLogger>>() {
-            Some(l) => &l.0,
-            None => {
-                no_logger = Logger::root(slog::Discard, slog::o!());
-                &no_logger
-            }
-        };
+            serving: Serving(observer),
+        } = &self;
+        let (log, status) = (&observer.log, *status);
         let pattern;
         let route = match req.extensions().get::<RouteLabel>() {
             Some(label) => label.0,
@@ -111,7 +140,9 @@ impl Access {
             }
         };
         let elapsed = started.elapsed();
-        metrics::record_http(req.method(), route, status, elapsed);
+        observer
+            .metrics
+            .record_http(req.method(), route, status, elapsed);
 
         let path = req.path();
         let level = match (status, &end) {
@@ -212,21 +243,21 @@ impl Drop for Observed {
 
 /// The response with our error body (§2) in place of the one actix or a handler made, its
 /// cause logged when it is a server fault.
-fn with_error_body(res: ServiceResponse<BoxBody>, id: &RequestId) -> ServiceResponse<BoxBody> {
+fn with_error_body(
+    res: ServiceResponse<BoxBody>,
+    id: &RequestId,
+    log: &Logger,
+) -> ServiceResponse<BoxBody> {
     let Some(err) = res.response().error() else {
         return res;
     };
-    let log = match res.request().app_data::<web::Data<AppLogger>>() {
-        Some(l) => l.0.clone(),
-        None => Logger::root(slog::Discard, slog::o!()),
-    };
     let api = err.as_error::<ApiError>();
-    let rendered = match api {
+    let (code, mut rendered) = match api {
         Some(api) => {
             if let Some(cause) = &api.cause {
                 error!(log, "request failed"; "request_id" => id.as_str(), "error" => api.code.as_str(), "cause" => format!("{cause:#}"));
             }
-            api.render(Some(id.as_str()))
+            (api.code, api.render(Some(id.as_str())))
         }
         None => {
             // An error raised outside our handlers (actix itself): same body shape.
@@ -234,29 +265,15 @@ fn with_error_body(res: ServiceResponse<BoxBody>, id: &RequestId) -> ServiceResp
             if fallback.code == ErrorCode::InternalServerError {
                 error!(log, "request failed"; "request_id" => id.as_str(), "cause" => err.to_string());
             }
-            fallback.render(Some(id.as_str()))
+            (fallback.code, fallback.render(Some(id.as_str())))
         }
     };
-    let mut rendered = rendered;
-    if unread_body(&rendered, res.request().headers()) {
-        // actix-web #2632: an unread body would be parsed as the next request.
+    if code.closes_connection(body::declared(res.request().headers()).is_some()) {
         rendered
             .head_mut()
             .set_connection_type(ConnectionType::Close);
     }
     res.into_response(rendered)
-}
-
-/// An error answered before the handler read the request's body (unknown path, wrong method,
-/// wrong media type) to a request that has one: the connection cannot be reused.
-fn unread_body(rendered: &actix_web::HttpResponse, headers: &HeaderMap) -> bool {
-    let early = matches!(rendered.status().as_u16(), 404 | 405 | 415);
-    let has_body = headers.contains_key(TRANSFER_ENCODING)
-        || headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim() != "0");
-    early && has_body
 }
 
 fn fallback_error(status: StatusCode, message: &str) -> ApiError {

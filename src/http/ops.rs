@@ -9,7 +9,7 @@ use actix_web::{HttpResponse, web};
 use futures_util::future::{LocalBoxFuture, join_all};
 use serde_json::{Map, Value, json};
 
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// Upper bound of one readiness check (CONTRACT §6).
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -57,15 +57,17 @@ pub struct Ops {
     service: &'static str,
     checks: Vec<ReadinessCheck>,
     draining: Draining,
+    metrics: Metrics,
     before_scrape: Option<ScrapeHook>,
 }
 
 impl Ops {
-    pub fn new(service: &'static str, draining: Draining) -> Self {
+    pub fn new(service: &'static str, draining: Draining, metrics: Metrics) -> Self {
         Self {
             service,
             checks: Vec::new(),
             draining,
+            metrics,
             before_scrape: None,
         }
     }
@@ -139,5 +141,5 @@ async fn render_metrics(ops: web::Data<Ops>) -> HttpResponse {
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(metrics::render())
+        .body(ops.metrics.render())
 }

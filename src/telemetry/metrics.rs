@@ -1,17 +1,19 @@
-//! Prometheus metrics: one recorder per process, real histograms, the names of CONTRACT §7.
+//! Prometheus metrics: one registry per role, real histograms, the names of CONTRACT §7.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::OnceLock;
+use std::hash::Hash;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use actix_web::http::Method;
+use hashbrown::{Equivalent, HashMap};
 use metrics::{
     Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
-    gauge, histogram,
+    gauge, histogram, with_local_recorder,
 };
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
@@ -29,47 +31,93 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
+/// One role's metrics: its own registry, which only that role's `/metrics` renders (a
+/// Prometheus scraping both ports of `platform all` counts each request once). Cheap to clone;
+/// every worker of the role shares it.
+#[derive(Clone)]
+pub struct Metrics(Arc<Registry>);
+
 struct Registry {
+    recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     process: metrics_process::Collector,
+    in_flight: Gauge,
 }
 
-static REGISTRY: OnceLock<Option<Registry>> = OnceLock::new();
-
-/// Installs the process-wide recorder (once; later calls are no-ops) and its upkeep thread.
-pub fn install() {
-    REGISTRY.get_or_init(|| {
-        let handle = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-            .and_then(|b| b.install_recorder())
-            .ok()?;
-        let process = metrics_process::Collector::default();
-        process.describe();
-        describe();
-        let upkeep = handle.clone();
-        // Without upkeep, histogram samples pile up between scrapes.
-        std::thread::Builder::new()
-            .name("metrics-upkeep".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(UPKEEP_EVERY);
-                    upkeep.run_upkeep();
-                }
-            })
-            .ok()?;
-        Some(Registry { handle, process })
-    });
-}
-
-/// The Prometheus text exposition of every metric of this process.
-pub fn render() -> String {
-    match REGISTRY.get() {
-        Some(Some(registry)) => {
-            registry.process.collect();
-            registry.handle.render()
-        }
-        _ => String::new(),
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
     }
+}
+
+impl Metrics {
+    /// A new registry with every metric described, `http_requests_in_flight` at 0, and an
+    /// upkeep thread that ends when the last clone is dropped.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("LATENCY_BUCKETS is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let process = metrics_process::Collector::default();
+        let in_flight = with_local_recorder(&recorder, || {
+            process.describe();
+            describe();
+            gauge!(HTTP_IN_FLIGHT)
+        });
+        let registry = Arc::new(Registry {
+            recorder,
+            handle,
+            process,
+            in_flight,
+        });
+        spawn_upkeep(Arc::downgrade(&registry));
+        Self(registry)
+    }
+
+    /// The Prometheus text exposition of this role's metrics and of the process.
+    pub fn render(&self) -> String {
+        with_local_recorder(&self.0.recorder, || self.0.process.collect());
+        self.0.handle.render()
+    }
+
+    /// Runs `register` against this role's registry: `counter!`, `gauge!` and `histogram!`
+    /// inside it make handles of this role.
+    pub fn register<T>(&self, register: impl FnOnce() -> T) -> T {
+        with_local_recorder(&self.0.recorder, register)
+    }
+
+    /// Times one Redis operation; `status` is `ok`, `miss` or `error`.
+    pub fn record_redis(&self, operation: &'static str, status: &'static str, elapsed: Duration) {
+        self.register(|| histogram!(REDIS_DURATION, "operation" => operation, "status" => status))
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// The per-request recorder of one worker thread.
+    pub fn worker(&self) -> WorkerMetrics {
+        WorkerMetrics {
+            metrics: self.clone(),
+            http: HandleCache::default(),
+            upstream: HandleCache::default(),
+        }
+    }
+}
+
+/// Without upkeep, histogram samples pile up between scrapes.
+fn spawn_upkeep(registry: Weak<Registry>) {
+    let upkeep = move || {
+        loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            match registry.upgrade() {
+                Some(registry) => registry.handle.run_upkeep(),
+                None => return,
+            }
+        }
+    };
+    // Without the thread, samples are still drained at every scrape.
+    let _ = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(upkeep);
 }
 
 fn describe() {
@@ -115,153 +163,202 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Metric handles of one label set, kept per thread: a request then costs two atomic updates
-/// instead of building a labelled key and looking it up in the shared registry.
-struct HttpHandles {
+/// Metric handles of one family on one thread, found by their label values: a request then
+/// costs a hash lookup and atomic updates instead of building a labelled key for the registry.
+struct HandleCache<K, H>(RefCell<HashMap<K, H>>);
+
+impl<K, H> Default for HandleCache<K, H> {
+    fn default() -> Self {
+        Self(RefCell::new(HashMap::default()))
+    }
+}
+
+impl<K: Hash + Eq, H> HandleCache<K, H> {
+    /// Calls `use_handle` with the handle of `labels`, made by `make` the first time.
+    fn with<'q, Q>(&self, labels: &'q Q, make: impl FnOnce() -> H, use_handle: impl FnOnce(&H))
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+        &'q Q: Into<K>,
+    {
+        let mut map = self.0.borrow_mut();
+        use_handle(map.entry_ref(labels).or_insert_with(make));
+    }
+}
+
+/// The labels of `http_requests_total` and `http_request_duration_seconds`, as stored.
+#[derive(Hash, PartialEq, Eq)]
+struct HttpKey {
     method: &'static str,
     route: Box<str>,
     status: u16,
-    requests: Counter,
-    duration: Histogram,
 }
 
-struct UpstreamHandles {
+/// The same labels borrowed from a request; hashes as its `HttpKey` does.
+#[derive(Hash)]
+struct HttpLabels<'a> {
+    method: &'static str,
+    route: &'a str,
+    status: u16,
+}
+
+impl Equivalent<HttpKey> for HttpLabels<'_> {
+    fn equivalent(&self, key: &HttpKey) -> bool {
+        self.method == key.method && self.status == key.status && self.route == &*key.route
+    }
+}
+
+impl From<&HttpLabels<'_>> for HttpKey {
+    fn from(labels: &HttpLabels<'_>) -> Self {
+        Self {
+            method: labels.method,
+            route: labels.route.into(),
+            status: labels.status,
+        }
+    }
+}
+
+/// The labels of `upstream_request_duration_seconds`.
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+struct UpstreamKey {
     service: &'static str,
     method: &'static str,
     status: u16,
-    duration: Histogram,
 }
 
-/// Handle caches keyed by `label_hash`; the map hashes that key with FNV-1a too.
-type HandleCache<T> = HashMap<u64, Vec<T>, BuildHasherDefault<Fnv>>;
-
-thread_local! {
-    static HTTP_HANDLES: RefCell<HandleCache<HttpHandles>> = RefCell::default();
-    static UPSTREAM_HANDLES: RefCell<HandleCache<UpstreamHandles>> = RefCell::default();
-    static IN_FLIGHT: Gauge = gauge!(HTTP_IN_FLIGHT);
-}
-
-/// FNV-1a. The keys are label sets we build ourselves from a bounded set of values (route
-/// patterns, standard methods, status codes), so SipHash's flooding resistance buys nothing
-/// on this per-request path.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
+impl From<&UpstreamKey> for UpstreamKey {
+    fn from(key: &UpstreamKey) -> Self {
+        *key
     }
 }
 
-impl Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
+/// What one worker thread of a role records per request (built in the app factory, so never
+/// shared between threads).
+pub struct WorkerMetrics {
+    metrics: Metrics,
+    http: HandleCache<HttpKey, (Counter, Histogram)>,
+    upstream: HandleCache<UpstreamKey, Histogram>,
 }
 
-fn label_hash(parts: impl Hash) -> u64 {
-    let mut hasher = Fnv::default();
-    parts.hash(&mut hasher);
-    hasher.finish()
-}
-
-/// Counts one served request. `route` is a route pattern or `unmatched`, never a raw path.
-pub fn record_http(method: &Method, route: &str, status: u16, elapsed: Duration) {
-    let method = method_label(method);
-    let key = label_hash((method, route, status));
-    HTTP_HANDLES.with_borrow_mut(|cache| {
-        let slot = cache.entry(key).or_default();
-        let position = slot
-            .iter()
-            .position(|h| h.method == method && h.status == status && &*h.route == route);
-        let handles = match position {
-            Some(i) => &slot[i],
-            None => {
-                let labels = [
-                    ("method", method.to_owned()),
-                    ("route", route.to_owned()),
-                    ("status_code", status.to_string()),
-                ];
-                slot.push(HttpHandles {
-                    method,
-                    route: route.into(),
-                    status,
-                    requests: counter!(HTTP_REQUESTS, &labels),
-                    duration: histogram!(HTTP_DURATION, &labels),
-                });
-                &slot[slot.len() - 1]
-            }
+impl WorkerMetrics {
+    /// Counts one served request. `route` is a route pattern or `unmatched`, never a raw path.
+    pub fn record_http(&self, method: &Method, route: &str, status: u16, elapsed: Duration) {
+        let labels = HttpLabels {
+            method: method_label(method),
+            route,
+            status,
         };
-        handles.requests.increment(1);
-        handles.duration.record(elapsed.as_secs_f64());
-    });
-}
-
-/// Tracks a request in flight until dropped.
-pub struct InFlight;
-
-impl InFlight {
-    pub fn start() -> Self {
-        IN_FLIGHT.with(|g| g.increment(1.0));
-        Self
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        IN_FLIGHT.with(|g| g.decrement(1.0));
-    }
-}
-
-/// Times one Redis operation; `status` is `ok`, `miss` or `error`.
-pub fn record_redis(operation: &'static str, status: &'static str, elapsed: Duration) {
-    histogram!(REDIS_DURATION, "operation" => operation, "status" => status)
-        .record(elapsed.as_secs_f64());
-}
-
-/// Times one call to an upstream service.
-pub fn record_upstream(service: &'static str, method: &Method, status: u16, elapsed: Duration) {
-    let method = method_label(method);
-    let key = label_hash((service, method, status));
-    UPSTREAM_HANDLES.with_borrow_mut(|cache| {
-        let slot = cache.entry(key).or_default();
-        let position = slot
-            .iter()
-            .position(|h| h.service == service && h.method == method && h.status == status);
-        let handles = match position {
-            Some(i) => &slot[i],
-            None => {
-                slot.push(UpstreamHandles {
-                    service,
-                    method,
-                    status,
-                    duration: histogram!(
-                        UPSTREAM_DURATION,
-                        "service" => service,
-                        "method" => method,
-                        "status_code" => status.to_string()
-                    ),
-                });
-                &slot[slot.len() - 1]
-            }
+        let make = || {
+            let labels = [
+                ("method", labels.method.to_owned()),
+                ("route", route.to_owned()),
+                ("status_code", status.to_string()),
+            ];
+            self.metrics.register(|| {
+                (
+                    counter!(HTTP_REQUESTS, &labels),
+                    histogram!(HTTP_DURATION, &labels),
+                )
+            })
         };
-        handles.duration.record(elapsed.as_secs_f64());
-    });
+        self.http.with(&labels, make, |(requests, duration)| {
+            requests.increment(1);
+            duration.record(elapsed.as_secs_f64());
+        });
+    }
+
+    /// Times one exchange with an upstream service.
+    pub fn record_upstream(
+        &self,
+        service: &'static str,
+        method: &Method,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let key = UpstreamKey {
+            service,
+            method: method_label(method),
+            status,
+        };
+        let make = || {
+            self.metrics.register(|| {
+                histogram!(
+                    UPSTREAM_DURATION,
+                    "service" => service,
+                    "method" => key.method,
+                    "status_code" => status.to_string()
+                )
+            })
+        };
+        self.upstream.with(&key, make, |duration| {
+            duration.record(elapsed.as_secs_f64());
+        });
+    }
+
+    /// One more request in flight; each call is paired with one `request_ended`.
+    pub fn request_started(&self) {
+        self.metrics.0.in_flight.increment(1.0);
+    }
+
+    pub fn request_ended(&self) {
+        self.metrics.0.in_flight.decrement(1.0);
+    }
 }
 
-pub fn set_users_total(total: u64) {
-    gauge!(USERS_TOTAL).set(total as f64);
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub fn user_created() {
-    counter!(USERS_CREATED).increment(1);
-}
+    /// The sample lines of `rendered` whose series starts with `prefix`, sorted.
+    fn series<'a>(rendered: &'a str, prefix: &str) -> Vec<&'a str> {
+        let mut found: Vec<&str> = rendered.lines().filter(|l| l.starts_with(prefix)).collect();
+        found.sort_unstable();
+        found
+    }
 
-pub fn user_deleted() {
-    counter!(USERS_DELETED).increment(1);
+    #[test]
+    fn each_registry_renders_only_its_own_series() {
+        let (gateway, users) = (Metrics::new(), Metrics::new());
+        let worker = gateway.worker();
+        worker.record_http(&Method::GET, "/api/users", 200, Duration::from_millis(3));
+        worker.record_http(&Method::GET, "/api/users", 200, Duration::from_millis(4));
+        worker.record_http(
+            &Method::from_bytes(b"BREW").expect("token"),
+            "x",
+            418,
+            Duration::ZERO,
+        );
+        users.record_redis("get", "ok", Duration::from_millis(1));
+
+        let shown = gateway.render();
+        assert_eq!(
+            series(&shown, "http_requests_total{"),
+            vec![
+                r#"http_requests_total{method="GET",route="/api/users",status_code="200"} 2"#,
+                r#"http_requests_total{method="OTHER",route="x",status_code="418"} 1"#
+            ],
+            "{shown}"
+        );
+        assert!(series(&shown, "redis_operation").is_empty(), "{shown}");
+        let shown = users.render();
+        assert!(series(&shown, "http_requests_total").is_empty(), "{shown}");
+        assert_eq!(
+            series(&shown, "redis_operation_duration_seconds_count"),
+            vec![r#"redis_operation_duration_seconds_count{operation="get",status="ok"} 1"#]
+        );
+        assert!(
+            shown.contains("process_"),
+            "process metrics on every role: {shown}"
+        );
+    }
+
+    #[test]
+    fn in_flight_starts_at_zero_and_follows_requests() {
+        let metrics = Metrics::new();
+        let worker = metrics.worker();
+        assert!(metrics.render().contains("http_requests_in_flight 0\n"));
+        worker.request_started();
+        assert!(metrics.render().contains("http_requests_in_flight 1\n"));
+        worker.request_ended();
+        assert!(metrics.render().contains("http_requests_in_flight 0\n"));
+    }
 }

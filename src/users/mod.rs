@@ -8,4 +8,4 @@ pub mod routes;
 pub mod startup;
 pub mod store;
 
-pub use startup::{Application, SERVICE};
+pub use startup::{SERVICE, build};

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::domain::User;
 use super::store::{self, BY_CREATED, INDEX, StoreError, UserStore};
+use crate::telemetry::metrics::Metrics;
 
 static REINDEX_ONE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/reindex_one.lua")));
@@ -145,7 +146,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let log = &crate::telemetry::logging::for_service(log, super::SERVICE);
-    let store = UserStore::new(&settings.redis)?;
+    let store = UserStore::new(&settings.redis, &Metrics::new())?;
     let report = reindex(&store)
         .await
         .with_context(|| format!("reindex failed on {}", settings.redis.redacted_url()))?;

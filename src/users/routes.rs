@@ -9,7 +9,6 @@ use super::domain::{NewUser, UserPatch};
 use super::store::UserStore;
 use crate::http::body;
 use crate::http::error::{self, ApiError};
-use crate::telemetry::metrics;
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -41,7 +40,6 @@ async fn create_user(
     let body = body::json_object(&req, payload, MAX_BODY).await?;
     let new = NewUser::parse(&body).map_err(ApiError::validation)?;
     let user = store.create(&new).await?;
-    metrics::user_created();
     let location = format!("{}/users/{}", forwarded_prefix(&req), user.id);
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, location))
@@ -93,7 +91,6 @@ async fn delete_user(
     store: web::Data<UserStore>,
 ) -> Result<HttpResponse, ApiError> {
     store.delete(parse_id(&id)?).await?;
-    metrics::user_deleted();
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -3,6 +3,7 @@
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use ::metrics::{Counter, Gauge, counter, gauge, histogram};
 use deadpool_redis::redis::{self, AsyncCommands, IntoConnectionInfo, Script};
 use deadpool_redis::{Config, Connection, Pool, PoolConfig, Runtime, Timeouts};
 use uuid::Uuid;
@@ -10,7 +11,7 @@ use uuid::Uuid;
 use super::cursor::Cursor;
 use super::domain::{NewUser, User, UserPatch};
 use crate::config::RedisSettings;
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::{self, Metrics};
 
 pub const INDEX: &str = "users:index";
 pub const BY_CREATED: &str = "users:by_created";
@@ -77,11 +78,44 @@ pub struct Page {
 pub struct UserStore {
     pool: Pool,
     timeout: Duration,
+    metrics: StoreMetrics,
+}
+
+/// The users role's store metrics. Counters and the ping outcomes that alerts use exist at 0
+/// from the start, so `rate()` and absence alerts work before the first event.
+#[derive(Clone)]
+struct StoreMetrics {
+    registry: Metrics,
+    created: Counter,
+    deleted: Counter,
+    total: Gauge,
+}
+
+impl StoreMetrics {
+    fn new(registry: &Metrics) -> Self {
+        let (created, deleted, total) = registry.register(|| {
+            for status in ["ok", "error"] {
+                let _ =
+                    histogram!(metrics::REDIS_DURATION, "operation" => "ping", "status" => status);
+            }
+            (
+                counter!(metrics::USERS_CREATED),
+                counter!(metrics::USERS_DELETED),
+                gauge!(metrics::USERS_TOTAL),
+            )
+        });
+        Self {
+            registry: registry.clone(),
+            created,
+            deleted,
+            total,
+        }
+    }
 }
 
 impl UserStore {
     /// Builds the pool; connections are made on first use, so Redis may be down at start.
-    pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
+    pub fn new(settings: &RedisSettings, metrics: &Metrics) -> anyhow::Result<Self> {
         let mut info = settings.redis_url.as_str().into_connection_info()?;
         if let Some(password) = &settings.redis_password {
             let redis = info
@@ -102,7 +136,11 @@ impl UserStore {
             ..PoolConfig::default()
         });
         let pool = config.create_pool(Some(Runtime::Tokio1))?;
-        Ok(Self { pool, timeout })
+        Ok(Self {
+            pool,
+            timeout,
+            metrics: StoreMetrics::new(metrics),
+        })
     }
 
     /// Runs `op` on a pooled connection within the timeout, and times it.
@@ -129,7 +167,9 @@ impl UserStore {
             Err(StoreError::NotFound) => "miss",
             Err(StoreError::Unavailable(_) | StoreError::Corrupt { .. }) => "error",
         };
-        metrics::record_redis(operation, status, started.elapsed());
+        self.metrics
+            .registry
+            .record_redis(operation, status, started.elapsed());
         result
     }
 
@@ -149,6 +189,13 @@ impl UserStore {
         .await
     }
 
+    /// Sets `users_total` to the stored count; left as it was when Redis does not answer.
+    pub async fn refresh_total(&self) {
+        if let Ok(total) = self.count().await {
+            self.metrics.total.set(total as f64);
+        }
+    }
+
     pub async fn create(&self, new: &NewUser) -> Result<User, StoreError> {
         let now = crate::timestamp::now();
         let user = User {
@@ -159,6 +206,7 @@ impl UserStore {
             updated_at: Some(now),
         };
         let json = to_json(&user);
+        let created = &self.metrics.created;
         self.run("create", |mut conn| async move {
             let outcome: String = CREATE
                 .key(user_key(&user.id))
@@ -171,7 +219,10 @@ impl UserStore {
                 .invoke_async(&mut conn)
                 .await?;
             match outcome.as_str() {
-                "ok" => Ok(user),
+                "ok" => {
+                    created.increment(1);
+                    Ok(user)
+                }
                 "taken" => Err(StoreError::DuplicateEmail),
                 other => Err(unexpected("create", other)),
             }
@@ -220,6 +271,7 @@ impl UserStore {
     }
 
     pub async fn delete(&self, id: Uuid) -> Result<(), StoreError> {
+        let deleted = &self.metrics.deleted;
         self.run("delete", |mut conn| async move {
             for _ in 0..CAS_ATTEMPTS {
                 let (current, raw) = read(&mut conn, id).await?.ok_or(StoreError::NotFound)?;
@@ -233,7 +285,10 @@ impl UserStore {
                     .invoke_async(&mut conn)
                     .await?;
                 match outcome.as_str() {
-                    "ok" => return Ok(()),
+                    "ok" => {
+                        deleted.increment(1);
+                        return Ok(());
+                    }
                     "missing" => return Err(StoreError::NotFound),
                     "changed" => continue,
                     other => return Err(unexpected("delete", other)),
@@ -323,8 +378,7 @@ fn parse(id: &str, raw: &str) -> Result<User, StoreError> {
 }
 
 fn to_json(user: &User) -> String {
-    // A struct of strings always serializes.
-    serde_json::to_string(user).unwrap_or_default()
+    serde_json::to_string(user).expect("a struct of strings always serializes")
 }
 
 fn unexpected(script: &str, outcome: &str) -> StoreError {

@@ -200,7 +200,7 @@ pub async fn spawn_app_with(redis: RedisServer, extra: &[&str]) -> TestApp {
     };
     let logs = LogBuffer::default();
     let log = logging::capture(logs.clone());
-    let app = platform::users::Application::build(&cmd.settings, log).expect("app builds");
+    let app = platform::users::build(&cmd.settings, log).expect("app builds");
     let http = serve(app.port(), app.run_until_stopped()).await;
     TestApp { http, redis, logs }
 }
@@ -512,7 +512,7 @@ pub async fn spawn_gateway(users_url: &str, extra: &[&str]) -> TestGateway {
         panic!("test arguments must parse: {args:?}");
     };
     let logs = LogBuffer::default();
-    let app = platform::gateway::Application::build(&settings, logging::capture(logs.clone()))
+    let app = platform::gateway::build(&settings, logging::capture(logs.clone()))
         .expect("gateway builds");
     let http = serve(app.port(), app.run_until_stopped()).await;
     TestGateway { http, logs }

@@ -263,7 +263,8 @@ async fn rules_and_dashboards_name_only_metrics_the_binary_exports() {
     traffic(&gateway, &users, 0).await;
     // A refused upstream call is the one series this traffic cannot make without a dead users
     // role; `upstream_request_duration_seconds` exists already from the proxied requests.
-    let page = gateway.get("/metrics").await.text;
+    // Each role's port shows its own series: together they are what the binary exports.
+    let page = gateway.get("/metrics").await.text + &users.get("/metrics").await.text;
     let mut known = exported_names(&page);
     known.extend(EXTERNAL_METRICS.iter().map(|s| s.to_string()));
     for must in [
@@ -384,17 +385,19 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    /// Runs the repository's local config with the target moved to `target` and 1 s intervals.
-    fn start(target: &str) -> Self {
+    /// Runs the repository's local config with its targets moved to `gateway` and `users`,
+    /// and 1 s intervals.
+    fn start(gateway: &str, users: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = read(&monitoring_dir().join("prometheus-local.yml"))
-            .replace("127.0.0.1:3000", target)
+            .replace("127.0.0.1:3000", gateway)
+            .replace("127.0.0.1:3001", users)
             .replace("scrape_interval: 5s", "scrape_interval: 1s")
             .replace("evaluation_interval: 5s", "evaluation_interval: 1s")
             .replace("scrape_timeout: 2s", "scrape_timeout: 1s");
         assert!(
-            config.contains(target),
-            "the local config scrapes 127.0.0.1:3000"
+            config.contains(gateway) && config.contains(users),
+            "the local config scrapes 127.0.0.1:3000 and 127.0.0.1:3001"
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).expect("write config");
         std::fs::copy(
@@ -447,7 +450,10 @@ async fn a_real_prometheus_scrapes_platform_all_and_computes_p99() {
     let redis = RedisServer::start();
     let (process, users_port) = Process::all(&redis.url());
     let (gateway, users) = (Http::new(process.port), Http::new(users_port));
-    let prometheus = Prometheus::start(&format!("127.0.0.1:{}", process.port));
+    let prometheus = Prometheus::start(
+        &format!("127.0.0.1:{}", process.port),
+        &format!("127.0.0.1:{users_port}"),
+    );
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut round = 0;
@@ -460,12 +466,12 @@ async fn a_real_prometheus_scrapes_platform_all_and_computes_p99() {
         actix_web::rt::time::sleep(Duration::from_millis(300)).await;
 
         up = prometheus
-            .query(r#"up{job="platform",namespace="local"} == 1"#)
+            .query(r#"up{job=~"gateway|users",namespace="local"} == 1"#)
             .await
             .len()
-            == 1;
+            == 2;
         not_found = !prometheus
-            .query(r#"http_requests_total{job="platform",method="GET",route="/api/users/{tail}",status_code="404"} > 0"#)
+            .query(r#"http_requests_total{job="gateway",method="GET",route="/api/users/{tail}",status_code="404"} > 0"#)
             .await
             .is_empty();
         unmatched = !prometheus
@@ -473,7 +479,7 @@ async fn a_real_prometheus_scrapes_platform_all_and_computes_p99() {
             .await
             .is_empty();
         p99 = prometheus
-            .query(r#"histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{job="platform",route="/api/users/{tail}"}[10s])))"#)
+            .query(r#"histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{job="gateway",route="/api/users/{tail}"}[10s])))"#)
             .await
             .first()
             .and_then(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()))
@@ -491,7 +497,7 @@ async fn a_real_prometheus_scrapes_platform_all_and_computes_p99() {
             0
         };
     }
-    assert!(up, "Prometheus never scraped the platform (up == 1)");
+    assert!(up, "Prometheus never scraped both roles (up == 1)");
     assert!(
         not_found,
         "no 404 series with method/route/status_code labels"

@@ -1,0 +1,76 @@
+//! Stage 2, request filter: what a request must pass before the upstream is contacted. Checks
+//! that refuse a request at the edge (authentication, rate limits) belong here.
+
+use actix_web::HttpRequest;
+use actix_web::http::header::{self, HeaderMap};
+
+use crate::http::body::{self, Declared};
+use crate::http::error::{ApiError, ErrorCode};
+
+/// The only expectation a server knows (RFC 9110 §10.1.1).
+const CONTINUE: &str = "100-continue";
+
+/// Refuses a request the gateway will not forward; returns the body its head announces.
+pub fn filter(req: &HttpRequest, max_body: u64) -> Result<Option<Declared>, ApiError> {
+    expectation(req.headers())?;
+    let declared = body::declared(req.headers());
+    if let Some(Declared::Length(len)) = declared
+        && len > max_body
+    {
+        return Err(ApiError::payload_too_large(max_body));
+    }
+    Ok(declared)
+}
+
+/// `Expect: 100-continue` is met by this hop (actix-http answers `100 Continue` when the body
+/// is first read; the header is not sent upstream). Any other expectation is a 417.
+fn expectation(headers: &HeaderMap) -> Result<(), ApiError> {
+    for value in headers.get_all(header::EXPECT) {
+        let met = value
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case(CONTINUE));
+        if !met {
+            return Err(ApiError::new(
+                ErrorCode::ExpectationFailed,
+                "the only expectation this server meets is 100-continue",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn filtered(headers: &[(&str, &str)]) -> Result<Option<Declared>, ErrorCode> {
+        let mut req = TestRequest::default();
+        for &(name, value) in headers {
+            req = req.insert_header((name, value));
+        }
+        filter(&req.to_http_request(), 10).map_err(|e| e.code)
+    }
+
+    #[test]
+    fn only_100_continue_is_met_and_the_declared_length_is_bounded() {
+        assert_eq!(filtered(&[]), Ok(None));
+        assert_eq!(filtered(&[("expect", "100-Continue")]), Ok(None));
+        assert_eq!(
+            filtered(&[("expect", "100-continue"), ("content-length", "10")]),
+            Ok(Some(Declared::Length(10)))
+        );
+        assert_eq!(
+            filtered(&[("expect", "200-ok")]),
+            Err(ErrorCode::ExpectationFailed)
+        );
+        assert_eq!(
+            filtered(&[("content-length", "11")]),
+            Err(ErrorCode::PayloadTooLarge)
+        );
+        assert_eq!(
+            filtered(&[("transfer-encoding", "chunked")]),
+            Ok(Some(Declared::Chunked))
+        );
+    }
+}

@@ -1,0 +1,239 @@
+//! Stage 3, upstream request: where the users service is, the request it is sent, when a
+//! request is sent again, and what a failure to get an answer means for the client.
+
+use std::time::{Duration, Instant};
+
+use actix_web::HttpRequest;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::uri::{Authority, Scheme};
+use actix_web::http::{Method, StatusCode, Uri};
+use actix_web::web::Bytes;
+use anyhow::Context as _;
+use awc::error::{ConnectError, SendRequestError};
+use awc::{Client, ClientRequest, ClientResponse};
+
+use super::headers::{
+    self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PREFIX, X_FORWARDED_PROTO,
+};
+use super::route::PREFIX;
+use crate::http::error::{ApiError, ErrorCode};
+use crate::http::peer::IpText;
+use crate::http::request_id::{self, RequestId};
+
+/// The `service` label of the upstream metric.
+pub const SERVICE: &str = "users";
+
+/// Where and how to reach the users service; shared by every worker.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// Base URL without a trailing slash, e.g. `http://users:3001`.
+    pub base: String,
+    pub timeout: Duration,
+    pub max_body: u64,
+    // `base` parsed once, so a request only parses its own path and query.
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    // The `Host` header awc would write for `authority` (port left out when 80/443), made once.
+    host: HeaderValue,
+}
+
+impl Upstream {
+    pub fn new(base_url: &str, timeout: Duration, max_body: u64) -> anyhow::Result<Self> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        let uri: Uri = base
+            .parse()
+            .with_context(|| format!("the users URL {base:?} is not a valid URI"))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            anyhow::bail!("the users URL {base:?} needs a scheme and a host");
+        };
+        let host = match authority.port_u16() {
+            None | Some(80 | 443) => authority.host().to_owned(),
+            Some(port) => format!("{}:{port}", authority.host()),
+        };
+        let host = HeaderValue::from_maybe_shared(Bytes::from(host))
+            .with_context(|| format!("the users URL {base:?} has no valid host"))?;
+        Ok(Self {
+            scheme: scheme.clone(),
+            host,
+            authority: authority.clone(),
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+            base,
+            timeout,
+            max_body,
+        })
+    }
+
+    /// `{users-url}/users…?query` for a request to `/api/users…?query`.
+    pub fn target(&self, uri: &Uri) -> Result<Uri, ApiError> {
+        let path = uri.path();
+        let rest = path.strip_prefix(PREFIX).unwrap_or(path);
+        let mut target = self.base_path.clone() + rest;
+        if let Some(query) = uri.query() {
+            target.push('?');
+            target.push_str(query);
+        }
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(target)
+            .build()
+            // Cannot happen for a path actix already parsed; the client's fault if it does.
+            .map_err(|_| ApiError::field("path", "the path cannot be forwarded"))
+    }
+
+    /// The request to the upstream: method, target, end-to-end headers, forwarding headers.
+    /// Headers go straight into its map: awc's by-value builder calls move the whole request.
+    pub fn request(
+        &self,
+        req: &HttpRequest,
+        target: Uri,
+        client: &Client,
+        id: &RequestId,
+    ) -> ClientRequest {
+        let mut up = client
+            .request(req.method().clone(), target)
+            .timeout(self.timeout);
+        let out = up.headers_mut();
+        for (name, value) in headers::end_to_end(req.headers(), &SET_BY_US) {
+            out.append(name.clone(), value.clone());
+        }
+        out.insert(header::HOST, self.host.clone());
+        let peer = req.peer_addr().map(|a| IpText::new(a.ip()));
+        let peer = peer.as_ref().map(IpText::as_str);
+        // Every value below is made of visible ASCII (other headers' values, an IP, the
+        // server's host name), which a header value always accepts.
+        if let Some(xff) = headers::forwarded_for(req.headers(), peer)
+            .and_then(|xff| HeaderValue::try_from(xff).ok())
+        {
+            out.insert(X_FORWARDED_FOR, xff);
+        }
+        // Without a `Host` header: the request's absolute-form authority, else the server's name.
+        let own_host = req
+            .uri()
+            .authority()
+            .map_or(req.app_config().host(), |a| a.as_str());
+        let origin = headers::origin(req.headers(), own_host);
+        let proto = match origin.proto {
+            "http" => Ok(HeaderValue::from_static("http")),
+            "https" => Ok(HeaderValue::from_static("https")),
+            other => HeaderValue::from_str(other),
+        };
+        if let Ok(proto) = proto {
+            out.insert(X_FORWARDED_PROTO, proto);
+        }
+        if let Ok(host) = HeaderValue::from_str(origin.host) {
+            out.insert(X_FORWARDED_HOST, host);
+        }
+        out.insert(X_FORWARDED_PREFIX, HeaderValue::from_static(PREFIX));
+        out.insert(request_id::HEADER, id.header_value().clone());
+        up
+    }
+
+    /// Sends a body-less request. An idempotent one is sent once more, on another connection,
+    /// when nothing reached the upstream (a pooled connection it had closed) or it gave up on
+    /// the request before reading it (408): RFC 9110 §9.2.2, §15.5.9.
+    pub async fn send(
+        &self,
+        req: &HttpRequest,
+        target: Uri,
+        client: &Client,
+        id: &RequestId,
+        deadline: Instant,
+    ) -> Result<ClientResponse, SendRequestError> {
+        let first = self.request(req, target, client, id).send().await;
+        let again = match &first {
+            Err(e) => is_stale_connection(e),
+            Ok(res) => res.status() == StatusCode::REQUEST_TIMEOUT,
+        };
+        if !(again && is_idempotent(req.method()) && Instant::now() < deadline) {
+            return first;
+        }
+        // The first attempt took the target; the same request gives the same one again.
+        match self.target(req.uri()) {
+            Ok(target) => self.request(req, target, client, id).send().await,
+            Err(_) => first,
+        }
+    }
+}
+
+/// Headers the gateway sets itself instead of copying. `Expect` is met by this hop.
+static SET_BY_US: [HeaderName; 8] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::EXPECT,
+    request_id::HEADER,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PREFIX,
+];
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+/// Errors that mean a reused connection was already closed by the upstream: writing failed, or
+/// the connection ended before a response head (awc reports that as `Disconnected`).
+fn is_stale_connection(e: &SendRequestError) -> bool {
+    matches!(
+        e,
+        SendRequestError::Send(_)
+            | SendRequestError::Response(_)
+            | SendRequestError::Connect(ConnectError::Disconnected)
+    )
+}
+
+/// What the client is told when no answer came from the upstream.
+pub fn failure(e: SendRequestError) -> ApiError {
+    let cause = anyhow::anyhow!("users upstream: {e}");
+    match e {
+        SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout) => {
+            ApiError::with_cause(
+                ErrorCode::UpstreamTimeout,
+                "the users service did not answer in time",
+                cause,
+            )
+        }
+        _ => ApiError::with_cause(
+            ErrorCode::UpstreamUnavailable,
+            "the users service is unavailable",
+            cause,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_users_url_is_split_once_into_scheme_authority_and_base_path() {
+        let timeout = Duration::from_secs(1);
+        let plain = Upstream::new("http://users:3001/", timeout, 1).expect("valid URL");
+        assert_eq!(plain.base, "http://users:3001");
+        assert_eq!(plain.scheme.as_str(), "http");
+        assert_eq!(plain.authority.as_str(), "users:3001");
+        assert_eq!(plain.base_path, "");
+        assert_eq!(plain.host, "users:3001");
+
+        let nested = Upstream::new("https://10.0.0.7/v1/", timeout, 1).expect("valid URL");
+        assert_eq!(nested.base, "https://10.0.0.7/v1");
+        assert_eq!(nested.base_path, "/v1");
+        assert_eq!(nested.host, "10.0.0.7");
+        let target = nested
+            .target(&Uri::from_static("/api/users/7?x=1"))
+            .expect("a valid target");
+        assert_eq!(target, "https://10.0.0.7/v1/users/7?x=1");
+        let default_port = Upstream::new("http://users:80", timeout, 1).expect("valid URL");
+        assert_eq!(default_port.host, "users");
+        let ipv6 = Upstream::new("http://[::1]:3001", timeout, 1).expect("valid URL");
+        assert_eq!(ipv6.host, "[::1]:3001");
+
+        assert!(Upstream::new("users:3001", timeout, 1).is_err());
+        assert!(Upstream::new("http://bad host/", timeout, 1).is_err());
+    }
+}
