@@ -1,6 +1,6 @@
-//! Stage 5, bodies: the client's body on its way up, within `--max-body`; the upstream's on its
-//! way back, which ends the exchange and records its metric (the access line is written by
-//! `observe::Observed` when the client has it all).
+//! Stage 5, bodies: the client's body on its way up, within `--max-body` (a small one read
+//! whole first); the upstream's on its way back, which ends the exchange and records its
+//! metric (the access line is written by `observe::Observed` when the client has it all).
 
 use std::cell::Cell;
 use std::pin::Pin;
@@ -14,8 +14,51 @@ use actix_web::web;
 use futures_util::{Stream, StreamExt};
 
 use super::upstream::SERVICE;
+use crate::http::body::Declared;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::observe::Observer;
+
+/// A request body up to this size is read whole before the upstream is contacted, as nginx's
+/// `proxy_request_buffering` does (the users API takes at most 16 KiB). Its framing errors are
+/// then answered (400): actix-http treats broken chunked framing as a lost client and closes
+/// the connection unless the answer is ready in the same turn. A larger body is streamed.
+pub const READ_AHEAD: u64 = 64 * 1024;
+
+/// The client's body as it will be sent upstream.
+pub enum Outbound {
+    /// All of it, read before the upstream is contacted.
+    Whole(web::Bytes),
+    /// What was read ahead; the rest follows from the client as it arrives.
+    Streamed(web::Bytes),
+}
+
+/// Reads the client's body ahead, up to `READ_AHEAD` bytes (nothing when the head announces
+/// more), and at most `max`.
+pub async fn read_ahead(
+    payload: &mut web::Payload,
+    declared: Declared,
+    max: u64,
+) -> Result<Outbound, ApiError> {
+    if matches!(declared, Declared::Length(len) if len > READ_AHEAD) {
+        return Ok(Outbound::Streamed(web::Bytes::new()));
+    }
+    let mut ahead = web::BytesMut::new();
+    while (ahead.len() as u64) <= READ_AHEAD {
+        match payload.next().await {
+            None => return Ok(Outbound::Whole(ahead.freeze())),
+            Some(Ok(chunk)) if (ahead.len() + chunk.len()) as u64 > max => {
+                return Err(ApiError::payload_too_large(max));
+            }
+            Some(Ok(chunk)) => ahead.extend_from_slice(&chunk),
+            Some(Err(_)) => {
+                return Err(Inbound::Broken
+                    .fault(max)
+                    .expect("a broken body is a fault"));
+            }
+        }
+    }
+    Ok(Outbound::Streamed(ahead.freeze()))
+}
 
 /// How reading the client's body went, for telling a client fault from an upstream one.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -32,27 +75,35 @@ impl Inbound {
             Self::Fine => None,
             Self::TooLarge => Some(ApiError::payload_too_large(max)),
             // The client went away or broke its own body: not the upstream's fault.
-            Self::Broken => Some(ApiError::field("body", "the request body ended early")),
+            Self::Broken => Some(ApiError::field(
+                "body",
+                "the request body is malformed or ended early",
+            )),
         }
     }
 }
 
-/// The request body, failing once more than `max` bytes came; `inbound` says why it failed.
+/// `ahead`, then the rest of the request body, failing once more than `max` bytes came in
+/// all; `inbound` says why it failed.
 pub fn limited(
+    ahead: web::Bytes,
     payload: web::Payload,
     max: u64,
     inbound: Rc<Cell<Inbound>>,
 ) -> impl Stream<Item = Result<web::Bytes, PayloadError>> + 'static {
     let mut seen: u64 = 0;
-    payload.map(move |chunk| {
-        let chunk = chunk.inspect_err(|_| inbound.set(Inbound::Broken))?;
-        seen += chunk.len() as u64;
-        if seen > max {
-            inbound.set(Inbound::TooLarge);
-            return Err(PayloadError::Overflow);
-        }
-        Ok(chunk)
-    })
+    let ahead = (!ahead.is_empty()).then_some(Ok(ahead));
+    futures_util::stream::iter(ahead)
+        .chain(payload)
+        .map(move |chunk| {
+            let chunk = chunk.inspect_err(|_| inbound.set(Inbound::Broken))?;
+            seen += chunk.len() as u64;
+            if seen > max {
+                inbound.set(Inbound::TooLarge);
+                return Err(PayloadError::Overflow);
+            }
+            Ok(chunk)
+        })
 }
 
 /// One exchange with the upstream; `end` records `upstream_request_duration_seconds`.

@@ -9,9 +9,9 @@ use actix_web::body::SizedStream;
 use actix_web::http::header;
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use awc::Client;
+use awc::{Client, ClientResponse};
 
-use super::body::{self, Exchange, Inbound, UpstreamBody};
+use super::body::{self, Exchange, Inbound, Outbound, UpstreamBody};
 use super::upstream::{self, Upstream};
 use super::{request_filter, response_filter, route};
 use crate::http::body::Declared;
@@ -33,69 +33,88 @@ pub async fn proxy(
     id: RequestId,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let Proxy { client, upstream } = &**proxy;
+    let deadline = started + proxy.upstream.timeout;
 
     let label = route::route(req.path())?;
     req.extensions_mut().insert(RouteLabel(label));
 
-    let declared = request_filter::filter(&req, upstream.max_body)?;
+    let declared = request_filter::filter(&req, proxy.upstream.max_body)?;
 
-    let target = upstream.target(req.uri())?;
     let exchange = Exchange::new(Observer::of(&req).clone(), req.method().clone(), started);
     let sent = match declared {
         None => {
-            let deadline = started + upstream.timeout;
-            let sent = upstream.send(&req, target, client, &id, deadline).await;
-            sent.map_err(upstream::failure)
+            let target = proxy.upstream.target(req.uri())?;
+            let sent = proxy
+                .upstream
+                .send(&req, target, &proxy.client, &id, deadline);
+            sent.await.map_err(upstream::failure)
         }
-        Some(declared) => {
-            let inbound = Rc::new(Cell::new(Inbound::Fine));
-            let body = body::limited(payload, upstream.max_body, inbound.clone());
-            let request = upstream.request(&req, target, client, &id);
-            let sent = match declared {
-                Declared::Length(len) => request.send_body(SizedStream::new(len, body)).await,
-                Declared::Chunked => request.send_stream(body).await,
-            };
-            sent.map_err(|e| {
-                let fault = inbound.get().fault(upstream.max_body);
-                fault.unwrap_or_else(|| upstream::failure(e))
-            })
-        }
+        Some(declared) => send_with_body(&req, payload, declared, &proxy, &id).await,
     };
-    let response = match sent {
+    let response = match sent.and_then(|res| Ok((response_filter::filter(&res)?, res))) {
         Ok(response) => response,
         Err(error) => {
             exchange.end(error.code.status().as_u16());
             return Err(error);
         }
     };
+    Ok(stream_back(&req, response, exchange, deadline))
+}
 
-    let status = response.status();
-    let mut out = match response_filter::filter(status, response.headers()) {
-        Ok(out) => out,
-        Err(error) => {
-            exchange.end(error.code.status().as_u16());
-            return Err(error);
+/// Sends the request with its body: read whole first when small, else streamed as it comes.
+async fn send_with_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    declared: Declared,
+    proxy: &Proxy,
+    id: &RequestId,
+) -> Result<ClientResponse, ApiError> {
+    let Proxy { client, upstream } = proxy;
+    let ahead = body::read_ahead(&mut payload, declared, upstream.max_body).await?;
+    let request = upstream.request(req, upstream.target(req.uri())?, client, id);
+    let ahead = match ahead {
+        Outbound::Whole(body) => {
+            return request.send_body(body).await.map_err(upstream::failure);
         }
+        Outbound::Streamed(ahead) => ahead,
     };
+    let inbound = Rc::new(Cell::new(Inbound::Fine));
+    let body = body::limited(ahead, payload, upstream.max_body, inbound.clone());
+    let sent = match declared {
+        Declared::Length(len) => request.send_body(SizedStream::new(len, body)).await,
+        Declared::Chunked => request.send_stream(body).await,
+    };
+    sent.map_err(|e| {
+        let fault = inbound.get().fault(upstream.max_body);
+        fault.unwrap_or_else(|| upstream::failure(e))
+    })
+}
 
+/// The client's response: the filtered head, and the upstream's body streamed back within
+/// what is left of the deadline (the exchange's metric is recorded when it ends).
+fn stream_back(
+    req: &HttpRequest,
+    (mut out, response): (actix_web::HttpResponseBuilder, ClientResponse),
+    exchange: Exchange,
+    deadline: Instant,
+) -> HttpResponse {
+    let status = response.status();
     if req.method() == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         exchange.end(status.as_u16());
-        return Ok(out.finish());
+        return out.finish();
     }
     let length = response
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    // The upstream timeout covers the body too, not only the head; so does its metric.
-    let remaining = (started + upstream.timeout).saturating_duration_since(Instant::now());
+    let remaining = deadline.saturating_duration_since(Instant::now());
     let body = UpstreamBody::new(response.timeout(remaining), status.as_u16(), exchange);
-    Ok(match length {
+    match length {
         Some(len) => out.body(SizedStream::new(len, body)),
         None => out.streaming(body),
-    })
+    }
 }

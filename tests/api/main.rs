@@ -3,6 +3,7 @@
 mod concurrency;
 mod faults;
 mod gateway;
+mod gateway_input;
 mod health;
 mod helpers;
 mod metrics;

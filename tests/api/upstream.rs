@@ -28,6 +28,9 @@ pub enum Behaviour {
     /// Answers a connection's first request like `KeepAlive` (so it gets pooled), then reads the
     /// second and closes the connection without answering.
     DropSecond,
+    /// Answers `408 Request Timeout` and closes, as actix-http does when its own timer fires
+    /// (e.g. after the process was frozen), on the first connection, or on every one.
+    RequestTimeout { every_connection: bool },
 }
 
 /// How long `SlowBody` waits between the two halves of its body.
@@ -56,6 +59,12 @@ impl FakeUpstream {
                 connections.fetch_add(1, Ordering::SeqCst);
                 let (counter, bytes) = (counter.clone(), bytes.clone());
                 counter.fetch_add(1, Ordering::SeqCst);
+                let behaviour = match behaviour {
+                    Behaviour::RequestTimeout {
+                        every_connection: false,
+                    } if connections.load(Ordering::SeqCst) > 1 => Behaviour::KeepAlive,
+                    other => other,
+                };
                 std::thread::spawn(move || {
                     let _ = serve(stream, behaviour, &bytes);
                     counter.fetch_sub(1, Ordering::SeqCst);
@@ -100,6 +109,11 @@ fn serve(stream: TcpStream, behaviour: Behaviour, received: &AtomicUsize) -> std
     let Some((request_line, headers)) = read_head(&mut reader)? else {
         return Ok(());
     };
+    if let Behaviour::RequestTimeout { .. } = behaviour {
+        return out.write_all(
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
+    }
     if let Behaviour::CountBody = behaviour {
         let mut chunk = [0u8; 16 * 1024];
         loop {
@@ -114,7 +128,10 @@ fn serve(stream: TcpStream, behaviour: Behaviour, received: &AtomicUsize) -> std
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     match behaviour {
         // Handled before the body is read, or on their own connection loop.
-        Behaviour::CountBody | Behaviour::KeepAlive | Behaviour::DropSecond => Ok(()),
+        Behaviour::CountBody
+        | Behaviour::KeepAlive
+        | Behaviour::DropSecond
+        | Behaviour::RequestTimeout { .. } => Ok(()),
         Behaviour::Silent => {
             std::thread::sleep(Duration::from_secs(10));
             Ok(())
