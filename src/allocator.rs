@@ -66,6 +66,15 @@ unsafe impl GlobalAlloc for Allocator {
 mod tests {
     use super::*;
 
+    /// Blocks of one layout held at once: a block freed before the next allocation would come
+    /// straight back, so only the second and later live blocks of a size class show where
+    /// fresh blocks land.
+    const LIVE: usize = 4;
+
+    fn aligned(ptr: *mut u8, align: usize) -> bool {
+        !ptr.is_null() && ptr as usize % align == 0
+    }
+
     #[test]
     fn every_block_is_aligned_as_asked_and_keeps_its_bytes() {
         let sizes = (1..=64)
@@ -76,21 +85,43 @@ mod tests {
                 let Ok(layout) = Layout::from_size_align(size, align) else {
                     continue;
                 };
-                // SAFETY: non-zero size; each block is written, checked and freed once.
+                let grown_layout =
+                    Layout::from_size_align(size * 3, align).expect("three times a valid size");
+                // SAFETY: non-zero sizes; every block is written and read within its size while
+                // live, and freed once with the layout it has then.
                 unsafe {
-                    let ptr = Allocator.alloc(layout);
-                    assert!(!ptr.is_null());
-                    assert_eq!(ptr as usize % align, 0, "size {size} align {align}");
-                    ptr.write_bytes(0xA5, size);
-                    let grown = Allocator.realloc(ptr, layout, size * 3);
-                    assert_eq!(grown as usize % align, 0, "realloc {size} align {align}");
-                    assert!((0..size).all(|i| *grown.add(i) == 0xA5));
-                    Allocator.dealloc(grown, Layout::from_size_align_unchecked(size * 3, align));
-
-                    let zeroed = Allocator.alloc_zeroed(layout);
-                    assert_eq!(zeroed as usize % align, 0, "zeroed {size} align {align}");
-                    assert!((0..size).all(|i| *zeroed.add(i) == 0));
-                    Allocator.dealloc(zeroed, layout);
+                    let blocks: Vec<*mut u8> = (0..LIVE).map(|_| Allocator.alloc(layout)).collect();
+                    let zeroed: Vec<*mut u8> =
+                        (0..LIVE).map(|_| Allocator.alloc_zeroed(layout)).collect();
+                    for (k, &ptr) in blocks.iter().enumerate() {
+                        assert!(aligned(ptr, align), "block {k}: size {size} align {align}");
+                        ptr.write_bytes(k as u8 + 1, size);
+                    }
+                    for (k, &ptr) in zeroed.iter().enumerate() {
+                        assert!(aligned(ptr, align), "zeroed {k}: size {size} align {align}");
+                        assert!((0..size).all(|i| *ptr.add(i) == 0), "zeroed {k}: {size}");
+                    }
+                    // Checked only once all are written: no block overlaps another.
+                    let grown: Vec<*mut u8> = blocks
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, ptr)| {
+                            assert!((0..size).all(|i| *ptr.add(i) == k as u8 + 1), "block {k}");
+                            let grown = Allocator.realloc(ptr, layout, size * 3);
+                            assert!(
+                                aligned(grown, align),
+                                "grown {k}: size {size} align {align}"
+                            );
+                            assert!((0..size).all(|i| *grown.add(i) == k as u8 + 1), "grown {k}");
+                            grown
+                        })
+                        .collect();
+                    for ptr in grown {
+                        Allocator.dealloc(ptr, grown_layout);
+                    }
+                    for ptr in zeroed {
+                        Allocator.dealloc(ptr, layout);
+                    }
                 }
             }
         }

@@ -1,8 +1,8 @@
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::{Process, RedisServer, run_binary};
+use crate::helpers::{Process, RedisServer, run_binary, wait_until};
 
 #[test]
 fn help_lists_every_flag_with_its_environment_variable() {
@@ -60,6 +60,49 @@ const ACCESS_FIELDS: &[&str] = &[
     "remote_addr",
     "user_agent",
 ];
+
+/// Bytes sent to the Redis on `port` that it has not read yet: the receive queues of its
+/// established sockets (Linux `/proc/net/tcp`). With Redis frozen, a request that reached the
+/// store shows here, so the test knows the request is being served.
+fn unread_by_redis(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp (Linux)");
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // sl, local_address, rem_address, st, tx_queue:rx_queue, …
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (address, state, queues) = (fields.get(1)?, fields.get(3)?, fields.get(4)?);
+            if !address.ends_with(&local) || *state != "01" {
+                return None; // another port, or not an established connection (01)
+            }
+            u64::from_str_radix(queues.split_once(':')?.1, 16).ok()
+        })
+        .sum()
+}
+
+/// `wait_until` for async tests: yields between checks, so the futures the condition waits
+/// for (on this same thread) keep running.
+async fn wait_until_async(deadline: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < deadline,
+            "condition not met within {deadline:?}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The process's whole stdout once its last line (`stopped`) is in: the reader thread may
+/// still be taking lines after the exit.
+fn stdout_to_the_end(process: &Process) -> String {
+    wait_until(Duration::from_secs(5), || {
+        process.stdout().contains(r#""msg":"stopped""#)
+    });
+    process.stdout()
+}
 
 fn json_lines(text: &str) -> Vec<Value> {
     text.lines()
@@ -158,9 +201,14 @@ async fn sigterm_lets_the_in_flight_request_finish_and_exits_0() {
 
     // Freeze Redis so a request is in flight (waiting for it) when SIGTERM arrives.
     redis.pause();
+    assert_eq!(
+        unread_by_redis(redis.port),
+        0,
+        "nothing else waits on Redis"
+    );
     let in_flight = client.get(process.url("/users")).send();
     let terminate = async {
-        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        wait_until_async(Duration::from_secs(5), || unread_by_redis(redis.port) > 0).await;
         process.sigterm();
     };
     let (answer, ()) = tokio::join!(in_flight, terminate);
@@ -173,7 +221,7 @@ async fn sigterm_lets_the_in_flight_request_finish_and_exits_0() {
     redis.resume();
 
     assert_eq!(process.wait_exit(Duration::from_secs(10)), Some(0));
-    let out = process.stdout();
+    let out = stdout_to_the_end(&process);
     assert!(
         out.contains("shutting down") && out.contains("\"stopped\""),
         "{out}"
@@ -187,14 +235,21 @@ fn after_sigterm_probes_fail_while_the_in_flight_request_finishes() {
     let mut process = Process::users(&redis.url(), &["--redis-timeout", "3s"], &[]);
     // A request held in flight by a frozen Redis when SIGTERM arrives.
     redis.pause();
+    assert_eq!(
+        unread_by_redis(redis.port),
+        0,
+        "nothing else waits on Redis"
+    );
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", process.port)).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     conn.write_all(b"GET /users HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("write");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(Duration::from_secs(5), || unread_by_redis(redis.port) > 0);
     process.sigterm();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(Duration::from_secs(5), || {
+        process.stdout().contains("shutting down")
+    });
     // A probe now (as the kubelet makes one: a new connection) cannot succeed: the process
     // stopped accepting at SIGTERM, so it reads as not ready while the drain goes on.
     let probe = std::net::TcpStream::connect(("127.0.0.1", process.port)).and_then(|mut c| {
@@ -247,7 +302,7 @@ async fn platform_all_serves_both_roles_in_one_process_and_stops_on_sigterm() {
 
     process.sigterm();
     assert_eq!(process.wait_exit(Duration::from_secs(10)), Some(0));
-    let lines = json_lines(&process.stdout());
+    let lines = json_lines(&stdout_to_the_end(&process));
     let services: std::collections::HashSet<String> = lines
         .iter()
         .filter_map(|l| l["service"].as_str().map(str::to_owned))

@@ -15,9 +15,9 @@ pub enum Behaviour {
     /// `/users/headers…`: answers the request it saw as JSON, with hop-by-hop response headers;
     /// `/users/mirror`: answers the request body as is.
     Echo,
-    /// Reads the request, then never answers.
+    /// Reads the request, then never answers: holds the connection until the peer closes it.
     Silent,
-    /// Sends a head announcing 100 bytes, 10 of them, then stalls.
+    /// Sends a head announcing 100 bytes, 10 of them, then stalls until the peer closes.
     StallBody,
     /// Sends a head announcing 20 bytes, 10 of them, the other 10 after 400 ms.
     SlowBody,
@@ -133,13 +133,13 @@ fn serve(stream: TcpStream, behaviour: Behaviour, received: &AtomicUsize) -> std
         | Behaviour::DropSecond
         | Behaviour::RequestTimeout { .. } => Ok(()),
         Behaviour::Silent => {
-            std::thread::sleep(Duration::from_secs(10));
+            until_closed(&mut reader);
             Ok(())
         }
         Behaviour::StallBody => {
             out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789")?;
             out.flush()?;
-            std::thread::sleep(Duration::from_secs(10));
+            until_closed(&mut reader);
             Ok(())
         }
         Behaviour::SlowBody => {
@@ -166,6 +166,13 @@ fn serve(stream: TcpStream, behaviour: Behaviour, received: &AtomicUsize) -> std
             out.write_all(answer.as_bytes())
         }
     }
+}
+
+/// Reads and drops what comes until the peer closes (or the read timeout passes): a stall
+/// that lasts as long as the gateway waits, whatever its timeout, not a guess at it.
+fn until_closed(reader: &mut impl Read) {
+    let mut sink = [0u8; 1024];
+    while reader.read(&mut sink).is_ok_and(|n| n > 0) {}
 }
 
 /// One whole request (head and body); its request line, or `None` once the peer closed.
