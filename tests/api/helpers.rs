@@ -471,8 +471,14 @@ impl Drop for Process {
 
 /// Runs the binary to completion: (exit code, stdout, stderr).
 pub fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
+    run_binary_with_env(args, &[])
+}
+
+/// Runs the binary to completion with extra environment variables: (exit code, stdout, stderr).
+pub fn run_binary_with_env(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let out = Command::new(BIN)
         .args(args)
+        .envs(envs.iter().copied())
         .output()
         .expect("platform binary runs");
     (
