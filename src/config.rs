@@ -1,10 +1,12 @@
 //! Command line and environment configuration, parsed and typed once at start-up.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, Command, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use url::Url;
 
 /// `platform <role>`: one binary, one role per subcommand.
@@ -264,14 +266,14 @@ fn parse_log_level(s: &str) -> Result<slog::Level, String> {
     }
 }
 
+// The URL parsers' reasons never quote the URL, not even its scheme: a password pasted in
+// place of a URL would otherwise reach the error line (url's own reasons are fixed texts).
 fn parse_redis_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| e.to_string())?;
     match url.scheme() {
         "redis" | "rediss" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
         "redis" | "rediss" => Err("the URL has no host".into()),
-        other => Err(format!(
-            "unsupported scheme `{other}`: expected redis:// or rediss://"
-        )),
+        _ => Err("unsupported scheme: expected redis:// or rediss://".into()),
     }
 }
 
@@ -280,7 +282,7 @@ fn parse_http_url(s: &str) -> Result<Url, String> {
     match url.scheme() {
         "http" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
         "http" => Err("the URL has no host".into()),
-        other => Err(format!("unsupported scheme `{other}`: expected http://")),
+        _ => Err("unsupported scheme: expected http://".into()),
     }
 }
 
@@ -292,18 +294,103 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Parses the command line, printing clap's error as one line and exiting 2 when it is wrong.
+/// The command line as clap sees it, every environment value hidden from `--help` (a value
+/// may be a secret, such as a Redis URL with its password). Applied to the whole tree here,
+/// so a flag added later cannot forget it.
+pub fn command() -> Command {
+    fn hide_env_values(cmd: Command) -> Command {
+        cmd.mut_args(|arg| arg.hide_env_values(true))
+            .mut_subcommands(hide_env_values)
+    }
+    hide_env_values(Cli::command())
+}
+
+/// Parses `args` (the program name first) with [`command`].
+pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut matches = command().try_get_matches_from(args)?;
+    Cli::from_arg_matches_mut(&mut matches)
+}
+
+/// Parses the command line, printing the error as one line and exiting 2 when it is wrong.
 pub fn parse_cli() -> Cli {
-    match Cli::try_parse() {
+    match try_parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {
-            let rendered = err.to_string();
-            let line = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("platform: {}", line.trim_start_matches("error: "));
+            eprintln!("platform: {}", error_line(&err));
             std::process::exit(2);
         }
     }
+}
+
+/// clap's error in one line that names the flag and the reason but never a word from the
+/// command line or the environment other than a flag's name: a rejected value may be a secret
+/// (a URL with its password, a password split by an unquoted space) and this line lands in
+/// container logs. clap's own message quotes the value.
+fn error_line(err: &clap::Error) -> String {
+    let context = |kind| match err.get(kind) {
+        Some(ContextValue::String(text)) => Some(text.as_str()),
+        _ => None,
+    };
+    // The flag as `--name <VALUE_NAME>`, from our definitions.
+    let arg = context(ContextKind::InvalidArg);
+    match (err.kind(), arg) {
+        (ErrorKind::ValueValidation, Some(arg)) => match std::error::Error::source(err) {
+            Some(reason) => format!("invalid value for '{arg}': {reason}"),
+            None => format!("invalid value for '{arg}'"),
+        },
+        (ErrorKind::InvalidValue, Some(arg))
+            if context(ContextKind::InvalidValue).is_some_and(str::is_empty) =>
+        {
+            format!("a value is required for '{arg}' but none was supplied")
+        }
+        (ErrorKind::InvalidValue, Some(arg)) => match err.get(ContextKind::ValidValue) {
+            Some(ContextValue::Strings(valid)) => format!(
+                "invalid value for '{arg}' [possible values: {}]",
+                valid.join(", ")
+            ),
+            _ => format!("invalid value for '{arg}'"),
+        },
+        (ErrorKind::TooManyValues, Some(arg)) => format!("unexpected extra value for '{arg}'"),
+        (ErrorKind::UnknownArgument, Some(word)) => match flag_name(word) {
+            Some(flag) => format!("unexpected argument '{flag}' found"),
+            None => "unexpected argument found (not shown: it may be a secret)".into(),
+        },
+        (ErrorKind::InvalidSubcommand, _) => {
+            "unrecognized subcommand (not shown: it may be a secret)".into()
+        }
+        // These name flags and subcommands and count values; none quotes a value.
+        (
+            ErrorKind::ArgumentConflict
+            | ErrorKind::NoEquals
+            | ErrorKind::MissingRequiredArgument
+            | ErrorKind::MissingSubcommand
+            | ErrorKind::TooFewValues
+            | ErrorKind::WrongNumberOfValues
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand,
+            _,
+        ) => {
+            let rendered = err.to_string();
+            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            line.trim_start_matches("error: ").to_owned()
+        }
+        // Anything else, or a kind clap adds later: its fixed description only.
+        (kind, _) => kind.as_str().unwrap_or("invalid arguments").to_owned(),
+    }
+}
+
+/// The flag part of an unexpected command-line word (`--name` of `--name=value`, `-x` of
+/// `-xvalue`), or `None` when the word is not a flag.
+fn flag_name(word: &str) -> Option<&str> {
+    if word.starts_with("--") {
+        return word.split('=').next();
+    }
+    let first = word.strip_prefix('-')?.chars().next()?;
+    word.get(..1 + first.len_utf8())
 }
 
 #[cfg(test)]
@@ -311,7 +398,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("platform").chain(args.iter().copied()))
+        try_parse_from(std::iter::once("platform").chain(args.iter().copied()))
     }
 
     #[test]
@@ -390,5 +477,102 @@ mod tests {
         assert_eq!(format!("{s:?} {s}"), "*** ***");
         let url = Url::parse("redis://user:hunter2@db:6379/0").expect("valid url");
         assert_eq!(redact_url(&url), "redis://user:***@db:6379/0");
+    }
+
+    /// Every command, subcommands and their propagated global flags included.
+    fn all_commands(cmd: &Command) -> Vec<&Command> {
+        std::iter::once(cmd)
+            .chain(cmd.get_subcommands().flat_map(all_commands))
+            .collect()
+    }
+
+    #[test]
+    fn help_never_shows_an_environment_value() {
+        let mut cmd = command();
+        cmd.build();
+        let mut checked = 0;
+        for sub in all_commands(&cmd) {
+            for arg in sub.get_arguments().filter(|a| a.get_env().is_some()) {
+                assert!(
+                    arg.is_hide_env_values_set(),
+                    "`{}` of `{}` would print its environment value in --help",
+                    arg.get_id(),
+                    sub.get_name()
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "the walk reached the flags ({checked})");
+    }
+
+    #[test]
+    fn no_rejected_value_reaches_the_error_line() {
+        const SECRET: &str = "sekrit-pw";
+        let values = [
+            format!("redis://:{SECRET}@"),
+            format!("http://user:{SECRET}@"),
+            format!("{SECRET}:rest@db"),
+            format!("ftp://user:{SECRET}@host"),
+            SECRET.to_owned(),
+        ];
+        let mut cmd = command();
+        cmd.build();
+        let mut rejected = 0;
+        for sub in all_commands(&cmd).into_iter().skip(1) {
+            let path: Vec<&str> = match sub.get_name() {
+                "reindex" => vec!["users", "reindex"],
+                name => vec![name],
+            };
+            for flag in sub.get_arguments().filter_map(|a| a.get_long()) {
+                for value in &values {
+                    let long = format!("--{flag}");
+                    let joined = format!("--{flag}={value}");
+                    for tail in [vec![long.as_str(), value.as_str()], vec![joined.as_str()]] {
+                        let args = std::iter::once("platform")
+                            .chain(path.iter().copied())
+                            .chain(tail);
+                        let Err(err) = try_parse_from(args) else {
+                            continue;
+                        };
+                        let line = error_line(&err);
+                        assert!(!line.contains(SECRET), "{flag}={value} → {line}");
+                        rejected += 1;
+                    }
+                }
+            }
+        }
+        assert!(rejected > 50, "enough values were rejected ({rejected})");
+        for words in [
+            &["platform", SECRET][..],
+            &["platform", "users", SECRET],
+            &["platform", "gateway", SECRET],
+            &["platform", "users", "--redis-password", "a", SECRET],
+        ] {
+            let err = try_parse_from(words).expect_err("a stray word is rejected");
+            assert!(!error_line(&err).contains(SECRET), "{words:?}");
+        }
+    }
+
+    #[test]
+    fn the_error_line_names_the_flag_and_the_reason() {
+        let line = |args: &[&str]| error_line(&parse(args).expect_err("rejected"));
+        assert_eq!(
+            line(&["users", "--redis-url", "redis://:pw@"]),
+            "invalid value for '--redis-url <REDIS_URL>': empty host"
+        );
+        assert_eq!(
+            line(&["users", "--log-format", "loud"]),
+            "invalid value for '--log-format <LOG_FORMAT>' [possible values: json, pretty]"
+        );
+        assert_eq!(
+            line(&["users", "--redis-pasword=pw"]),
+            "unexpected argument '--redis-pasword' found"
+        );
+        assert_eq!(
+            line(&["users", "--port", "1", "--port", "2"]),
+            "the argument '--port <PORT>' cannot be used multiple times"
+        );
+        assert_eq!(flag_name("-xpw"), Some("-x"));
+        assert_eq!(flag_name("pw"), None);
     }
 }

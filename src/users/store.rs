@@ -4,8 +4,10 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use ::metrics::{Counter, Gauge, counter, gauge, histogram};
-use deadpool_redis::redis::{self, AsyncCommands, IntoConnectionInfo, Script};
-use deadpool_redis::{Config, Connection, Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::redis::{
+    self, AsyncCommands, AsyncConnectionConfig, IntoConnectionInfo, Script,
+};
+use deadpool_redis::{Connection, Manager, Pool, PoolConfig, Runtime, Timeouts};
 use uuid::Uuid;
 
 use super::cursor::Cursor;
@@ -124,18 +126,26 @@ impl UserStore {
                 .set_password(password.expose());
             info = info.set_redis_settings(redis);
         }
-        let mut config = Config::from_connection_info(info);
         let timeout = settings.redis_timeout;
-        config.pool = Some(PoolConfig {
-            max_size: usize::from(settings.redis_pool_size),
-            timeouts: Timeouts {
-                wait: Some(timeout),
-                create: Some(timeout),
-                recycle: Some(timeout),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = config.create_pool(Some(Runtime::Tokio1))?;
+        // Without a config of its own redis-rs gives up on a reply after 0.5 s and on a connect
+        // after 1 s, whatever --redis-timeout says; it must be the one bound (and it also bounds
+        // each command of a reindex, which runs outside `run`).
+        let connection = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let manager = Manager::new_with_config(info, connection)?;
+        let pool = Pool::builder(manager)
+            .config(PoolConfig {
+                max_size: usize::from(settings.redis_pool_size),
+                timeouts: Timeouts {
+                    wait: Some(timeout),
+                    create: Some(timeout),
+                    recycle: Some(timeout),
+                },
+                ..PoolConfig::default()
+            })
+            .runtime(Runtime::Tokio1)
+            .build()?;
         Ok(Self {
             pool,
             timeout,

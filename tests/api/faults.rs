@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::helpers::{RedisServer, spawn_app, spawn_app_with};
 
@@ -78,7 +78,13 @@ async fn a_frozen_redis_times_out_into_503_instead_of_hanging() {
     let user = app.create_user("Ada", "ada@example.com").await;
     app.redis.pause();
     let path = format!("/users/{}", user["id"].as_str().unwrap_or_default());
+    let started = Instant::now();
     app.get(&path).await.assert_error(503, "store_unavailable");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(900),
+        "--redis-timeout 300ms bounds the wait, took {waited:?}"
+    );
     assert_eq!(app.get("/health/ready").await.status, 503);
     assert_eq!(app.get("/health/live").await.status, 200);
     app.redis.resume();
@@ -121,4 +127,29 @@ async fn password_protected_redis_works_with_the_password_and_not_without() {
         .get("/users")
         .await
         .assert_error(503, "store_unavailable");
+}
+
+#[actix_web::test]
+async fn a_slow_redis_is_waited_for_up_to_the_redis_timeout() {
+    let app = spawn_app_with(RedisServer::start(), &["--redis-timeout", "5s"]).await;
+    let user = app.create_user("Ada", "ada@example.com").await;
+    let path = format!("/users/{}", user["id"].as_str().unwrap_or_default());
+    // Longer than redis-rs's own defaults allow (a 0.5 s reply to the pool's recycling PING,
+    // then 1 s to open a new connection) and well within 5 s: only --redis-timeout may bound it.
+    let resumed = app.redis.pause_for(Duration::from_secs(2));
+    let started = Instant::now();
+    let reply = actix_web::rt::time::timeout(Duration::from_secs(8), app.get(&path))
+        .await
+        .expect("the request ends within --redis-timeout and some slack");
+    let waited = started.elapsed();
+    resumed.join().expect("the resuming thread ran");
+    assert_eq!(
+        reply.status, 200,
+        "a reply after {waited:?} is within --redis-timeout 5s: {:?}",
+        reply.body
+    );
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "Redis was frozen while the request waited ({waited:?})"
+    );
 }

@@ -88,13 +88,21 @@ impl RedisServer {
         self.signal("-CONT");
     }
 
+    /// Freezes it now and resumes it from a thread after `period`: a Redis that answers late.
+    pub fn pause_for(&self, period: Duration) -> std::thread::JoinHandle<()> {
+        self.pause();
+        let pid = self.child.as_ref().map(Child::id);
+        std::thread::spawn(move || {
+            std::thread::sleep(period);
+            if let Some(pid) = pid {
+                signal(pid, "-CONT");
+            }
+        })
+    }
+
     fn signal(&self, sig: &str) {
         if let Some(child) = &self.child {
-            let status = Command::new("kill")
-                .arg(sig)
-                .arg(child.id().to_string())
-                .status();
-            assert!(status.is_ok_and(|s| s.success()), "kill {sig} failed");
+            signal(child.id(), sig);
         }
     }
 
@@ -120,6 +128,11 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill").arg(sig).arg(pid.to_string()).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill {sig} {pid} failed");
 }
 
 pub fn free_port() -> u16 {
@@ -458,8 +471,14 @@ impl Drop for Process {
 
 /// Runs the binary to completion: (exit code, stdout, stderr).
 pub fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
+    run_binary_with_env(args, &[])
+}
+
+/// Runs the binary to completion with extra environment variables: (exit code, stdout, stderr).
+pub fn run_binary_with_env(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let out = Command::new(BIN)
         .args(args)
+        .envs(envs.iter().copied())
         .output()
         .expect("platform binary runs");
     (

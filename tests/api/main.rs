@@ -12,6 +12,7 @@ mod process;
 mod reindex;
 mod request_id;
 mod routing;
+mod secrets;
 mod upstream;
 mod users_create;
 mod users_delete;
