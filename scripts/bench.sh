@@ -8,8 +8,11 @@
 # sent upstream and echoed, X-Forwarded-For/-Proto/-Host/-Prefix. BENCH_NGINX_LOG=off drops
 # its access log (the gateway still writes its own). A control target, (a2), is a second,
 # identical gateway: (a)/(a2) shows how far this machine's noise moves a ratio of the run.
+# BENCH_BASELINE_BIN=path adds (a0), the gateway of another build (e.g. the last release's
+# binary), measured in the same rounds: (a)/(a0) is a before/after with the control's spread.
 # Knobs: BENCH_SECONDS (5 per round), BENCH_ROUNDS (3), BENCH_CONNECTIONS (64),
-# BENCH_THREADS (2), BENCH_USERS (200), BENCH_NGINX_LOG (on), BENCH_CONTROL (on).
+# BENCH_THREADS (2), BENCH_USERS (200), BENCH_NGINX_LOG (on), BENCH_CONTROL (on),
+# BENCH_BASELINE_BIN (none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +62,13 @@ if [ "${BENCH_CONTROL:-on}" != off ]; then
   "$BIN" gateway ${BENCH_GATEWAY_ARGS:-} --host 127.0.0.1 --port "$CONTROL_PORT" --users-url "http://127.0.0.1:$USERS_PORT" >/dev/null & pids+=($!)
   CONTROL=(--target "a2|(a2) the same gateway again|$CONTROL_PORT|/api|$!")
 fi
+BASELINE=()
+if [ -n "${BENCH_BASELINE_BIN:-}" ]; then
+  BASELINE_PORT=$(free_port)
+  # shellcheck disable=SC2086 # as above
+  "$BENCH_BASELINE_BIN" gateway ${BENCH_GATEWAY_ARGS:-} --host 127.0.0.1 --port "$BASELINE_PORT" --users-url "http://127.0.0.1:$USERS_PORT" >/dev/null & pids+=($!)
+  BASELINE=(--target "a0|(a0) the baseline gateway|$BASELINE_PORT|/api|$!")
+fi
 
 if [ "${BENCH_NGINX_LOG:-on}" = off ]; then
   NGINX_ACCESS_LOG="access_log off;"
@@ -105,6 +115,7 @@ NGINX_PID=$!
 wait_port "$USERS_PORT" /health/ready
 wait_port "$GATEWAY_PORT" /health/ready
 [ -z "${CONTROL_PORT:-}" ] || wait_port "$CONTROL_PORT" /health/ready
+[ -z "${BASELINE_PORT:-}" ] || wait_port "$BASELINE_PORT" /health/ready
 wait_port "$NGINX_PORT" /api/users?limit=1
 
 echo "preloading $USERS users…"
@@ -131,7 +142,7 @@ python3 scripts/bench_measure.py --lua "$work/ids.lua" --threads "$THREADS" --co
   --target "a|(a) gateway → users|$GATEWAY_PORT|/api|$GATEWAY_PID" \
   --target "b|(b) users directly|$USERS_PORT||" \
   --target "c|(c) nginx → users|$NGINX_PORT|/api|$NGINX_PID" \
-  "${CONTROL[@]}"
+  "${CONTROL[@]}" "${BASELINE[@]}"
 if [ "${BENCH_NGINX_LOG:-on}" != off ] && [ ! -s "$work/nginx-access.log" ]; then
   echo "nginx wrote no access log: its configuration is not the one described above" >&2
   exit 1

@@ -74,7 +74,7 @@ def main():
     for spec in args.target:
         key, label, port, prefix, pid = spec.split("|")
         targets.append({"key": key, "label": label, "port": port, "prefix": prefix,
-                        "pid": int(pid) if pid else None, "runs": [], "ticks": 0})
+                        "pid": int(pid) if pid else None, "runs": [], "ticks": []})
 
     for t in targets:  # connections, pools and caches warm; not counted
         wrk(args, t["port"], t["prefix"], args.warmup)
@@ -83,7 +83,7 @@ def main():
             before = cpu_ticks(t["pid"]) if t["pid"] else 0
             t["runs"].append(wrk(args, t["port"], t["prefix"], args.seconds))
             if t["pid"]:
-                t["ticks"] += cpu_ticks(t["pid"]) - before
+                t["ticks"].append(cpu_ticks(t["pid"]) - before)
 
     print(f"\n{args.rounds} interleaved rounds of {args.seconds} s per target "
           f"(medians), wrk -t{args.threads} -c{args.connections}, {os.cpu_count()} cores")
@@ -94,10 +94,12 @@ def main():
         rps = statistics.median(r[1] for r in runs)
         p50 = statistics.median(r[2] for r in runs)
         p99 = statistics.median(r[3] for r in runs)
-        cpu = None
+        cpu, cpu_rounds = None, None
         if t["pid"]:
-            cpu = t["ticks"] / TICKS * 1e6 / sum(r[0] for r in runs)
-        by_key[t["key"]] = {"rps": rps, "cpu": cpu, "rounds": [r[1] for r in runs]}
+            cpu = sum(t["ticks"]) / TICKS * 1e6 / sum(r[0] for r in runs)
+            cpu_rounds = [k / TICKS * 1e6 / r[0] for k, r in zip(t["ticks"], runs)]
+        by_key[t["key"]] = {"rps": rps, "cpu": cpu, "rounds": [r[1] for r in runs],
+                            "cpu_rounds": cpu_rounds}
         cpu_text = f"{cpu:.1f}" if cpu is not None else "-"
         print(f"{t['label']:<28} {rps:>11.0f} {p50:>8.2f} {p99:>8.2f} {cpu_text:>17}")
 
@@ -106,13 +108,25 @@ def main():
         rounds = " ".join(f"{r:.2f}" for r in per_round)
         print(f"({x})/({y}) {what}: {statistics.median(per_round):.2f}{note}   rounds: {rounds}")
 
+    def cpu_ratio(x, y, what):
+        per_round = [p / q for p, q in zip(by_key[x]["cpu_rounds"], by_key[y]["cpu_rounds"])]
+        rounds = " ".join(f"{r:.2f}" for r in per_round)
+        total = by_key[x]["cpu"] / by_key[y]["cpu"]
+        print(f"({x})/({y}) {what}: {total:.2f}   rounds: {rounds}")
+
     print()
     ratio("a", "c", "gateway vs nginx throughput", "   (target >= 1.0)")
     ratio("a", "b", "gateway hop vs direct")
     if "a2" in by_key:
         ratio("a", "a2", "the same gateway twice (noise floor; 1.0 on a quiet machine)")
-    a_cpu, c_cpu = by_key["a"]["cpu"], by_key["c"]["cpu"]
-    print(f"proxy CPU per request, gateway/nginx: {a_cpu / c_cpu:.2f}   (lower is leaner)")
+    if "a0" in by_key:
+        ratio("a", "a0", "this build vs the baseline build")
+    print()
+    cpu_ratio("a", "c", "proxy CPU per request, gateway/nginx (lower is leaner)")
+    if "a2" in by_key:
+        cpu_ratio("a", "a2", "CPU per request, the same gateway twice (noise floor)")
+    if "a0" in by_key:
+        cpu_ratio("a", "a0", "CPU per request, this build vs the baseline build")
 
 
 if __name__ == "__main__":

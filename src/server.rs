@@ -18,7 +18,7 @@ use crate::http::ops::Draining;
 /// Idle keep-alive of our servers; the gateway's pooled connections must idle for less.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Time a client gets to send the request head.
-pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds `host:port` (port 0 picks a free one).
 pub fn bind(host: std::net::IpAddr, port: u16) -> anyhow::Result<TcpListener> {

@@ -21,7 +21,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// The headers named in `Connection`, which are hop-by-hop too (usually none: no allocation).
-pub fn named_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+fn named_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .filter_map(|value| value.to_str().ok())

@@ -24,22 +24,19 @@ impl RequestId {
             .map_or_else(Self::generate, |v| Self(v.clone()))
     }
 
-    pub fn parse(candidate: &str) -> Option<Self> {
-        if !is_sane(candidate.as_bytes()) {
-            return None;
-        }
-        HeaderValue::from_str(candidate).ok().map(Self)
-    }
-
-    pub fn generate() -> Self {
+    fn generate() -> Self {
         let mut buf = uuid::Uuid::encode_buffer();
         let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        Self(HeaderValue::from_bytes(text.as_bytes()).unwrap_or(HeaderValue::from_static("-")))
+        Self(
+            HeaderValue::from_bytes(text.as_bytes())
+                .expect("a hyphenated UUID is a valid header value"),
+        )
     }
 
     pub fn as_str(&self) -> &str {
-        // Only sane ids (visible ASCII) are ever made, which `to_str` accepts.
-        self.0.to_str().unwrap_or_default()
+        self.0
+            .to_str()
+            .expect("only visible-ASCII ids are ever made, which to_str accepts")
     }
 
     pub fn header_value(&self) -> &HeaderValue {

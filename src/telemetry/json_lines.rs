@@ -64,7 +64,7 @@ impl<S: LineSink> JsonLines<S> {
     }
 }
 
-pub fn level_name(level: slog::Level) -> &'static str {
+fn level_name(level: slog::Level) -> &'static str {
     match level {
         slog::Level::Critical => "critical",
         slog::Level::Error => "error",

@@ -192,30 +192,38 @@ pub async fn spawn_app() -> TestApp {
 /// Starts the users role against `redis`, with extra command-line flags.
 pub async fn spawn_app_with(redis: RedisServer, extra: &[&str]) -> TestApp {
     let url = redis.url();
-    let mut args = vec![
-        "platform",
-        "users",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--workers",
-        "1",
-        "--redis-url",
-        &url,
-    ];
-    args.extend_from_slice(extra);
-    let Ok(Cli {
-        role: Role::Users(cmd),
-    }) = <Cli as clap::Parser>::try_parse_from(&args)
-    else {
-        panic!("test arguments must parse: {args:?}");
-    };
+    let (http, logs) = spawn_role("users", &[&["--redis-url", &url], extra].concat()).await;
+    TestApp { http, redis, logs }
+}
+
+/// Builds `platform ROLE --host 127.0.0.1 --port 0 --workers 1 EXTRA…` as `main` would and
+/// runs it in this test's runtime, its log captured.
+async fn spawn_role(role: &str, extra: &[&str]) -> (Http, LogBuffer) {
+    let args = [
+        &[
+            "platform",
+            role,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--workers",
+            "1",
+        ],
+        extra,
+    ]
+    .concat();
+    let cli = <Cli as clap::Parser>::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("test arguments must parse: {args:?}: {e}"));
     let logs = LogBuffer::default();
     let log = logging::capture(logs.clone());
-    let app = platform::users::build(&cmd.settings, log).expect("app builds");
-    let http = serve(app.port(), app.run_until_stopped()).await;
-    TestApp { http, redis, logs }
+    let app = match cli.role {
+        Role::Users(cmd) => platform::users::build(&cmd.settings, log),
+        Role::Gateway(settings) => platform::gateway::build(&settings, log),
+        Role::All(_) => panic!("`platform all` runs as a process: Process::all"),
+    }
+    .expect("the role builds");
+    (serve(app.port(), app.run_until_stopped()).await, logs)
 }
 
 /// A response reduced to what tests look at.
@@ -353,6 +361,8 @@ pub struct Process {
     pub child: Child,
     pub port: u16,
     stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The thread reading stdout; it ends when the process has exited and its stdout is drained.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Process {
@@ -406,7 +416,7 @@ impl Process {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("platform binary starts");
         let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        if let Some(out) = child.stdout.take() {
+        let reader = child.stdout.take().map(|out| {
             let sink = stdout.clone();
             std::thread::spawn(move || {
                 use std::io::BufRead;
@@ -416,12 +426,13 @@ impl Process {
                         s.push('\n');
                     }
                 }
-            });
-        }
+            })
+        });
         let process = Self {
             child,
             port,
             stdout,
+            reader,
         };
         wait_until(Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -449,8 +460,10 @@ impl Process {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the reader thread take the last lines.
-                std::thread::sleep(Duration::from_millis(100));
+                // Its stdout has ended: once the reader has it all, `stdout()` is complete.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status.code();
             }
             assert!(
@@ -511,29 +524,7 @@ impl std::ops::Deref for TestGateway {
 }
 
 pub async fn spawn_gateway(users_url: &str, extra: &[&str]) -> TestGateway {
-    let mut args = vec![
-        "platform",
-        "gateway",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--workers",
-        "1",
-        "--users-url",
-        users_url,
-    ];
-    args.extend_from_slice(extra);
-    let Ok(Cli {
-        role: Role::Gateway(settings),
-    }) = <Cli as clap::Parser>::try_parse_from(&args)
-    else {
-        panic!("test arguments must parse: {args:?}");
-    };
-    let logs = LogBuffer::default();
-    let app = platform::gateway::build(&settings, logging::capture(logs.clone()))
-        .expect("gateway builds");
-    let http = serve(app.port(), app.run_until_stopped()).await;
+    let (http, logs) = spawn_role("gateway", &[&["--users-url", users_url], extra].concat()).await;
     TestGateway { http, logs }
 }
 
