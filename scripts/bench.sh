@@ -8,6 +8,9 @@
 # sent upstream and echoed, X-Forwarded-For/-Proto/-Host/-Prefix. BENCH_NGINX_LOG=off drops
 # its access log (the gateway still writes its own). A control target, (a2), is a second,
 # identical gateway: (a)/(a2) shows how far this machine's noise moves a ratio of the run.
+# (aa) is the same gateway with JWT authentication on (--auth-mode all, an ES256 key set from a
+# file) and wrk sending a few hundred distinct valid tokens in turn (BENCH_TOKENS, 300):
+# (aa)/(a) is what verifying tokens costs per request (BENCH_AUTH=off drops it).
 # BENCH_BASELINE_BIN=path adds (a0), the gateway of another build (e.g. the last release's
 # binary), measured in the same rounds: (a)/(a0) is a before/after with the control's spread.
 # Knobs: BENCH_SECONDS (5 per round), BENCH_ROUNDS (3), BENCH_CONNECTIONS (64),
@@ -32,7 +35,7 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 ./scripts/ensure-redis.sh
 
-cargo build --release --locked -q
+cargo build --release --locked -q --bin platform --example mint_tokens
 BIN=target/release/platform
 
 work=$(mktemp -d)
@@ -61,6 +64,15 @@ if [ "${BENCH_CONTROL:-on}" != off ]; then
   # shellcheck disable=SC2086 # as above
   "$BIN" gateway ${BENCH_GATEWAY_ARGS:-} --host 127.0.0.1 --port "$CONTROL_PORT" --users-url "http://127.0.0.1:$USERS_PORT" >/dev/null & pids+=($!)
   CONTROL=(--target "a2|(a2) the same gateway again|$CONTROL_PORT|/api|$!")
+fi
+AUTH=()
+if [ "${BENCH_AUTH:-on}" != off ]; then
+  AUTH_PORT=$(free_port)
+  target/release/examples/mint_tokens "$work" "${BENCH_TOKENS:-300}" https://issuer.bench platform-api
+  # shellcheck disable=SC2086 # as above
+  "$BIN" gateway ${BENCH_GATEWAY_ARGS:-} --host 127.0.0.1 --port "$AUTH_PORT" --users-url "http://127.0.0.1:$USERS_PORT" \
+    --auth-mode all --jwt-issuer https://issuer.bench --jwt-audiences platform-api --jwks-file "$work/jwks.json" >/dev/null & pids+=($!)
+  AUTH=(--target "aa|(aa) gateway, auth on|$AUTH_PORT|/api|$!|auth")
 fi
 BASELINE=()
 if [ -n "${BENCH_BASELINE_BIN:-}" ]; then
@@ -116,6 +128,7 @@ wait_port "$USERS_PORT" /health/ready
 wait_port "$GATEWAY_PORT" /health/ready
 [ -z "${CONTROL_PORT:-}" ] || wait_port "$CONTROL_PORT" /health/ready
 [ -z "${BASELINE_PORT:-}" ] || wait_port "$BASELINE_PORT" /health/ready
+[ -z "${AUTH_PORT:-}" ] || wait_port "$AUTH_PORT" /health/ready
 wait_port "$NGINX_PORT" /api/users?limit=1
 
 echo "preloading $USERS users…"
@@ -127,12 +140,20 @@ for i in $(seq "$USERS"); do
 done
 {
   printf 'ids = {'; printf '"%s",' "${ids[@]}"; printf '}\n'
+  printf 'tokens = {'
+  if [ -s "$work/tokens.txt" ]; then while read -r t; do printf '"%s",' "$t"; done < "$work/tokens.txt"; fi
+  printf '}\n'
   cat <<'LUA'
 prefix = os.getenv("BENCH_PREFIX") or ""
+auth = os.getenv("BENCH_AUTH_TARGET") == "1"
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("GET", prefix .. "/users/" .. ids[(counter % #ids) + 1])
+  local headers = nil
+  if auth then
+    headers = {["Authorization"] = "Bearer " .. tokens[(counter % #tokens) + 1]}
+  end
+  return wrk.format("GET", prefix .. "/users/" .. ids[(counter % #ids) + 1], headers)
 end
 LUA
 } > "$work/ids.lua"
@@ -142,7 +163,7 @@ python3 scripts/bench_measure.py --lua "$work/ids.lua" --threads "$THREADS" --co
   --target "a|(a) gateway → users|$GATEWAY_PORT|/api|$GATEWAY_PID" \
   --target "b|(b) users directly|$USERS_PORT||" \
   --target "c|(c) nginx → users|$NGINX_PORT|/api|$NGINX_PID" \
-  "${CONTROL[@]}" "${BASELINE[@]}"
+  "${CONTROL[@]}" "${AUTH[@]}" "${BASELINE[@]}"
 if [ "${BENCH_NGINX_LOG:-on}" != off ] && [ ! -s "$work/nginx-access.log" ]; then
   echo "nginx wrote no access log: its configuration is not the one described above" >&2
   exit 1

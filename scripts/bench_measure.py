@@ -7,7 +7,8 @@ per target the median of the rounds' requests/s, p50 and p99, the proxy's CPU ti
 (user + system of the process and its children, over all rounds), and the ratios per round and
 their median.
 
-A target is `key|label|port|path prefix|pid or empty`.
+A target is `key|label|port|path prefix|pid or empty[|auth]`; `auth` makes wrk's script send a
+bearer token with each request.
 """
 
 import argparse
@@ -44,8 +45,8 @@ def millis(text):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(args, port, prefix, seconds):
-    env = dict(os.environ, BENCH_PREFIX=prefix)
+def wrk(args, port, prefix, seconds, auth=False):
+    env = dict(os.environ, BENCH_PREFIX=prefix, BENCH_AUTH_TARGET="1" if auth else "0")
     out = subprocess.run(
         ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--latency",
          "-s", args.lua, f"http://127.0.0.1:{port}"],
@@ -72,16 +73,17 @@ def main():
 
     targets = []
     for spec in args.target:
-        key, label, port, prefix, pid = spec.split("|")
+        key, label, port, prefix, pid, *flags = spec.split("|")
         targets.append({"key": key, "label": label, "port": port, "prefix": prefix,
+                        "auth": "auth" in flags,
                         "pid": int(pid) if pid else None, "runs": [], "ticks": []})
 
     for t in targets:  # connections, pools and caches warm; not counted
-        wrk(args, t["port"], t["prefix"], args.warmup)
+        wrk(args, t["port"], t["prefix"], args.warmup, t["auth"])
     for _ in range(args.rounds):
         for t in targets:
             before = cpu_ticks(t["pid"]) if t["pid"] else 0
-            t["runs"].append(wrk(args, t["port"], t["prefix"], args.seconds))
+            t["runs"].append(wrk(args, t["port"], t["prefix"], args.seconds, t["auth"]))
             if t["pid"]:
                 t["ticks"].append(cpu_ticks(t["pid"]) - before)
 
@@ -125,6 +127,8 @@ def main():
     cpu_ratio("a", "c", "proxy CPU per request, gateway/nginx (lower is leaner)")
     if "a2" in by_key:
         cpu_ratio("a", "a2", "CPU per request, the same gateway twice (noise floor)")
+    if "aa" in by_key:
+        cpu_ratio("aa", "a", "CPU per request, auth on vs off (target <= 1.15)")
     if "a0" in by_key:
         cpu_ratio("a", "a0", "CPU per request, this build vs the baseline build")
 

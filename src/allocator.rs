@@ -72,7 +72,7 @@ mod tests {
     const LIVE: usize = 4;
 
     fn aligned(ptr: *mut u8, align: usize) -> bool {
-        !ptr.is_null() && ptr as usize % align == 0
+        !ptr.is_null() && (ptr as usize).is_multiple_of(align)
     }
 
     #[test]

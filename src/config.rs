@@ -119,6 +119,8 @@ pub struct GatewaySettings {
     pub users_url: Url,
     #[command(flatten)]
     pub upstream: UpstreamSettings,
+    #[command(flatten)]
+    pub auth: AuthSettings,
 }
 
 /// How the gateway talks to its upstream.
@@ -135,6 +137,151 @@ pub struct UpstreamSettings {
     pub max_body: u64,
 }
 
+/// Which `/api/…` requests need a bearer token. A token that is present is always verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// No request needs one (the seeds' clients keep working).
+    Off,
+    /// POST, PUT, PATCH and DELETE need one; reads are anonymous.
+    Writes,
+    /// Every `/api/…` request needs one.
+    All,
+}
+
+/// How the gateway verifies JWT bearer tokens (AUTH.md §6).
+#[derive(Debug, Clone, Args)]
+pub struct AuthSettings {
+    /// Which /api requests need a bearer token: off, writes, all.
+    #[arg(long, env = "AUTH_MODE", value_enum, default_value_t = AuthMode::Off)]
+    pub auth_mode: AuthMode,
+    /// The tokens' issuer (`iss`, compared exactly); required when auth is on.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Accepted audiences (`aud`, any of them), comma-separated; none: `aud` is not checked.
+    #[arg(long, env = "JWT_AUDIENCES", value_delimiter = ',')]
+    pub jwt_audiences: Vec<String>,
+    /// Accepted signing algorithms, comma-separated (asymmetric only).
+    #[arg(long, env = "JWT_ALGORITHMS", value_delimiter = ',', default_value = "ES256,EdDSA,RS256", value_parser = parse_algorithm)]
+    pub jwt_algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// URL of the key set (JWKS), http or https.
+    #[arg(long, env = "JWKS_URL", value_parser = parse_jwks_url, conflicts_with = "jwks_file")]
+    pub jwks_url: Option<Url>,
+    /// A key set (JWKS) file, re-read when it changes (a mounted ConfigMap or Secret).
+    #[arg(long, env = "JWKS_FILE")]
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// PEM file of CA certificates trusted for --jwks-url, besides the system's.
+    #[arg(long, env = "JWKS_CA_FILE")]
+    pub jwks_ca_file: Option<std::path::PathBuf>,
+    /// How often the key set is fetched again (a Cache-Control max-age overrides it, within bounds).
+    #[arg(long, env = "JWKS_REFRESH", default_value = "5m", value_parser = parse_positive_duration)]
+    pub jwks_refresh: Duration,
+    /// Least time between two fetches caused by tokens with an unknown key id.
+    #[arg(long, env = "JWKS_MIN_REFETCH", default_value = "30s", value_parser = parse_positive_duration)]
+    pub jwks_min_refetch: Duration,
+    /// Upper bound of one key set fetch.
+    #[arg(long, env = "JWKS_TIMEOUT", default_value = "2s", value_parser = parse_positive_duration)]
+    pub jwks_timeout: Duration,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[arg(long, env = "JWT_LEEWAY", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+    /// Longest accepted token lifetime (`exp` - `iat`).
+    #[arg(long, env = "JWT_MAX_LIFETIME", default_value = "24h", value_parser = parse_positive_duration)]
+    pub jwt_max_lifetime: Duration,
+    /// A cookie that may carry the token instead of `Authorization: Bearer`.
+    #[arg(long, env = "JWT_COOKIE")]
+    pub jwt_cookie: Option<String>,
+    /// Verified claims sent upstream as headers, `claim=Header,…`; clients can never send these.
+    #[arg(long, env = "JWT_CLAIM_HEADERS", value_delimiter = ',', default_value = "sub=X-User-Id,scope=X-User-Scope", value_parser = parse_claim_header)]
+    pub jwt_claim_headers: Vec<ClaimHeader>,
+    /// Send the `Authorization` header upstream (it is removed otherwise).
+    #[arg(long, env = "JWT_FORWARD_TOKEN")]
+    pub jwt_forward_token: bool,
+    /// A scope that writes (POST, PUT, PATCH, DELETE) need, when set.
+    #[arg(long, env = "JWT_WRITE_SCOPE")]
+    pub jwt_write_scope: Option<String>,
+    /// The realm named in `WWW-Authenticate` challenges.
+    #[arg(long, env = "AUTH_REALM", default_value = "platform")]
+    pub auth_realm: String,
+}
+
+/// A claim sent upstream as a header once its token is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    pub claim: String,
+    pub header: actix_web::http::header::HeaderName,
+}
+
+fn parse_claim_header(s: &str) -> Result<ClaimHeader, String> {
+    let (claim, header) = s.split_once('=').ok_or("expected claim=Header-Name")?;
+    let header = actix_web::http::header::HeaderName::from_bytes(header.trim().as_bytes())
+        .map_err(|_| "not a valid header name")?;
+    match claim.trim() {
+        "" => Err("the claim name is empty".into()),
+        claim => Ok(ClaimHeader {
+            claim: claim.to_owned(),
+            header,
+        }),
+    }
+}
+
+/// Asymmetric JWS algorithms only: `none` does not parse, and an HMAC secret cannot come
+/// from a public key set.
+fn parse_algorithm(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    use jsonwebtoken::Algorithm;
+    let alg: Algorithm = s
+        .trim()
+        .parse()
+        .map_err(|_| "not a JWS algorithm (none is never accepted)")?;
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            Err("HMAC algorithms cannot be verified with a public key set".into())
+        }
+        alg => Ok(alg),
+    }
+}
+
+fn parse_jwks_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| e.to_string())?;
+    match url.scheme() {
+        "http" | "https" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
+        "http" | "https" => Err("the URL has no host".into()),
+        _ => Err("unsupported scheme: expected http:// or https://".into()),
+    }
+}
+
+impl AuthSettings {
+    /// Whether tokens are checked at all: a mode that needs them, or a key source given.
+    pub fn is_on(&self) -> bool {
+        self.auth_mode != AuthMode::Off || self.jwks_url.is_some() || self.jwks_file.is_some()
+    }
+
+    /// What a mode that needs tokens cannot run without.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.is_on() {
+            return Ok(());
+        }
+        if self.jwt_issuer.as_deref().is_none_or(str::is_empty) {
+            return Err("--jwt-issuer is required when tokens are verified".into());
+        }
+        if self.jwks_url.is_none() && self.jwks_file.is_none() {
+            return Err("--jwks-url or --jwks-file is required when tokens are verified".into());
+        }
+        if self.jwt_algorithms.is_empty() {
+            return Err("--jwt-algorithms is empty".into());
+        }
+        let quotable = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ')
+        };
+        if !quotable(&self.auth_realm) || !self.jwt_write_scope.as_deref().is_none_or(quotable) {
+            return Err(
+                "--auth-realm and --jwt-write-scope must be printable ASCII without quotes".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Settings of `platform all`: both roles, the gateway pointed at the in-process users service.
 #[derive(Debug, Clone, Args)]
 pub struct AllSettings {
@@ -148,6 +295,8 @@ pub struct AllSettings {
     pub users_port: u16,
     #[command(flatten)]
     pub upstream: UpstreamSettings,
+    #[command(flatten)]
+    pub auth: AuthSettings,
     #[command(flatten)]
     pub redis: RedisSettings,
 }
@@ -178,6 +327,7 @@ impl AllSettings {
             port: self.gateway_port,
             users_url,
             upstream: self.upstream.clone(),
+            auth: self.auth.clone(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! A request passes the stages in `proxy.rs`'s order, one file each: `route`, `request_filter`,
 //! `upstream`, `response_filter`, `body`.
 
+mod auth;
 mod body;
 pub mod headers;
 mod proxy;

@@ -11,18 +11,21 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use awc::{Client, ClientResponse};
 
+use super::auth::WorkerAuth;
 use super::body::{self, Exchange, Inbound, Outbound, UpstreamBody};
-use super::upstream::{self, Upstream};
+use super::upstream::{self, Identity, Upstream};
 use super::{request_filter, response_filter, route};
 use crate::http::body::Declared;
 use crate::http::error::ApiError;
-use crate::http::observe::{Observer, RouteLabel};
+use crate::http::observe::{Observer, RouteLabel, Subject};
 use crate::http::request_id::RequestId;
 
-/// What a worker proxies with: its own pooled client (awc is `!Send`) and the upstream.
+/// What a worker proxies with: its own pooled client (awc is `!Send`), the upstream, and its
+/// side of authentication when tokens are verified.
 pub struct Proxy {
     pub client: Client,
     pub upstream: Upstream,
+    pub auth: Option<WorkerAuth>,
 }
 
 /// The app's default service: every path its own routes (`/health/*`, `/metrics`) do not take.
@@ -38,18 +41,38 @@ pub async fn proxy(
     let label = route::route(req.path())?;
     req.extensions_mut().insert(RouteLabel(label));
 
-    let declared = request_filter::filter(&req, proxy.upstream.max_body)?;
+    let admitted =
+        request_filter::filter(&req, proxy.upstream.max_body, proxy.auth.as_ref()).await?;
+    let identity = admitted.identity.as_deref().map(|verified| {
+        if let Some(subject) = &verified.subject {
+            req.extensions_mut().insert(Subject(subject.clone()));
+        }
+        Identity {
+            headers: &verified.headers,
+            forward_token: proxy
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.auth().forwards_token()),
+        }
+    });
 
     let exchange = Exchange::new(Observer::of(&req).clone(), req.method().clone(), started);
-    let sent = match declared {
+    let sent = match admitted.declared {
         None => {
             let target = proxy.upstream.target(req.uri())?;
-            let sent = proxy
-                .upstream
-                .send(&req, target, &proxy.client, &id, deadline);
+            let sent = proxy.upstream.send(
+                &req,
+                target,
+                &proxy.client,
+                &id,
+                identity.as_ref(),
+                deadline,
+            );
             sent.await.map_err(upstream::failure)
         }
-        Some(declared) => send_with_body(&req, payload, declared, &proxy, &id).await,
+        Some(declared) => {
+            send_with_body(&req, payload, declared, &proxy, &id, identity.as_ref()).await
+        }
     };
     let response = match sent.and_then(|res| Ok((response_filter::filter(&res)?, res))) {
         Ok(response) => response,
@@ -68,10 +91,13 @@ async fn send_with_body(
     declared: Declared,
     proxy: &Proxy,
     id: &RequestId,
+    identity: Option<&Identity<'_>>,
 ) -> Result<ClientResponse, ApiError> {
-    let Proxy { client, upstream } = proxy;
+    let Proxy {
+        client, upstream, ..
+    } = proxy;
     let ahead = body::read_ahead(&mut payload, declared, upstream.max_body).await?;
-    let request = upstream.request(req, upstream.target(req.uri())?, client, id);
+    let request = upstream.request(req, upstream.target(req.uri())?, client, id, identity);
     let ahead = match ahead {
         Outbound::Whole(body) => {
             return request.send_body(body).await.map_err(upstream::failure);

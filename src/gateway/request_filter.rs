@@ -1,17 +1,44 @@
 //! Stage 2, request filter: what a request must pass before the upstream is contacted. Checks
 //! that refuse a request at the edge (authentication, rate limits) belong here.
 
+use std::rc::Rc;
+
 use actix_web::HttpRequest;
 use actix_web::http::header::{self, HeaderMap};
 
+use super::auth::WorkerAuth;
+use super::auth::token::Verified;
 use crate::http::body::{self, Declared};
 use crate::http::error::{ApiError, ErrorCode};
 
 /// The only expectation a server knows (RFC 9110 §10.1.1).
 const CONTINUE: &str = "100-continue";
 
-/// Refuses a request the gateway will not forward; returns the body its head announces.
-pub fn filter(req: &HttpRequest, max_body: u64) -> Result<Option<Declared>, ApiError> {
+/// A request the gateway will forward.
+pub struct Admitted {
+    /// The body its head announces.
+    pub declared: Option<Declared>,
+    /// Its verified token, if it carried one.
+    pub identity: Option<Rc<Verified>>,
+}
+
+/// Refuses a request the gateway will not forward: an expectation it cannot meet, a declared
+/// body over `max_body`, a credential that fails (or is missing where the mode needs one).
+pub async fn filter(
+    req: &HttpRequest,
+    max_body: u64,
+    auth: Option<&WorkerAuth>,
+) -> Result<Admitted, ApiError> {
+    let declared = checked_head(req, max_body)?;
+    let identity = match auth {
+        Some(auth) => auth.authenticate(req).await?,
+        None => None,
+    };
+    Ok(Admitted { declared, identity })
+}
+
+/// What the head alone decides: the expectation and the declared size.
+fn checked_head(req: &HttpRequest, max_body: u64) -> Result<Option<Declared>, ApiError> {
     expectation(req.headers())?;
     let declared = body::declared(req.headers());
     if let Some(Declared::Length(len)) = declared
@@ -49,7 +76,7 @@ mod tests {
         for &(name, value) in headers {
             req = req.insert_header((name, value));
         }
-        filter(&req.to_http_request(), 10).map_err(|e| e.code)
+        checked_head(&req.to_http_request(), 10).map_err(|e| e.code)
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! Building the gateway role: `build(settings, log)` → `Application::run_until_stopped()`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, web};
 use slog::{Logger, info};
 
+use super::auth::keys::KeySet;
+use super::auth::{Auth, WorkerAuth};
 use super::proxy::{self, Proxy};
 use super::readiness::UpstreamReadiness;
 use super::upstream::Upstream;
@@ -35,14 +38,44 @@ fn upstream_client(settings: &GatewaySettings) -> awc::Client {
         .finish()
 }
 
+/// The gateway's authentication when tokens are verified: settings checked, the key set's
+/// loading task started on this runtime (it lives as long as the gateway).
+fn auth(
+    settings: &GatewaySettings,
+    metrics: &Metrics,
+    log: &Logger,
+) -> anyhow::Result<Option<Arc<Auth>>> {
+    let settings = &settings.auth;
+    settings.check().map_err(anyhow::Error::msg)?;
+    if !settings.is_on() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        jsonwebtoken::crypto::CryptoProvider::try_get_default().is_some(),
+        "this build has no JWT crypto provider"
+    );
+    let (keys, task) = KeySet::start(settings, metrics, log.new(slog::o!("component" => "jwks")))?;
+    actix_web::rt::spawn(task);
+    Ok(Some(Arc::new(Auth::new(settings, keys))))
+}
+
 /// Binds the port and serves; the users service may still be down (the gateway is then not ready).
 pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Application> {
     let listener = server::bind(settings.common.host, settings.port)?;
     let log = logging::for_service(&log, SERVICE);
+    let metrics = Metrics::new();
+    let auth = auth(settings, &metrics, &log)?;
+    let reserved: Vec<_> = settings
+        .auth
+        .jwt_claim_headers
+        .iter()
+        .map(|c| c.header.clone())
+        .collect();
     let upstream = Upstream::new(
         settings.users_url.as_str(),
         settings.upstream.upstream_timeout,
         settings.upstream.max_body,
+        &reserved,
     )?;
     info!(log.new(slog::o!(settings.common.clone())), "starting";
         "port" => listener.local_addr()?.port(),
@@ -50,8 +83,12 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
         "upstream_timeout_ms" => settings.upstream.upstream_timeout.as_millis() as u64,
         "upstream_connect_timeout_ms" => settings.upstream.upstream_connect_timeout.as_millis() as u64,
         "max_body" => settings.upstream.max_body,
+        "auth_mode" => format!("{:?}", settings.auth.auth_mode).to_lowercase(),
+        "jwt_issuer" => settings.auth.jwt_issuer.as_deref().unwrap_or(""),
+        "jwks" => settings.auth.jwks_url.as_ref().map(crate::config::redact_url)
+            .or_else(|| settings.auth.jwks_file.as_ref().map(|f| f.display().to_string()))
+            .unwrap_or_default(),
     );
-    let metrics = Metrics::new();
     let ready_url = format!("{}/health/ready", upstream.base);
     let readiness = UpstreamReadiness::default();
     let draining = Draining::default();
@@ -65,17 +102,26 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
             let client = upstream_client(&settings);
             let (check_client, readiness, ready_url) =
                 (client.clone(), readiness.clone(), ready_url.clone());
-            let ops = Ops::new(SERVICE, app_draining.clone(), metrics.clone()).check(
+            let mut ops = Ops::new(SERVICE, app_draining.clone(), metrics.clone()).check(
                 ReadinessCheck::new("user_service", move || {
                     let (client, readiness, url) =
                         (check_client.clone(), readiness.clone(), ready_url.clone());
                     async move { readiness.check(&client, &url).await }
                 }),
             );
+            if let Some(auth) = &auth {
+                // Down only until the first key set loads: the last good one serves after that.
+                let keys = auth.keys().clone();
+                ops = ops.check(ReadinessCheck::new("jwks", move || {
+                    let loaded = keys.is_loaded();
+                    async move { loaded }
+                }));
+            }
             App::new()
                 .app_data(web::Data::new(Proxy {
                     client,
                     upstream: upstream.clone(),
+                    auth: auth.clone().map(|auth| WorkerAuth::new(auth, &metrics)),
                 }))
                 .app_data(Observer::new(app_log.clone(), &metrics))
                 .wrap(from_fn(observe))

@@ -36,10 +36,28 @@ pub struct Upstream {
     base_path: String,
     // The `Host` header awc would write for `authority` (port left out when 80/443), made once.
     host: HeaderValue,
+    /// Incoming headers never copied: those set here, and the claim headers only a verified
+    /// token may set; with `Authorization` too, for a request whose token was used.
+    skip: Vec<HeaderName>,
+    skip_with_token: Vec<HeaderName>,
+}
+
+/// What a verified token adds to the upstream request.
+pub struct Identity<'a> {
+    pub headers: &'a [(HeaderName, HeaderValue)],
+    /// Whether its `Authorization` header is sent on (`--jwt-forward-token`).
+    pub forward_token: bool,
 }
 
 impl Upstream {
-    pub fn new(base_url: &str, timeout: Duration, max_body: u64) -> anyhow::Result<Self> {
+    /// The users service at `base_url`; `reserved` are header names clients may never send
+    /// upstream (the claim headers).
+    pub fn new(
+        base_url: &str,
+        timeout: Duration,
+        max_body: u64,
+        reserved: &[HeaderName],
+    ) -> anyhow::Result<Self> {
         let base = base_url.trim_end_matches('/').to_owned();
         let uri: Uri = base
             .parse()
@@ -53,7 +71,12 @@ impl Upstream {
         };
         let host = HeaderValue::from_maybe_shared(Bytes::from(host))
             .with_context(|| format!("the users URL {base:?} has no valid host"))?;
+        let skip: Vec<HeaderName> = SET_BY_US.iter().chain(reserved).cloned().collect();
+        let mut skip_with_token = skip.clone();
+        skip_with_token.push(header::AUTHORIZATION);
         Ok(Self {
+            skip,
+            skip_with_token,
             scheme: scheme.clone(),
             host,
             authority: authority.clone(),
@@ -90,13 +113,21 @@ impl Upstream {
         target: Uri,
         client: &Client,
         id: &RequestId,
+        identity: Option<&Identity<'_>>,
     ) -> ClientRequest {
         let mut up = client
             .request(req.method().clone(), target)
             .timeout(self.timeout);
         let out = up.headers_mut();
-        for (name, value) in headers::end_to_end(req.headers(), &SET_BY_US) {
+        let skip = match identity {
+            Some(identity) if !identity.forward_token => &self.skip_with_token,
+            _ => &self.skip,
+        };
+        for (name, value) in headers::end_to_end(req.headers(), skip) {
             out.append(name.clone(), value.clone());
+        }
+        for (name, value) in identity.map_or(&[][..], |i| i.headers) {
+            out.insert(name.clone(), value.clone());
         }
         out.insert(header::HOST, self.host.clone());
         let peer = req.peer_addr().map(|a| IpText::new(a.ip()));
@@ -139,9 +170,10 @@ impl Upstream {
         target: Uri,
         client: &Client,
         id: &RequestId,
+        identity: Option<&Identity<'_>>,
         deadline: Instant,
     ) -> Result<ClientResponse, SendRequestError> {
-        let first = self.request(req, target, client, id).send().await;
+        let first = self.request(req, target, client, id, identity).send().await;
         let again = match &first {
             Err(e) => is_stale_connection(e),
             Ok(res) => res.status() == StatusCode::REQUEST_TIMEOUT,
@@ -151,7 +183,7 @@ impl Upstream {
         }
         // The first attempt took the target; the same request gives the same one again.
         match self.target(req.uri()) {
-            Ok(target) => self.request(req, target, client, id).send().await,
+            Ok(target) => self.request(req, target, client, id, identity).send().await,
             Err(_) => first,
         }
     }
@@ -213,14 +245,14 @@ mod tests {
     #[test]
     fn the_users_url_is_split_once_into_scheme_authority_and_base_path() {
         let timeout = Duration::from_secs(1);
-        let plain = Upstream::new("http://users:3001/", timeout, 1).expect("valid URL");
+        let plain = Upstream::new("http://users:3001/", timeout, 1, &[]).expect("valid URL");
         assert_eq!(plain.base, "http://users:3001");
         assert_eq!(plain.scheme.as_str(), "http");
         assert_eq!(plain.authority.as_str(), "users:3001");
         assert_eq!(plain.base_path, "");
         assert_eq!(plain.host, "users:3001");
 
-        let nested = Upstream::new("https://10.0.0.7/v1/", timeout, 1).expect("valid URL");
+        let nested = Upstream::new("https://10.0.0.7/v1/", timeout, 1, &[]).expect("valid URL");
         assert_eq!(nested.base, "https://10.0.0.7/v1");
         assert_eq!(nested.base_path, "/v1");
         assert_eq!(nested.host, "10.0.0.7");
@@ -228,12 +260,12 @@ mod tests {
             .target(&Uri::from_static("/api/users/7?x=1"))
             .expect("a valid target");
         assert_eq!(target, "https://10.0.0.7/v1/users/7?x=1");
-        let default_port = Upstream::new("http://users:80", timeout, 1).expect("valid URL");
+        let default_port = Upstream::new("http://users:80", timeout, 1, &[]).expect("valid URL");
         assert_eq!(default_port.host, "users");
-        let ipv6 = Upstream::new("http://[::1]:3001", timeout, 1).expect("valid URL");
+        let ipv6 = Upstream::new("http://[::1]:3001", timeout, 1, &[]).expect("valid URL");
         assert_eq!(ipv6.host, "[::1]:3001");
 
-        assert!(Upstream::new("users:3001", timeout, 1).is_err());
-        assert!(Upstream::new("http://bad host/", timeout, 1).is_err());
+        assert!(Upstream::new("users:3001", timeout, 1, &[]).is_err());
+        assert!(Upstream::new("http://bad host/", timeout, 1, &[]).is_err());
     }
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -18,8 +19,13 @@ pub enum ErrorCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     ExpectationFailed,
+    InvalidRequest,
+    AuthenticationRequired,
+    InvalidToken,
+    InsufficientScope,
     Conflict,
     StoreUnavailable,
+    AuthUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
     InternalServerError,
@@ -37,6 +43,11 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::ExpectationFailed => "expectation_failed",
+            Self::InvalidRequest => "invalid_request",
+            Self::AuthenticationRequired => "authentication_required",
+            Self::InvalidToken => "invalid_token",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::AuthUnavailable => "auth_unavailable",
             Self::Conflict => "conflict",
             Self::StoreUnavailable => "store_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
@@ -47,14 +58,18 @@ impl ErrorCode {
 
     pub fn status(self) -> StatusCode {
         match self {
-            Self::ValidationError | Self::InvalidJson => StatusCode::BAD_REQUEST,
+            Self::ValidationError | Self::InvalidJson | Self::InvalidRequest => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::AuthenticationRequired | Self::InvalidToken => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope => StatusCode::FORBIDDEN,
             Self::UserNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::DuplicateEmail | Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
-            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreUnavailable | Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::InternalServerError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -66,15 +81,21 @@ impl ErrorCode {
     /// Whether the connection closes after this answer, the one place that decides it. An
     /// answer given before the request's body was read leaves that body on the connection,
     /// where it would be parsed as the next request (actix-web #2632): after a 413 (the rest
-    /// is never read), and after a 404, 405, 415 or 417 to a request with a body (refused
-    /// before a handler read it).
+    /// is never read), and after an answer given before a handler read the body (unknown
+    /// path, wrong method or media type, a refused expectation or credential) to a request
+    /// that has one.
     pub fn closes_connection(self, request_has_body: bool) -> bool {
         match self {
             Self::PayloadTooLarge => true,
             Self::NotFound
             | Self::MethodNotAllowed
             | Self::UnsupportedMediaType
-            | Self::ExpectationFailed => request_has_body,
+            | Self::ExpectationFailed
+            | Self::InvalidRequest
+            | Self::AuthenticationRequired
+            | Self::InvalidToken
+            | Self::InsufficientScope
+            | Self::AuthUnavailable => request_has_body,
             Self::ValidationError
             | Self::InvalidJson
             | Self::DuplicateEmail
@@ -111,6 +132,8 @@ pub struct ApiError {
     pub message: String,
     pub details: Vec<FieldError>,
     pub cause: Option<anyhow::Error>,
+    /// Headers the answer carries besides the body (`WWW-Authenticate`, `Retry-After`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 #[derive(Serialize)]
@@ -130,7 +153,14 @@ impl ApiError {
             message: message.into(),
             details: Vec::new(),
             cause: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// The same error, answered with `name: value` as well.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     /// A 400 naming each invalid field; the message repeats the first one.
@@ -141,10 +171,8 @@ impl ApiError {
             .collect::<Vec<_>>()
             .join("; ");
         Self {
-            code: ErrorCode::ValidationError,
-            message,
             details,
-            cause: None,
+            ..Self::new(ErrorCode::ValidationError, message)
         }
     }
 
@@ -187,7 +215,11 @@ impl ApiError {
             details: &self.details,
             request_id,
         };
-        HttpResponse::build(self.code.status()).json(body)
+        let mut response = HttpResponse::build(self.code.status());
+        for (name, value) in &self.headers {
+            response.insert_header((name.clone(), value.clone()));
+        }
+        response.json(body)
     }
 }
 

@@ -25,6 +25,10 @@ use crate::telemetry::metrics::{Metrics, WorkerMetrics};
 #[derive(Clone, Copy)]
 pub struct RouteLabel(pub &'static str);
 
+/// The authenticated subject of a request (a verified token's `sub`), for its access line.
+#[derive(Clone)]
+pub struct Subject(pub Rc<str>);
+
 /// Where one worker of a role writes its access lines and request metrics. Every role's `App`
 /// carries one as app data (`Observer::new`), which the middleware below needs.
 pub struct Observer {
@@ -86,6 +90,23 @@ pub async fn observe(
             }),
         }
     }))
+}
+
+/// A log field written only when it has a value (`sub` on an authenticated request's line).
+struct OnlyIfSome<'a>(Option<&'a str>);
+
+impl slog::Value for OnlyIfSome<'_> {
+    fn serialize(
+        &self,
+        _: &slog::Record<'_>,
+        key: slog::Key,
+        serializer: &mut dyn slog::Serializer,
+    ) -> slog::Result {
+        match self.0 {
+            Some(value) => serializer.emit_str(key, value),
+            None => Ok(()),
+        }
+    }
 }
 
 /// How a streamed response body ended, when not with its last chunk.
@@ -160,6 +181,8 @@ impl Access {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let duration_ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        let extensions = req.extensions();
+        let sub = OnlyIfSome(extensions.get::<Subject>().map(|s| &*s.0));
         // slog takes the level as a constant: one call per level, same fields; `error` only
         // on a line whose body did not end well.
         macro_rules! access {
@@ -173,6 +196,7 @@ impl Access {
                     "duration_ms" => duration_ms,
                     "remote_addr" => remote_addr.as_ref().map_or("", IpText::as_str),
                     "user_agent" => user_agent,
+                    "sub" => &sub,
                     $($extra)*
                 )
             };
