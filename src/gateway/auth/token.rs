@@ -159,10 +159,17 @@ impl Checks {
             validation.set_issuer(&[issuer]);
             required.push("iss");
         }
-        if settings.jwt_audiences.is_empty() {
+        // `JWT_AUDIENCES=` (an empty ConfigMap value) means no audience, as leaving it out does.
+        let audiences: Vec<&str> = settings
+            .jwt_audiences
+            .iter()
+            .map(|a| a.trim())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if audiences.is_empty() {
             validation.validate_aud = false;
         } else {
-            validation.set_audience(&settings.jwt_audiences);
+            validation.set_audience(&audiences);
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
