@@ -609,6 +609,8 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
             for pid in stand_in.fetched_by:
                 check(pid in pids, f"{overlay}: {stand_in.target.url} fetched by pid {pid}, which is no role")
                 seen.add((pids.get(pid, "?"), INTERNET, stand_in.target.port))
+            print(f"{overlay}/{name}: JWKS fetched {len(stand_in.fetched_by)}x from the stand-in for {stand_in.target.url} "
+                  f"({stand_in.alg}); tokens signed with it were used for the traffic")
         return seen
     finally:
         for stand_in in stand_ins.values():
