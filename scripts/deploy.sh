@@ -5,6 +5,8 @@
 # `kustomize edit set image` first. Then: apply, wait for every rollout, smoke-test the
 # gateway's /health/ready and /api/users through a port-forward, and on any failure
 # `kubectl rollout undo` the Deployments and exit non-zero.
+# Where the overlay's gateway requires a token (AUTH_MODE=all), /api/users must answer 401 with a
+# Bearer challenge, or 200 when SMOKE_TOKEN holds a valid access token (never printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,9 @@ kubectl version --request-timeout=5s >/dev/null 2>&1 || {
   echo "deploy: no cluster answers for kubectl context '$(kubectl config current-context 2>/dev/null || echo none)' (make kind-up?)" >&2
   exit 1
 }
-ns="$(kubectl kustomize "$dir" | sed -n 's/^  namespace: //p' | sort -u | head -1)"
+rendered="$(kubectl kustomize "$dir")"
+ns="$(sed -n 's/^  namespace: //p' <<<"$rendered" | sort -u | head -1)"
+auth_mode="$(sed -n 's/^  AUTH_MODE: //p' <<<"$rendered" | tr -d '"' | head -1)"
 deployments=(deployment/users deployment/gateway)
 timeout="${ROLLOUT_TIMEOUT:-5m}"
 
@@ -51,5 +55,19 @@ for _ in $(seq 30); do
   sleep 2
 done
 [ -n "$ok" ] || { echo "deploy: smoke test: /health/ready never answered 200" >&2; rollback; }
-curl -fsS --max-time 5 "http://127.0.0.1:$port/api/users?limit=1" >/dev/null || { echo "deploy: smoke test: GET /api/users failed" >&2; rollback; }
+users_url="http://127.0.0.1:$port/api/users?limit=1"
+if [ -n "${SMOKE_TOKEN:-}" ]; then
+  # The header from a file descriptor: the token stays out of the process list.
+  curl -fsS --max-time 5 -H @<(printf 'Authorization: Bearer %s\n' "$SMOKE_TOKEN") "$users_url" >/dev/null \
+    || { echo "deploy: smoke test: GET /api/users with SMOKE_TOKEN failed" >&2; rollback; }
+elif [ "$auth_mode" = all ]; then
+  # No token to hand: the gateway serves and enforces (its readiness covers users and the JWKS).
+  headers="$(curl -sS --max-time 5 -o /dev/null -D - "$users_url" || true)"
+  if ! grep -q '^HTTP/[0-9.]* 401' <<<"$headers" || ! grep -qi '^www-authenticate: Bearer' <<<"$headers"; then
+    echo "deploy: smoke test: GET /api/users without a token did not answer 401 Bearer" >&2
+    rollback
+  fi
+else
+  curl -fsS --max-time 5 "$users_url" >/dev/null || { echo "deploy: smoke test: GET /api/users failed" >&2; rollback; }
+fi
 echo "deploy: $overlay is serving in namespace $ns"

@@ -19,6 +19,19 @@ For each overlay (`kubectl kustomize k8s/overlays/<name>`):
    resolve a Service name, the Prometheus scrape of each annotated port, and the ingress
    controller to the gateway. Anything more or less fails.
 
+Authentication (AUTH_MODE, JWT_*, JWKS_*: the gateway's flags of issue 13). Where an overlay turns
+it on with an https JWKS_URL outside the cluster (prod), the gateway's fetch of that host's port
+is a flow the policies must allow: to "internet", a public address standing for the provider,
+whose addresses are unknown in advance. The live run serves a stand-in for the provider: the
+JWKS_URL host resolves to loopback like the Services, an HTTPS server on its port (a throwaway CA,
+given to the gateway as JWKS_CA_FILE, the one env the manifest does not give) serves a fresh
+key (ES256, or what JWT_ALGORITHMS allows), and the traffic carries a token signed with it for
+the manifest's JWT_ISSUER and first JWT_AUDIENCES. So the gateway must become ready (`"jwks":"up"`), refuse an anonymous write
+with 401, proxy the signed ones, and its JWKS connection is seen like any other. Until
+`platform gateway --help` lists --auth-mode, the auth env is exempt from the env-name check, the
+live run is as without auth (the binary ignores that env) and the JWKS flow is checked from the
+manifest alone; a note says so.
+
 Usage: check_manifests.py PLATFORM_BINARY [OVERLAY...]   (needs root or user namespaces,
 redis-server and kubectl; run by `make check-deploy`).
 """
@@ -26,19 +39,25 @@ redis-server and kubectl; run by `make check-deploy`).
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -49,6 +68,10 @@ FAILURES: list[str] = []
 def check(cond: bool, msg: str) -> None:
     if not cond:
         FAILURES.append(msg)
+
+
+def note(msg: str) -> None:
+    print(f"note: {msg}")
 
 
 def render(overlay: str) -> list[dict]:
@@ -79,9 +102,51 @@ def image_user() -> int:
     return int(uid)
 
 
+@cache
+def role_help(binary: str, role: str) -> str:
+    return subprocess.run([binary, role, "--help"], check=True, capture_output=True, text=True).stdout
+
+
 def role_env_names(binary: str, role: str) -> set[str]:
-    out = subprocess.run([binary, role, "--help"], check=True, capture_output=True, text=True).stdout
-    return set(re.findall(r"\[env: ([A-Z_][A-Z0-9_]*)", out))
+    return set(re.findall(r"\[env: ([A-Z_][A-Z0-9_]*)", role_help(binary, role)))
+
+
+# ---- the gateway's authentication -----------------------------------------------------------
+
+# The gateway's auth settings (issue 13's flags, each with its env var).
+AUTH_ENV = {
+    "AUTH_MODE", "JWT_ISSUER", "JWT_AUDIENCES", "JWT_ALGORITHMS", "JWKS_URL", "JWKS_FILE",
+    "JWKS_CA_FILE", "JWKS_REFRESH", "JWKS_MIN_REFETCH", "JWKS_TIMEOUT", "JWT_LEEWAY",
+    "JWT_MAX_LIFETIME", "JWT_COOKIE", "JWT_CLAIM_HEADERS", "JWT_FORWARD_TOKEN", "JWT_WRITE_SCOPE",
+    "AUTH_REALM",
+}
+# Dev keeps the seeds' clients working without a token; prod requires one on every /api request.
+EXPECTED_AUTH_MODE = {"dev": "off", "prod": "all"}
+# The policy model's stand-in for any address outside the cluster (TEST-NET-3).
+INTERNET = "internet"
+
+
+def auth_supported(binary: str) -> bool:
+    """True once the binary has the auth flags (until then the auth checks are skipped)."""
+    return "--auth-mode" in role_help(binary, "gateway")
+
+
+@dataclass(frozen=True)
+class JwksTarget:
+    url: str
+    host: str
+    port: int
+    in_cluster: bool  # the host is one of the manifests' Services
+
+
+def jwks_target(env: dict[str, str], services: dict[str, dict], namespace: str) -> JwksTarget | None:
+    """Where a role with this env fetches its JWKS from, when auth is on with a JWKS_URL."""
+    if env.get("AUTH_MODE", "off") == "off" or not env.get("JWKS_URL"):
+        return None
+    u = urlsplit(env["JWKS_URL"])
+    host = u.hostname or ""
+    short = host.removesuffix(".svc.cluster.local").removesuffix(".svc").removesuffix(f".{namespace}")
+    return JwksTarget(env["JWKS_URL"], host, u.port or (443 if u.scheme == "https" else 80), short in services)
 
 
 # ---- environment of a container, resolved from the rendered objects ---------------------------
@@ -190,7 +255,12 @@ def static_checks(overlay: str, objs: list[dict], binary: str) -> None:
         role = c["args"][0]
         accepted = role_env_names(binary, role)
         unknown = sorted(set(env) - accepted)
+        if role == "gateway" and not auth_supported(binary) and set(unknown) & AUTH_ENV:
+            note(f"{where}: `platform gateway --help` lists no --auth-mode yet: env {sorted(set(unknown) & AUTH_ENV)} not checked against it")
+            unknown = [u for u in unknown if u not in AUTH_ENV]
         check(not unknown, f"{where}: env {unknown} is not read by `platform {role}` (it lists {sorted(accepted)})")
+        if role == "gateway":
+            auth_static_checks(overlay, where, env, by_kind(objs, "Service"), next(iter(by_kind(objs, "Namespace")), ""))
         pre_stop = c.get("lifecycle", {}).get("preStop", {})
         check("sleep" in pre_stop and "exec" not in pre_stop, f"{where}: preStop must be the native sleep (no shell in the image)")
         grace = pod.get("terminationGracePeriodSeconds", 30)
@@ -207,6 +277,21 @@ def static_checks(overlay: str, objs: list[dict], binary: str) -> None:
         check(n["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce") == "restricted", f"{overlay}: namespace does not enforce restricted")
 
 
+def auth_static_checks(overlay: str, where: str, env: dict[str, str], services: dict[str, dict], namespace: str) -> None:
+    mode = env.get("AUTH_MODE", "off")
+    check(mode in ("off", "writes", "all"), f"{where}: AUTH_MODE {mode!r} is not off/writes/all")
+    if overlay in EXPECTED_AUTH_MODE:
+        check(mode == EXPECTED_AUTH_MODE[overlay], f"{where}: AUTH_MODE is {mode}, expected {EXPECTED_AUTH_MODE[overlay]}")
+    if mode == "off":
+        return
+    check(bool(env.get("JWT_ISSUER")), f"{where}: AUTH_MODE {mode} without JWT_ISSUER")
+    check(bool(env.get("JWKS_URL")) != bool(env.get("JWKS_FILE")), f"{where}: AUTH_MODE {mode} needs exactly one of JWKS_URL / JWKS_FILE")
+    target = jwks_target(env, services, namespace)
+    if target and not target.in_cluster:
+        # Fetched across networks we do not control: a swapped key set would accept forged tokens.
+        check(target.url.startswith("https://"), f"{where}: JWKS_URL {target.url} outside the cluster must be https")
+
+
 # ---- 2. live run ------------------------------------------------------------------------------
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -219,14 +304,18 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
         return 0, ""
 
 
-def http(method: str, url: str, body: dict | None = None) -> tuple[int, str]:
+def http(method: str, url: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, str]:
+    return http_with_headers(method, url, body, headers)[:2]
+
+
+def http_with_headers(method: str, url: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, str, dict]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=3) as r:
-            return r.status, r.read().decode()
+            return r.status, r.read().decode(), dict(r.headers)
     except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+        return e.code, e.read().decode(), dict(e.headers)
 
 
 def wait_status(url: str, want: int, seconds: float) -> int:
@@ -257,6 +346,145 @@ def established(pids: dict[int, str]) -> set[tuple[str, int]]:
     return flows
 
 
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def openssl(*args: str, stdin: bytes | None = None) -> bytes:
+    return subprocess.run(["openssl", *args], input=stdin, check=True, capture_output=True).stdout
+
+
+def socket_owner(local_port: int, peer_port: int) -> int | None:
+    """Pid of the process whose established TCP socket goes from local_port to peer_port."""
+    out = subprocess.run(["ss", "-Htnp", "state", "established"], check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        cols = line.split()
+        if int(cols[2].rsplit(":", 1)[1]) == local_port and int(cols[3].rsplit(":", 1)[1]) == peer_port:
+            pid = re.search(r"pid=(\d+)", line)
+            if pid:
+                return int(pid.group(1))
+    return None
+
+
+class JwksStandIn:
+    """The identity provider of JWKS_URL, inside the sandbox: HTTPS on the URL's port under a
+    throwaway CA (for the gateway's JWKS_CA_FILE), serving one fresh key of the first allowed
+    algorithm it can make (ES256, EdDSA, RS256) on the URL's path, and signing tokens with it.
+    Records which process fetched the key set."""
+
+    KID = "manifest-check"
+    ALGORITHMS = ("ES256", "EdDSA", "RS256")
+
+    def __init__(self, work: Path, target: JwksTarget, algorithms: str):
+        self.target = target
+        allowed = [a.strip() for a in algorithms.split(",")]
+        self.alg = next((a for a in allowed if a in self.ALGORITHMS), "ES256")
+        check(self.alg in allowed, f"the JWKS stand-in makes only {self.ALGORITHMS} keys; JWT_ALGORITHMS is {algorithms}")
+        self.path = urlsplit(target.url).path or "/"
+        d = work / "jwks"
+        d.mkdir(parents=True)
+        self.ca = d / "ca.pem"
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        openssl("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(self.ca), "-days", "2",
+                "-subj", "/CN=check-manifests test CA",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        openssl("req", "-new", *ec, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"), "-subj", f"/CN={target.host}")
+        (d / "server.ext").write_text(f"basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                                      f"extendedKeyUsage=serverAuth\nsubjectAltName=DNS:{target.host}\n")
+        openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(self.ca), "-CAkey", str(d / "ca.key"),
+                "-set_serial", "2", "-days", "2", "-extfile", str(d / "server.ext"), "-out", str(d / "server.pem"))
+        self.signing_key = d / "signing.key"
+        jwk = {"alg": self.alg, "use": "sig", "kid": self.KID}
+        if self.alg == "ES256":
+            openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(self.signing_key))
+            point = openssl("pkey", "-in", str(self.signing_key), "-pubout", "-outform", "DER")[-64:]  # x || y
+            jwk |= {"kty": "EC", "crv": "P-256", "x": b64url(point[:32]), "y": b64url(point[32:])}
+        elif self.alg == "EdDSA":
+            openssl("genpkey", "-algorithm", "ed25519", "-out", str(self.signing_key))
+            jwk |= {"kty": "OKP", "crv": "Ed25519", "x": b64url(openssl("pkey", "-in", str(self.signing_key), "-pubout", "-outform", "DER")[-32:])}
+        else:
+            openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(self.signing_key))
+            modulus = openssl("rsa", "-in", str(self.signing_key), "-noout", "-modulus").decode().strip().split("=", 1)[1]
+            jwk |= {"kty": "RSA", "n": b64url(bytes.fromhex(modulus)), "e": "AQAB"}
+        self.jwks = json.dumps({"keys": [jwk]}).encode()
+        self.work = d
+        self.fetched_by: list[int | None] = []
+
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(d / "server.pem", d / "server.key")
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.split("?", 1)[0] != stand_in.path:
+                    self.send_error(404)
+                    return
+                stand_in.fetched_by.append(socket_owner(self.client_address[1], target.port))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Cache-Control", "max-age=300")
+                self.send_header("Content-Length", str(len(stand_in.jwks)))
+                self.end_headers()
+                self.wfile.write(stand_in.jwks)
+
+            def log_message(self, *args):
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def finish_request(self, request, client_address):
+                # The TLS handshake in the connection's own thread, not in the accept loop.
+                try:
+                    request = tls.wrap_socket(request, server_side=True)
+                except (ssl.SSLError, OSError):
+                    return
+                super().finish_request(request, client_address)
+                try:
+                    request.unwrap()  # close_notify before the close
+                except (ssl.SSLError, OSError):
+                    pass
+
+        self.server = Server(("127.0.0.1", target.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def token(self, env: dict[str, str]) -> str:
+        """A token the gateway configured by `env` accepts: its issuer, first audience, write scope."""
+        now = int(time.time())
+        claims = {"iss": env["JWT_ISSUER"], "sub": "check-manifests", "iat": now, "nbf": now, "exp": now + 300}
+        audiences = [a for a in env.get("JWT_AUDIENCES", "").split(",") if a.strip()]
+        if audiences:
+            claims["aud"] = audiences[0].strip()
+        if env.get("JWT_WRITE_SCOPE"):
+            claims["scope"] = env["JWT_WRITE_SCOPE"]
+        header = {"alg": self.alg, "typ": "JWT", "kid": self.KID}
+        signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+        if self.alg == "EdDSA":
+            (self.work / "signing-input").write_text(signing_input)
+            sig = openssl("pkeyutl", "-sign", "-rawin", "-inkey", str(self.signing_key), "-in", str(self.work / "signing-input"))
+        else:
+            sig = openssl("dgst", "-sha256", "-sign", str(self.signing_key), stdin=signing_input.encode())
+            if self.alg == "ES256":
+                sig = ecdsa_der_to_raw(sig)
+        return f"{signing_input}.{b64url(sig)}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def ecdsa_der_to_raw(der: bytes, size: int = 32) -> bytes:
+    """DER SEQUENCE { INTEGER r, INTEGER s } (openssl's ECDSA signature) → r || s (JWS)."""
+    i = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
+    out = b""
+    for _ in range(2):
+        assert der[i] == 0x02, "not an ECDSA signature"
+        n = der[i + 1]
+        out += der[i + 2:i + 2 + n].lstrip(b"\0").rjust(size, b"\0")
+        i += 2 + n
+    return out
+
+
 def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str, int]]:
     """Runs the manifests' containers; returns the outbound flows seen (src, dst service, port)."""
     secrets = Secrets.from_objects(objs)
@@ -265,13 +493,29 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
     work = Path(tempfile.mkdtemp(prefix=f"k8s-{overlay}-"))
     procs: list[subprocess.Popen] = []
     pids: dict[int, str] = {}
+    deployments = by_kind(objs, "Deployment")
+    envs = {name: container_env(objs, d["spec"]["template"]["spec"]["containers"][0], secrets, f"{overlay}/Deployment/{name}")
+            for name, d in deployments.items()}
+    # Roles that fetch a JWKS from outside the cluster: a stand-in provider serves it here.
+    targets = {name: t for name, e in envs.items() if (t := jwks_target(e, services, namespace)) and not t.in_cluster}
+    if targets and not auth_supported(binary):
+        note(f"{overlay}: `platform gateway --help` lists no --auth-mode yet: no JWKS stand-in, no token; "
+             f"the JWKS egress of {sorted(targets)} is checked from the manifest alone")
+        targets = {}
+    stand_ins: dict[str, JwksStandIn] = {}
+    service_ports = {p["port"] for s in services.values() for p in s["spec"]["ports"]}
     try:
         # Service names (short and FQDN) resolve to loopback: every Service port is distinct.
         hosts = ["127.0.0.1 localhost"]
         for svc in services:
             hosts.append(f"127.0.0.1 {svc} {svc}.{namespace} {svc}.{namespace}.svc {svc}.{namespace}.svc.cluster.local")
+        # So does the identity provider's host, its port served by the stand-in.
+        hosts += sorted({f"127.0.0.1 {t.host}" for t in targets.values()})
         (work / "hosts").write_text("\n".join(hosts) + "\n")
         subprocess.run(["mount", "--bind", str(work / "hosts"), "/etc/hosts"], check=True)
+        for name, t in targets.items():
+            check(t.port not in service_ports, f"{overlay}/{name}: JWKS_URL port {t.port} is also a Service port (the sandbox cannot tell them apart)")
+            stand_ins[name] = JwksStandIn(work / name, t, envs[name].get("JWT_ALGORITHMS", "ES256,EdDSA,RS256"))
 
         # Redis with the StatefulSet's own command line and config (dir moved to a temp dir).
         (sts,) = by_kind(objs, "StatefulSet").values()
@@ -301,45 +545,76 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
         check("NOAUTH" in noauth, f"{overlay}: redis answers without the password")
 
         # Users first (the gateway's readiness depends on it), then the gateway.
-        deployments = by_kind(objs, "Deployment")
         order = sorted(deployments, key=lambda n: 0 if n == "users" else 1)
         for name in order:
             pod = deployments[name]["spec"]["template"]["spec"]
             (c,) = pod["containers"]
-            env = container_env(objs, c, secrets, f"{overlay}/Deployment/{name}")
+            env = dict(envs[name])
             env["PATH"] = "/usr/bin:/bin"
+            stand_in = stand_ins.get(name)
+            if stand_in:
+                env["JWKS_CA_FILE"] = str(stand_in.ca)
             argv = [binary, *[expand(a, env) for a in c["args"]]]
             p = subprocess.Popen(argv, env=env, stdout=open(work / f"{name}.log", "w"), stderr=subprocess.STDOUT)
             procs.append(p)
             pids[p.pid] = name
+            # With auth on, ready means a key set is loaded: required when the stand-in serves it.
+            auth_on = env.get("AUTH_MODE", "off") != "off" and auth_supported(binary)
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 get = c[probe]["httpGet"]
                 url = f"http://127.0.0.1:{named_port(c, get['port'])}{get['path']}"
+                if probe == "readinessProbe" and auth_on and not stand_in:
+                    note(f"{overlay}/{name}: auth on without a stand-in provider: readiness not required")
+                    continue
                 status = wait_status(url, 200, 10)
                 check(status == 200, f"{overlay}/{name}: {probe} {url} answered {status} (log: {work / (name + '.log')})")
+                if probe == "readinessProbe" and stand_in:
+                    _, body = http_get(url)
+                    deps = json.loads(body or "{}").get("dependencies", {})
+                    check(deps.get("jwks") == "up", f"{overlay}/{name}: readiness dependencies {deps}, expected \"jwks\":\"up\"")
             ann = deployments[name]["spec"]["template"]["metadata"].get("annotations", {})
             check(ann.get("prometheus.io/scrape") == "true", f"{overlay}/{name}: no prometheus.io/scrape annotation")
             status, body = http_get(f"http://127.0.0.1:{ann.get('prometheus.io/port')}{ann.get('prometheus.io/path', '/metrics')}")
             check(status == 200 and "http_requests_total" in body, f"{overlay}/{name}: the annotated metrics endpoint answered {status}")
 
-        # Traffic through the gateway Service port: gateway → users → Redis, with the password.
+        # Traffic through the gateway Service port: gateway → users → Redis, with the password;
+        # with auth on, a write without a token is refused and the token of the stand-in passes.
         gw = services["gateway"]["spec"]["ports"][0]["port"]
-        status, body = http("POST", f"http://gateway:{gw}/api/users", {"name": "Manifest Check", "email": f"check-{overlay}@example.com"})
+        new_user = {"name": "Manifest Check", "email": f"check-{overlay}@example.com"}
+        auth = {}
+        if stand_in := stand_ins.get("gateway"):
+            status, body, headers = http_with_headers("POST", f"http://gateway:{gw}/api/users", new_user)
+            challenge = {k.lower(): v for k, v in headers.items()}.get("www-authenticate", "")
+            check(status == 401 and "authentication_required" in body and challenge.startswith("Bearer "),
+                  f"{overlay}: POST without a token answered {status} {body} (WWW-Authenticate: {challenge!r}), expected 401")
+            auth = {"Authorization": f"Bearer {stand_in.token(envs['gateway'])}"}
+        status, body = http("POST", f"http://gateway:{gw}/api/users", new_user, auth)
         check(status == 201, f"{overlay}: POST through the gateway answered {status} {body}")
         if status == 201:
             uid = json.loads(body)["id"]
-            status, _ = http("GET", f"http://gateway:{gw}/api/users/{uid}")
+            status, _ = http("GET", f"http://gateway:{gw}/api/users/{uid}", headers=auth)
             check(status == 200, f"{overlay}: GET through the gateway answered {status}")
         flows = established(pids)
 
-        # Map the remote ports back to Services.
+        # Map the remote ports back to Services (or to the provider outside).
         port_to_service = {p["port"]: name for name, s in services.items() if s["spec"].get("clusterIP") != "None" for p in s["spec"]["ports"]}
+        port_to_service.update({s.target.port: INTERNET for s in stand_ins.values()})
         seen = set()
         for role, port in flows:
             check(port in port_to_service, f"{overlay}: {role} connected to port {port}, which is no Service")
             seen.add((role, port_to_service.get(port, "?"), port))
+        # JWKS connections are short: the stand-in noted who opened each while it was open.
+        for name, stand_in in stand_ins.items():
+            check(bool(stand_in.fetched_by), f"{overlay}/{name}: never fetched {stand_in.target.url} (log: {work / (name + '.log')})")
+            for pid in stand_in.fetched_by:
+                check(pid in pids, f"{overlay}: {stand_in.target.url} fetched by pid {pid}, which is no role")
+                seen.add((pids.get(pid, "?"), INTERNET, stand_in.target.port))
+            print(f"{overlay}/{name}: JWKS fetched {len(stand_in.fetched_by)}x from the stand-in for {stand_in.target.url} "
+                  f"({stand_in.alg}); tokens signed with it were used for the traffic")
         return seen
     finally:
+        for stand_in in stand_ins.values():
+            stand_in.close()
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
         for p in reversed(procs):
@@ -358,10 +633,11 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
 @dataclass(frozen=True)
 class Peer:
     name: str
-    namespace: str
+    namespace: str  # "" outside the cluster: only an ipBlock can name it
     labels: tuple
     ns_labels: tuple
     ports: tuple = ()  # (name, port, protocol) of its containers
+    ip: str = ""
 
     def lab(self) -> dict:
         return dict(self.labels)
@@ -389,8 +665,22 @@ def selects(selector: dict | None, labels: dict) -> bool:
     return True
 
 
+def in_ip_block(ip: str, block: dict) -> bool:
+    """An ipBlock matches by address, pods' too: the conservative reading (CNIs differ on
+    whether pod traffic is matched by ipBlock), so `except` must keep the cluster out."""
+    if not ip:
+        return False
+    addr = ipaddress.ip_address(ip)
+    net = ipaddress.ip_network(block["cidr"])
+    return addr.version == net.version and addr in net and not any(
+        addr.version == ipaddress.ip_network(e).version and addr in ipaddress.ip_network(e) for e in block.get("except", []))
+
+
 def peer_matches(entry: dict, policy_ns: str, other: Peer) -> bool:
-    check("ipBlock" not in entry, "ipBlock peers are not modelled")
+    if "ipBlock" in entry:
+        return in_ip_block(other.ip, entry["ipBlock"])
+    if not other.namespace:
+        return False
     if "namespaceSelector" in entry:
         if not selects(entry["namespaceSelector"], other.ns_lab()):
             return False
@@ -440,15 +730,17 @@ def policy_checks(overlay: str, objs: list[dict], seen: set[tuple[str, str, int]
     policies = list(by_kind(objs, "NetworkPolicy").values())
     services = by_kind(objs, "Service")
 
+    # Pods get addresses from a typical pod range, so ipBlock rules are evaluated too.
+    pod_ips = (f"10.244.{i // 250}.{i % 250 + 2}" for i in range(1000))
     ours: dict[str, Peer] = {}
     for kind in ("Deployment", "StatefulSet"):
         for name, w in by_kind(objs, kind).items():
             tmpl = w["spec"]["template"]
             ports = tuple((p.get("name"), p["containerPort"], p.get("protocol", "TCP")) for c in tmpl["spec"]["containers"] for p in c.get("ports", []))
-            ours[name] = Peer(name, ns, tuple(sorted(tmpl["metadata"]["labels"].items())), tuple(sorted(ns_labels.items())), ports)
+            ours[name] = Peer(name, ns, tuple(sorted(tmpl["metadata"]["labels"].items())), tuple(sorted(ns_labels.items())), ports, next(pod_ips))
 
-    def outside(name, namespace, labels, ports=()):
-        return Peer(name, namespace, tuple(sorted(labels.items())), (("kubernetes.io/metadata.name", namespace),), ports)
+    def outside(name, namespace, labels, ports=(), ip=None):
+        return Peer(name, namespace, tuple(sorted(labels.items())), (("kubernetes.io/metadata.name", namespace),), ports, ip or next(pod_ips))
 
     peers = [
         *ours.values(),
@@ -457,9 +749,22 @@ def policy_checks(overlay: str, objs: list[dict], seen: set[tuple[str, str, int]
         outside("ingress-controller", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}),
         outside("stranger-elsewhere", "default", {"app": "stranger"}),
         outside("other-monitoring-pod", "monitoring", {"app.kubernetes.io/name": "grafana"}),
-        Peer("stranger-here", ns, (("app", "stranger"),), tuple(sorted(ns_labels.items()))),
+        Peer("stranger-here", ns, (("app", "stranger"),), tuple(sorted(ns_labels.items())), (), next(pod_ips)),
+        # Addresses an egress to "anywhere outside" must not include: the API server and a
+        # node (kind's node network), the cloud metadata endpoint.
+        outside("kube-apiserver", "kube-system", {"component": "kube-apiserver"}, (("https", 6443, "TCP"), ("https-svc", 443, "TCP")), "172.18.0.2"),
+        outside("node-kubelet", "kube-system", {"node": "worker"}, (("kubelet", 10250, "TCP"),), "192.168.10.2"),
+        Peer("cloud-metadata", "", (), (), (("http", 80, "TCP"),), "169.254.169.254"),
+        # Any public address: an identity provider's, whose addresses are unknown in advance.
+        Peer(INTERNET, "", (), (), (), "203.0.113.10"),
     ]
-    candidate_ports = sorted({(p, pr) for peer in peers for (_, p, pr) in peer.ports} | {(53, "UDP"), (53, "TCP"), (80, "TCP"), (443, "TCP")})
+    secrets = Secrets.from_objects(objs)
+    envs = {name: container_env(objs, w["spec"]["template"]["spec"]["containers"][0], secrets, f"{overlay}/{name}")
+            for name, w in by_kind(objs, "Deployment").items()}
+    jwks = {name: t for name, e in envs.items() if (t := jwks_target(e, services, ns))}
+    candidate_ports = sorted({(p, pr) for peer in peers for (_, p, pr) in peer.ports}
+                             | {(53, "UDP"), (53, "TCP"), (80, "TCP"), (443, "TCP")}
+                             | {(t.port, "TCP") for t in jwks.values()})
 
     allowed = set()
     for src in peers:
@@ -481,15 +786,17 @@ def policy_checks(overlay: str, objs: list[dict], seen: set[tuple[str, str, int]
         for wname, w in ours.items():
             if selects({"matchLabels": s["spec"]["selector"]}, w.lab()):
                 service_to_workload[sname] = wname
-    expected = {(src, service_to_workload[svc], port, "TCP") for (src, svc, port) in seen}
+    expected = {(src, service_to_workload.get(svc, svc), port, "TCP") for (src, svc, port) in seen}
     # Names the roles resolve: the hosts of their URLs, when not IP literals.
-    secrets = Secrets.from_objects(objs)
-    for name, w in by_kind(objs, "Deployment").items():
-        (c,) = w["spec"]["template"]["spec"]["containers"]
-        env = container_env(objs, c, secrets, f"{overlay}/{name}")
+    for name, env in envs.items():
         hosts = [re.sub(r"^[a-z]+://(?:[^@/]*@)?([^:/]+).*$", r"\1", v) for k, v in env.items() if k.endswith("_URL")]
         if any(not re.fullmatch(r"[\d.]+", h) for h in hosts):
             expected |= {(name, "kube-dns", 53, "UDP"), (name, "kube-dns", 53, "TCP")}
+    # The JWKS fetch with auth on (seen live when the binary has the flags; from the manifest
+    # always): to its Service's workload, or to the internet.
+    for name, t in jwks.items():
+        short = t.host.split(".")[0]
+        expected.add((name, service_to_workload[short] if t.in_cluster else INTERNET, t.port, "TCP"))
     # Prometheus scrapes each annotated port; the ingress controller reaches the entry point.
     for kind in ("Deployment", "StatefulSet"):
         for name, w in by_kind(objs, kind).items():
@@ -506,6 +813,9 @@ def policy_checks(overlay: str, objs: list[dict], seen: set[tuple[str, str, int]
     check(("gateway", "users", 3001) in {(a, b, p) for (a, b, p, _) in expected}, f"{overlay}: the gateway never connected to users")
     check(("users", "redis", 6379) in {(a, b, p) for (a, b, p, _) in expected}, f"{overlay}: users never connected to redis")
     print(f"{overlay}: {len(allowed)} flows allowed, all needed: " + ", ".join(f"{a}->{b}:{p}/{pr}" for a, b, p, pr in sorted(allowed)))
+    for name, t in sorted(jwks.items()):
+        if not t.in_cluster:
+            print(f"{overlay}: {INTERNET}:{t.port} is {name}'s JWKS_URL {t.url} (its addresses are unknown in advance)")
 
 
 def main() -> int:
