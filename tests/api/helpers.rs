@@ -386,6 +386,11 @@ impl Process {
     /// `platform all` on two free ports against `redis_url`: (process on the gateway's port,
     /// the users role's port).
     pub fn all(redis_url: &str) -> (Self, u16) {
+        Self::all_with(redis_url, &[])
+    }
+
+    /// `platform all` as `all`, with `envs` set (e.g. authentication settings).
+    pub fn all_with(redis_url: &str, envs: &[(&str, &str)]) -> (Self, u16) {
         let (gateway_port, users_port) = (free_port(), free_port());
         let (g, u) = (gateway_port.to_string(), users_port.to_string());
         let args = [
@@ -399,7 +404,7 @@ impl Process {
             "--redis-url",
             redis_url,
         ];
-        let process = Self::spawn(&args, &[], gateway_port);
+        let process = Self::spawn(&args, envs, gateway_port);
         wait_until(Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", users_port)).is_ok()
         });

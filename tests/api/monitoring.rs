@@ -243,6 +243,9 @@ async fn traffic(gateway: &Http, users: &Http, round: usize) {
     assert_eq!(users.get("/metrics").await.status, 200);
 }
 
+/// A JWK set with one ES256 key (RFC 7515 A.3's), for a gateway that verifies tokens.
+const STATIC_JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"static","alg":"ES256","use":"sig","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+
 #[test]
 fn the_promql_extractor_finds_metric_names_only() {
     let names = metric_names(
@@ -258,7 +261,15 @@ fn the_promql_extractor_finds_metric_names_only() {
 #[actix_web::test]
 async fn rules_and_dashboards_name_only_metrics_the_binary_exports() {
     let redis = RedisServer::start();
-    let (process, users_port) = Process::all(&redis.url());
+    // Token verification on (a key set, no mode that needs tokens): its series exist too.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, STATIC_JWKS).expect("write the key set");
+    let jwks = jwks.to_string_lossy().into_owned();
+    let (process, users_port) = Process::all_with(
+        &redis.url(),
+        &[("JWT_ISSUER", "https://issuer.test"), ("JWKS_FILE", &jwks)],
+    );
     let (gateway, users) = (Http::new(process.port), Http::new(users_port));
     traffic(&gateway, &users, 0).await;
     // A refused upstream call is the one series this traffic cannot make without a dead users
@@ -279,6 +290,10 @@ async fn rules_and_dashboards_name_only_metrics_the_binary_exports() {
         "process_resident_memory_bytes",
         "process_open_fds",
         "process_start_time_seconds",
+        "authentication_attempts_total",
+        "jwks_refresh_total",
+        "jwks_keys",
+        "jwks_last_success_timestamp_seconds",
     ] {
         assert!(
             known.contains(must),
@@ -292,7 +307,7 @@ async fn rules_and_dashboards_name_only_metrics_the_binary_exports() {
         .into_iter()
         .map(|e| ("alerts.yml".to_owned(), e))
         .collect();
-    assert_eq!(sources.len(), 7, "one expr per alert");
+    assert_eq!(sources.len(), 10, "one expr per alert");
     for (file, dashboard) in dashboards() {
         let exprs = dashboard_exprs(&dashboard);
         assert!(
@@ -347,7 +362,10 @@ fn every_alert_has_summary_description_and_a_runbook_section() {
             "RedisDown",
             "HPAMaxReplicas",
             "UpstreamErrors",
-            "RedisSlow"
+            "RedisSlow",
+            "JwksUnavailable",
+            "JwksStale",
+            "HighTokenRejectionRate"
         ]
     );
     for (name, block) in names.iter().zip(&blocks) {
@@ -459,7 +477,7 @@ async fn a_real_prometheus_scrapes_platform_all_and_computes_p99() {
     let mut round = 0;
     let (mut up, mut not_found, mut unmatched, mut p99, mut rules) = (false, false, false, None, 0);
     while Instant::now() < deadline
-        && !(up && not_found && unmatched && p99.is_some() && rules == 7)
+        && !(up && not_found && unmatched && p99.is_some() && rules == 10)
     {
         round += 1;
         traffic(&gateway, &users, round).await;
@@ -506,7 +524,7 @@ async fn a_real_prometheus_scrapes_platform_all_and_computes_p99() {
     let p99 = p99.expect("no p99 computed from http_request_duration_seconds_bucket");
     assert!(p99 < 10.0, "p99 {p99} s is outside the buckets");
     assert_eq!(
-        rules, 7,
-        "Prometheus did not load all 7 alert rules healthy"
+        rules, 10,
+        "Prometheus did not load all 10 alert rules healthy"
     );
 }
