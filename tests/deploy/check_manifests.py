@@ -27,10 +27,7 @@ JWKS_URL host resolves to loopback like the Services, an HTTPS server on its por
 given to the gateway as JWKS_CA_FILE, the one env the manifest does not give) serves a fresh
 key (ES256, or what JWT_ALGORITHMS allows), and the traffic carries a token signed with it for
 the manifest's JWT_ISSUER and first JWT_AUDIENCES. So the gateway must become ready (`"jwks":"up"`), refuse an anonymous write
-with 401, proxy the signed ones, and its JWKS connection is seen like any other. Until
-`platform gateway --help` lists --auth-mode, the auth env is exempt from the env-name check, the
-live run is as without auth (the binary ignores that env) and the JWKS flow is checked from the
-manifest alone; a note says so.
+with 401, proxy the signed ones, and its JWKS connection is seen like any other.
 
 Usage: check_manifests.py PLATFORM_BINARY [OVERLAY...]   (needs root or user namespaces,
 redis-server and kubectl; run by `make check-deploy`).
@@ -113,22 +110,10 @@ def role_env_names(binary: str, role: str) -> set[str]:
 
 # ---- the gateway's authentication -----------------------------------------------------------
 
-# The gateway's auth settings (issue 13's flags, each with its env var).
-AUTH_ENV = {
-    "AUTH_MODE", "JWT_ISSUER", "JWT_AUDIENCES", "JWT_ALGORITHMS", "JWKS_URL", "JWKS_FILE",
-    "JWKS_CA_FILE", "JWKS_REFRESH", "JWKS_MIN_REFETCH", "JWKS_TIMEOUT", "JWT_LEEWAY",
-    "JWT_MAX_LIFETIME", "JWT_COOKIE", "JWT_CLAIM_HEADERS", "JWT_FORWARD_TOKEN", "JWT_WRITE_SCOPE",
-    "AUTH_REALM",
-}
 # Dev keeps the seeds' clients working without a token; prod requires one on every /api request.
 EXPECTED_AUTH_MODE = {"dev": "off", "prod": "all"}
 # The policy model's stand-in for any address outside the cluster (TEST-NET-3).
 INTERNET = "internet"
-
-
-def auth_supported(binary: str) -> bool:
-    """True once the binary has the auth flags (until then the auth checks are skipped)."""
-    return "--auth-mode" in role_help(binary, "gateway")
 
 
 @dataclass(frozen=True)
@@ -255,9 +240,6 @@ def static_checks(overlay: str, objs: list[dict], binary: str) -> None:
         role = c["args"][0]
         accepted = role_env_names(binary, role)
         unknown = sorted(set(env) - accepted)
-        if role == "gateway" and not auth_supported(binary) and set(unknown) & AUTH_ENV:
-            note(f"{where}: `platform gateway --help` lists no --auth-mode yet: env {sorted(set(unknown) & AUTH_ENV)} not checked against it")
-            unknown = [u for u in unknown if u not in AUTH_ENV]
         check(not unknown, f"{where}: env {unknown} is not read by `platform {role}` (it lists {sorted(accepted)})")
         if role == "gateway":
             auth_static_checks(overlay, where, env, by_kind(objs, "Service"), next(iter(by_kind(objs, "Namespace")), ""))
@@ -498,10 +480,6 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
             for name, d in deployments.items()}
     # Roles that fetch a JWKS from outside the cluster: a stand-in provider serves it here.
     targets = {name: t for name, e in envs.items() if (t := jwks_target(e, services, namespace)) and not t.in_cluster}
-    if targets and not auth_supported(binary):
-        note(f"{overlay}: `platform gateway --help` lists no --auth-mode yet: no JWKS stand-in, no token; "
-             f"the JWKS egress of {sorted(targets)} is checked from the manifest alone")
-        targets = {}
     stand_ins: dict[str, JwksStandIn] = {}
     service_ports = {p["port"] for s in services.values() for p in s["spec"]["ports"]}
     try:
@@ -559,7 +537,7 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
             procs.append(p)
             pids[p.pid] = name
             # With auth on, ready means a key set is loaded: required when the stand-in serves it.
-            auth_on = env.get("AUTH_MODE", "off") != "off" and auth_supported(binary)
+            auth_on = env.get("AUTH_MODE", "off") != "off"
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 get = c[probe]["httpGet"]
                 url = f"http://127.0.0.1:{named_port(c, get['port'])}{get['path']}"
