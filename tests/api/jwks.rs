@@ -408,10 +408,7 @@ fn answer(mut stream: impl Read + Write, shared: &Shared) -> std::io::Result<()>
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, body, cache_control) = if method == "GET" && target == "/jwks.json" {
         shared.fetches.fetch_add(1, Ordering::SeqCst);
-        let a = shared
-            .answer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let a = shared.answer.lock().unwrap_or_else(PoisonError::into_inner);
         (a.status, a.body.clone(), a.cache_control.clone())
     } else {
         (404, json!({"error": "not_found"}).to_string(), None)
