@@ -154,6 +154,19 @@ pub fn wait_until(deadline: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Polls `check` until it is true or `deadline` passes (then panics, naming `what`), yielding
+/// to the test's runtime between tries: the in-process roles keep serving while it waits.
+pub async fn poll_until(deadline: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < deadline,
+            "{what}: not within {deadline:?}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// The users role running in this test's runtime, with its log captured.
 pub struct TestApp {
     pub http: Http,

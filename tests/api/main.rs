@@ -1,11 +1,13 @@
 //! Black-box tests of the users role: real Redis, real HTTP, one module per feature.
 
+mod auth;
 mod concurrency;
 mod faults;
 mod gateway;
 mod gateway_input;
 mod health;
 mod helpers;
+mod jwks;
 mod metrics;
 mod monitoring;
 mod process;
