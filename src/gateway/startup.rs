@@ -109,7 +109,7 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
                     async move { readiness.check(&client, &url).await }
                 }),
             );
-            if let Some(auth) = &auth {
+            if let Some(auth) = auth.as_ref().filter(|a| a.is_required()) {
                 // Down only until the first key set loads: the last good one serves after that.
                 let keys = auth.keys().clone();
                 ops = ops.check(ReadinessCheck::new("jwks", move || {

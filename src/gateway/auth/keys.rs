@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -76,6 +77,8 @@ enum Source {
 /// The key set, shared by every worker of the gateway.
 pub struct KeySet {
     current: RwLock<Option<Arc<Loaded>>>,
+    /// Counts the key sets loaded: a verification made with an older one is not reused.
+    version: AtomicU64,
     /// Counts finished fetch attempts: waiters for a refetch watch it.
     attempts: watch::Sender<u64>,
     refetch: mpsc::Sender<()>,
@@ -122,6 +125,7 @@ impl KeySet {
         let (refetch, requests) = mpsc::channel(1);
         let keys = Arc::new(Self {
             current: RwLock::new(None),
+            version: AtomicU64::new(0),
             attempts: watch::Sender::new(0),
             refetch,
             last_fetch: Mutex::new(None),
@@ -138,6 +142,11 @@ impl KeySet {
             log,
         );
         Ok((keys, task))
+    }
+
+    /// Which key set is current (it changes with every load).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// Whether a key set has loaded (readiness).
@@ -192,6 +201,7 @@ impl KeySet {
         if let Ok(mut current) = self.current.write() {
             *current = Some(Arc::new(set));
         }
+        self.version.fetch_add(1, Ordering::AcqRel);
         self.metrics.ok.increment(1);
         self.metrics.keys.set(count as f64);
         let now = SystemTime::now()

@@ -52,15 +52,23 @@ impl Auth {
         &self.keys
     }
 
+    /// Whether some request needs a token (the key set is then a readiness dependency).
+    pub fn is_required(&self) -> bool {
+        self.mode != AuthMode::Off
+    }
+
     pub fn forwards_token(&self) -> bool {
         self.forward_token
     }
 }
 
+/// A verified token, with the version of the key set it was verified with.
+type Cached = (u64, Rc<Verified>);
+
 /// One worker's side of authentication: its cache of verified tokens and its counters.
 pub struct WorkerAuth {
     auth: Arc<Auth>,
-    cache: RefCell<HashMap<Box<str>, Rc<Verified>>>,
+    cache: RefCell<HashMap<Box<str>, Cached>>,
     /// `authentication_attempts_total`, by `Reason::ALL`'s order.
     attempts: Vec<Counter>,
 }
@@ -139,10 +147,13 @@ impl WorkerAuth {
         Ok(Some(verified))
     }
 
-    /// A cached verification while the token has not expired, else a fresh one.
+    /// A cached verification while the token has not expired and the key set has not
+    /// changed (a removed key stops verifying), else a fresh one.
     async fn verified(&self, token: &str) -> Result<Rc<Verified>, Reason> {
         let now = token::now();
-        if let Some(hit) = self.cache.borrow().get(token)
+        let version = self.auth.keys.version();
+        if let Some((seen, hit)) = self.cache.borrow().get(token)
+            && *seen == version
             && now <= hit.expires
         {
             return Ok(hit.clone());
@@ -150,12 +161,13 @@ impl WorkerAuth {
         let verified = Rc::new(self.auth.checks.verify(token, &self.auth.keys).await?);
         let mut cache = self.cache.borrow_mut();
         if cache.len() >= CACHE_ENTRIES {
-            cache.retain(|_, v| now <= v.expires);
+            cache.retain(|_, (seen, v)| *seen == version && now <= v.expires);
             if cache.len() >= CACHE_ENTRIES {
                 cache.clear();
             }
         }
-        cache.insert(token.into(), verified.clone());
+        // The version read before verifying: a set loaded meanwhile makes this entry stale.
+        cache.insert(token.into(), (version, verified.clone()));
         Ok(verified)
     }
 }
