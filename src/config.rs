@@ -241,12 +241,7 @@ fn parse_algorithm(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
 }
 
 fn parse_jwks_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s).map_err(|e| e.to_string())?;
-    match url.scheme() {
-        "http" | "https" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
-        "http" | "https" => Err("the URL has no host".into()),
-        _ => Err("unsupported scheme: expected http:// or https://".into()),
-    }
+    url_with_scheme(s, &["http", "https"])
 }
 
 impl AuthSettings {
@@ -419,21 +414,25 @@ fn parse_log_level(s: &str) -> Result<slog::Level, String> {
 // The URL parsers' reasons never quote the URL, not even its scheme: a password pasted in
 // place of a URL would otherwise reach the error line (url's own reasons are fixed texts).
 fn parse_redis_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s).map_err(|e| e.to_string())?;
-    match url.scheme() {
-        "redis" | "rediss" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
-        "redis" | "rediss" => Err("the URL has no host".into()),
-        _ => Err("unsupported scheme: expected redis:// or rediss://".into()),
-    }
+    url_with_scheme(s, &["redis", "rediss"])
 }
 
 fn parse_http_url(s: &str) -> Result<Url, String> {
+    url_with_scheme(s, &["http"])
+}
+
+/// A URL with a host and one of `schemes`. The reason never quotes the value (it may hold a
+/// password): `url`'s own errors are fixed texts, and the scheme is not repeated.
+fn url_with_scheme(s: &str, schemes: &[&str]) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| e.to_string())?;
-    match url.scheme() {
-        "http" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
-        "http" => Err("the URL has no host".into()),
-        _ => Err("unsupported scheme: expected http://".into()),
+    if !schemes.contains(&url.scheme()) {
+        let expected: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+        return Err(format!("unsupported scheme: expected {}", expected.join(" or ")));
     }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".into());
+    }
+    Ok(url)
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
