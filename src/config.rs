@@ -250,19 +250,41 @@ impl AuthSettings {
         self.auth_mode != AuthMode::Off || self.jwks_url.is_some() || self.jwks_file.is_some()
     }
 
-    /// What a mode that needs tokens cannot run without.
+    /// What a mode that needs tokens cannot run without, and values no sane setup has.
     pub fn check(&self) -> Result<(), String> {
+        // Claim headers are stripped from every request, auth on or off.
+        self.check_claim_headers()?;
         if !self.is_on() {
             return Ok(());
         }
-        if self.jwt_issuer.as_deref().is_none_or(str::is_empty) {
+        if self
+            .jwt_issuer
+            .as_deref()
+            .is_none_or(|i| i.trim().is_empty())
+        {
             return Err("--jwt-issuer is required when tokens are verified".into());
         }
         if self.jwks_url.is_none() && self.jwks_file.is_none() {
             return Err("--jwks-url or --jwks-file is required when tokens are verified".into());
         }
+        if self.jwks_ca_file.is_some() && self.jwks_url.is_none() {
+            return Err("--jwks-ca-file applies to --jwks-url only".into());
+        }
         if self.jwt_algorithms.is_empty() {
             return Err("--jwt-algorithms is empty".into());
+        }
+        let day = Duration::from_secs(24 * 3600);
+        if self.jwks_min_refetch > day
+            || self.jwks_refresh > day
+            || self.jwks_timeout > Duration::from_secs(60)
+        {
+            return Err(
+                "--jwks-refresh and --jwks-min-refetch are at most 24h, --jwks-timeout at most 60s"
+                    .into(),
+            );
+        }
+        if self.jwt_leeway > Duration::from_secs(600) {
+            return Err("--jwt-leeway is at most 10m".into());
         }
         let quotable = |s: &str| {
             s.chars()
@@ -272,6 +294,48 @@ impl AuthSettings {
             return Err(
                 "--auth-realm and --jwt-write-scope must be printable ASCII without quotes".into(),
             );
+        }
+        let cookie_name = |c: &str| {
+            c.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+        };
+        if !self.jwt_cookie.as_deref().is_none_or(cookie_name) {
+            return Err("--jwt-cookie is not a cookie name".into());
+        }
+        Ok(())
+    }
+
+    /// A claim header may not be one the proxy or the HTTP framing owns, nor appear twice.
+    fn check_claim_headers(&self) -> Result<(), String> {
+        use actix_web::http::header;
+        let owned = [
+            header::AUTHORIZATION,
+            header::COOKIE,
+            header::HOST,
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            header::CONNECTION,
+            header::TE,
+            header::UPGRADE,
+            header::EXPECT,
+            header::FORWARDED,
+        ];
+        let mut seen: Vec<&actix_web::http::header::HeaderName> = Vec::new();
+        for ClaimHeader { header, .. } in &self.jwt_claim_headers {
+            let name = header.as_str();
+            if owned.contains(header)
+                || name.starts_with("x-forwarded-")
+                || name == "x-request-id"
+                || name == "keep-alive"
+            {
+                return Err(format!(
+                    "--jwt-claim-headers: {name} is set by the proxy itself"
+                ));
+            }
+            if seen.contains(&header) {
+                return Err(format!("--jwt-claim-headers: {name} is named twice"));
+            }
+            seen.push(header);
         }
         Ok(())
     }
@@ -427,7 +491,10 @@ fn url_with_scheme(s: &str, schemes: &[&str]) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| e.to_string())?;
     if !schemes.contains(&url.scheme()) {
         let expected: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
-        return Err(format!("unsupported scheme: expected {}", expected.join(" or ")));
+        return Err(format!(
+            "unsupported scheme: expected {}",
+            expected.join(" or ")
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err("the URL has no host".into());

@@ -1354,3 +1354,91 @@ async fn the_access_line_names_the_subject_and_no_log_line_holds_a_token() {
         );
     }
 }
+
+// ---- what an independent review found ------------------------------------------------------
+
+#[actix_web::test]
+async fn an_unknown_kid_whose_refetch_fails_is_a_503_not_an_invalid_token() {
+    let echo = FakeUpstream::start(Behaviour::Echo);
+    let mut jwks = JwksServer::http(&INITIAL_KEYS);
+    let gw = gateway("all", &echo.url(), &jwks, &["--jwks-min-refetch", "1s"]).await;
+    jwks.stop();
+    let_min_refetch_pass().await;
+    // The provider may have rotated to a key the gateway could not fetch: it cannot tell.
+    let rotated = Token::new(Key::Es256Next).sign();
+    assert_unavailable(&get(&gw, ECHO, &rotated).await);
+    // Known keys keep verifying meanwhile.
+    assert_eq!(
+        get(&gw, ECHO, &Token::new(Key::Es256).sign()).await.status,
+        200
+    );
+}
+
+#[actix_web::test]
+async fn a_late_iat_cannot_stretch_a_token_past_the_max_lifetime() {
+    let echo = FakeUpstream::start(Behaviour::Echo);
+    let jwks = JwksServer::http(&INITIAL_KEYS);
+    let gw = gateway("all", &echo.url(), &jwks, &["--jwt-max-lifetime", "1h"]).await;
+    // Valid for a year, claiming to be issued an hour before it expires.
+    let stretched = Token::new(Key::Es256)
+        .exp_in(365 * 24 * 3600)
+        .iat_in(365 * 24 * 3600 - 3600)
+        .sign();
+    let reply = get(&gw, ECHO, &stretched).await;
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    // Issued in the future beyond the leeway: not yet valid.
+    let future = Token::new(Key::Es256).iat_in(600).exp_in(1200).sign();
+    assert_invalid(&get(&gw, ECHO, &future).await, "token not yet valid");
+}
+
+#[actix_web::test]
+async fn a_token_without_a_subject_is_not_valid() {
+    let echo = FakeUpstream::start(Behaviour::Echo);
+    let jwks = JwksServer::http(&INITIAL_KEYS);
+    let gw = gateway("all", &echo.url(), &jwks, &[]).await;
+    let nobody = Token::new(Key::Es256).without("sub").sign();
+    assert_invalid(&get(&gw, ECHO, &nobody).await, "token not valid");
+}
+
+#[actix_web::test]
+async fn mode_writes_counts_every_unsafe_method_as_a_write() {
+    let echo = FakeUpstream::start(Behaviour::Echo);
+    let jwks = JwksServer::http(&INITIAL_KEYS);
+    let gw = gateway("writes", &echo.url(), &jwks, &[]).await;
+    for method in ["PROPPATCH", "PURGE"] {
+        assert_required(&request(&gw, method, ECHO, &[]).await);
+    }
+    assert_eq!(request(&gw, "OPTIONS", ECHO, &[]).await.status, 200);
+}
+
+#[actix_web::test]
+async fn the_named_cookie_twice_is_an_invalid_request() {
+    let echo = FakeUpstream::start(Behaviour::Echo);
+    let jwks = JwksServer::http(&INITIAL_KEYS);
+    let gw = gateway("all", &echo.url(), &jwks, &["--jwt-cookie", "session"]).await;
+    let token = Token::new(Key::Es256).sign();
+    let twice = cookie(format!("session={token}; session={token}"));
+    let reply = request(&gw, "GET", ECHO, &[twice]).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert_eq!(reply.body["error"], "invalid_request");
+}
+
+#[test]
+fn claim_headers_the_proxy_owns_are_refused_at_start() {
+    for mapping in [
+        "sub=Authorization",
+        "sub=X-Forwarded-For",
+        "sub=Host",
+        "sub=X-Request-ID",
+        "sub=X-User,scope=X-User",
+    ] {
+        let (code, _, stderr) =
+            crate::helpers::run_binary(&["gateway", "--jwt-claim-headers", mapping]);
+        assert_ne!(code, Some(0), "{mapping}");
+        assert_eq!(stderr.lines().count(), 1, "{mapping}: {stderr}");
+        assert!(
+            stderr.contains("--jwt-claim-headers"),
+            "{mapping}: {stderr}"
+        );
+    }
+}

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use actix_web::web;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use metrics::{Counter, Gauge, counter, gauge};
@@ -17,8 +18,9 @@ use tokio::sync::{mpsc, watch};
 use crate::config::AuthSettings;
 use crate::telemetry::metrics::Metrics;
 
-/// Longest a provider's `Cache-Control: max-age` may stretch the schedule.
-const MAX_AGE_CEILING: Duration = Duration::from_secs(24 * 3600);
+/// Longest a provider's `Cache-Control: max-age` may stretch the schedule: past two missed
+/// refreshes, JwksStale fires (30 min).
+const MAX_AGE_CEILING: Duration = Duration::from_secs(15 * 60);
 /// Longest wait between retries while a fetch keeps failing.
 const RETRY_CEILING: Duration = Duration::from_secs(30);
 /// How often a key file is looked at for changes.
@@ -69,6 +71,8 @@ pub enum Missing {
 enum Source {
     Url {
         url: String,
+        /// The URL as logs show it: no credentials, no query.
+        shown: String,
         ca_file: Option<PathBuf>,
     },
     File(PathBuf),
@@ -79,14 +83,29 @@ pub struct KeySet {
     current: RwLock<Option<Arc<Loaded>>>,
     /// Counts the key sets loaded: a verification made with an older one is not reused.
     version: AtomicU64,
-    /// Counts finished fetch attempts: waiters for a refetch watch it.
-    attempts: watch::Sender<u64>,
+    /// The finished fetch attempts and whether the last one loaded: waiters for a refetch
+    /// watch it.
+    attempts: watch::Sender<Attempts>,
     refetch: mpsc::Sender<()>,
-    /// When the last fetch started (rate limit of refetches).
-    last_fetch: Mutex<Option<Instant>>,
+    fetching: Mutex<Fetching>,
+    /// What the current set was loaded from: an unchanged document changes nothing.
+    fingerprint: Mutex<Option<u64>>,
     min_refetch: Duration,
     timeout: Duration,
     metrics: KeyMetrics,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Attempts {
+    finished: u64,
+    last_loaded: bool,
+}
+
+/// When the last fetch started (refetches are rate-limited) and whether one is under way.
+#[derive(Default)]
+struct Fetching {
+    started: Option<Instant>,
+    in_flight: bool,
 }
 
 struct KeyMetrics {
@@ -107,6 +126,7 @@ impl KeySet {
         let source = match (&settings.jwks_url, &settings.jwks_file) {
             (Some(url), _) => Source::Url {
                 url: url.to_string(),
+                shown: shown_url(url),
                 ca_file: settings.jwks_ca_file.clone(),
             },
             (None, Some(file)) => Source::File(file.clone()),
@@ -126,9 +146,10 @@ impl KeySet {
         let keys = Arc::new(Self {
             current: RwLock::new(None),
             version: AtomicU64::new(0),
-            attempts: watch::Sender::new(0),
+            attempts: watch::Sender::new(Attempts::default()),
             refetch,
-            last_fetch: Mutex::new(None),
+            fetching: Mutex::default(),
+            fingerprint: Mutex::new(None),
             min_refetch: settings.jwks_min_refetch,
             timeout: settings.jwks_timeout,
             metrics,
@@ -162,53 +183,118 @@ impl KeySet {
         }
     }
 
-    /// The key for a token's `kid`. A miss asks the provider again, at most once per
-    /// `--jwks-min-refetch` whatever the number of tokens (one fetch, every waiter wakes).
+    /// The key for a token's `kid`. A miss waits for the fetch under way, or asks for one:
+    /// at most one per `--jwks-min-refetch` whatever the number of tokens (every waiter wakes
+    /// when it ends). A refetch that failed leaves the gateway unable to tell (`NoKeys`).
     pub async fn find(&self, kid: Option<&str>) -> Result<Arc<Key>, Missing> {
         let missing = match self.lookup(kid) {
             Ok(key) => return Ok(key),
             Err(missing) => missing,
         };
         let mut finished = self.attempts.subscribe();
-        if !self.may_fetch() {
-            return Err(missing);
+        let (in_flight, may_start) = self
+            .fetching
+            .lock()
+            .map(|f| {
+                let may_start = f.started.is_none_or(|at| at.elapsed() >= self.min_refetch);
+                (f.in_flight, may_start)
+            })
+            .unwrap_or((false, false));
+        if !in_flight {
+            if !may_start {
+                return Err(missing);
+            }
+            // A full channel means a refetch is already asked for: wait for that one. A closed
+            // one means no task runs any more: nothing to wait for.
+            if let Err(mpsc::error::TrySendError::Closed(())) = self.refetch.try_send(()) {
+                return Err(missing);
+            }
         }
-        // A full channel means a refetch is already asked for: wait for that one.
-        let _ = self.refetch.try_send(());
-        let _ = tokio::time::timeout(
-            self.timeout + Duration::from_millis(500),
+        let waited = tokio::time::timeout(
+            self.timeout.saturating_add(Duration::from_millis(500)),
             finished.changed(),
         )
         .await;
-        self.lookup(kid)
+        let loaded = waited.is_ok() && finished.borrow().last_loaded;
+        match self.lookup(kid) {
+            Ok(key) => Ok(key),
+            Err(Missing::Unknown) if !loaded => Err(Missing::NoKeys),
+            Err(missing) => Err(missing),
+        }
     }
 
     fn may_fetch(&self) -> bool {
-        self.last_fetch
+        self.fetching
             .lock()
-            .map(|last| last.is_none_or(|at| at.elapsed() >= self.min_refetch))
+            .map(|f| f.started.is_none_or(|at| at.elapsed() >= self.min_refetch))
             .unwrap_or(false)
     }
 
     fn fetch_started(&self) {
-        if let Ok(mut last) = self.last_fetch.lock() {
-            *last = Some(Instant::now());
+        if let Ok(mut f) = self.fetching.lock() {
+            *f = Fetching {
+                started: Some(Instant::now()),
+                in_flight: true,
+            };
         }
     }
 
-    fn loaded(&self, set: Loaded) {
-        let count = set.len();
-        if let Ok(mut current) = self.current.write() {
-            *current = Some(Arc::new(set));
+    fn fetch_finished(&self, loaded: bool) {
+        if let Ok(mut f) = self.fetching.lock() {
+            f.in_flight = false;
         }
-        self.version.fetch_add(1, Ordering::AcqRel);
+        self.attempts.send_modify(|a| {
+            a.finished += 1;
+            a.last_loaded = loaded;
+        });
+    }
+
+    /// Wakes the waiters of a refetch that was not made (too soon after the last fetch).
+    fn nothing_fetched(&self) {
+        self.attempts.send_modify(|a| a.finished += 1);
+    }
+
+    /// A document fetched or read whole: the set it holds becomes current if it differs
+    /// from the one loaded (only then do cached verifications go stale).
+    fn loaded(&self, body: &[u8], set: Loaded) {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        body.hash(&mut hasher);
+        let fingerprint = hasher.finish();
+        let changed = self
+            .fingerprint
+            .lock()
+            .map(|mut seen| seen.replace(fingerprint) != Some(fingerprint))
+            .unwrap_or(true);
+        if changed || !self.is_loaded() {
+            let count = set.len();
+            if let Ok(mut current) = self.current.write() {
+                *current = Some(Arc::new(set));
+            }
+            self.version.fetch_add(1, Ordering::AcqRel);
+            self.metrics.keys.set(count as f64);
+        }
         self.metrics.ok.increment(1);
-        self.metrics.keys.set(count as f64);
+        self.confirmed();
+    }
+
+    /// The current set is known to be the provider's now (`jwks_last_success_timestamp_seconds`).
+    fn confirmed(&self) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         self.metrics.last_success.set(now.as_secs_f64());
     }
+}
+
+/// A URL as logs may show it: scheme, host, port and path; no credentials, no query.
+fn shown_url(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
 }
 
 /// The TLS settings of the JWKS client: the system's roots, and the operator's CA file.
@@ -256,7 +342,7 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<Arc<rustls::C
 
 /// Loads the key set, then keeps it fresh: on the schedule (a `Cache-Control: max-age` within
 /// bounds, else `--jwks-refresh`), on a refetch request, and with growing retries after a
-/// failure. A file is looked at every second and reloaded when it changed.
+/// failure. A file is read every second and its set loaded when the content changed.
 async fn refresh(
     keys: Arc<KeySet>,
     source: Source,
@@ -269,11 +355,12 @@ async fn refresh(
         awc::Client::builder()
             .connector(awc::Connector::new().rustls_0_23(tls).timeout(keys.timeout))
             .timeout(keys.timeout)
+            // A redirect could lead to plain http, where anyone on the path could add a key.
+            .disable_redirects()
             .finish()
     });
     let mut next = tokio::time::Instant::now();
     let mut failures: u32 = 0;
-    let mut seen_file: Option<(SystemTime, u64)> = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
@@ -282,57 +369,53 @@ async fn refresh(
                     return;
                 }
                 if !keys.may_fetch() {
-                    keys.attempts.send_modify(|n| *n += 1);
+                    keys.nothing_fetched();
                     continue;
                 }
             }
         }
+        keys.fetch_started();
         let outcome = match (&source, &client) {
-            (Source::Url { url, .. }, Some(client)) => {
-                keys.fetch_started();
-                Some(fetch(client, url, keys.timeout).await)
-            }
-            (Source::File(path), _) => {
-                let stamp = std::fs::metadata(path)
-                    .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())));
-                if stamp.is_some() && stamp == seen_file && keys.is_loaded() {
-                    None
-                } else {
-                    keys.fetch_started();
-                    seen_file = stamp;
-                    Some(read_file(path).map(|set| (set, None)))
-                }
-            }
-            (Source::Url { .. }, None) => None,
+            (Source::Url { url, shown, .. }, Some(client)) => fetch(client, url, keys.timeout)
+                .await
+                .map_err(|e| e.context(format!("GET {shown}"))),
+            (Source::File(path), _) => read_file(path).map(|(body, set)| (body, set, None)),
+            (Source::Url { .. }, None) => Err(anyhow::anyhow!("no HTTP client for the key set")),
         };
         let wait = match outcome {
-            None => FILE_POLL,
-            Some(Ok((set, max_age))) => {
+            Ok((body, set, max_age)) => {
+                if failures > 0 || !keys.is_loaded() {
+                    info!(log, "key set loaded"; "keys" => set.len());
+                }
                 failures = 0;
-                info!(log, "key set loaded"; "keys" => set.len());
-                keys.loaded(set);
+                keys.loaded(&body, set);
+                keys.fetch_finished(true);
                 match (&source, max_age) {
                     (Source::File(_), _) => FILE_POLL,
-                    (Source::Url { .. }, Some(age)) => age.clamp(keys.min_refetch, MAX_AGE_CEILING),
+                    (Source::Url { .. }, Some(age)) => age
+                        .max(keys.min_refetch)
+                        .min(MAX_AGE_CEILING.max(keys.min_refetch)),
                     (Source::Url { .. }, None) => every,
                 }
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 failures = failures.saturating_add(1);
                 keys.metrics.error.increment(1);
-                warn!(log, "key set not loaded; the last good one keeps serving";
-                    "error" => format!("{e:#}"), "has_keys" => keys.is_loaded());
+                keys.fetch_finished(false);
+                // A file that stays broken is polled every second: its warning once.
+                if failures == 1 || matches!(source, Source::Url { .. }) {
+                    warn!(log, "key set not loaded; the last good one keeps serving";
+                        "error" => format!("{e:#}"), "has_keys" => keys.is_loaded());
+                }
                 match &source {
                     Source::File(_) => FILE_POLL,
                     Source::Url { .. } => {
-                        let backoff = Duration::from_secs(1 << failures.min(5));
+                        let backoff = Duration::from_secs(1 << (failures - 1).min(5));
                         backoff.min(RETRY_CEILING).min(every)
                     }
                 }
             }
         };
-        keys.attempts.send_modify(|n| *n += 1);
         next = tokio::time::Instant::now() + wait;
     }
 }
@@ -342,16 +425,16 @@ async fn fetch(
     client: &awc::Client,
     url: &str,
     timeout: Duration,
-) -> anyhow::Result<(Loaded, Option<Duration>)> {
+) -> anyhow::Result<(web::Bytes, Loaded, Option<Duration>)> {
     let mut response = client
         .get(url)
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     anyhow::ensure!(
         response.status().is_success(),
-        "GET {url}: status {}",
+        "status {}",
         response.status()
     );
     let max_age = response
@@ -363,19 +446,24 @@ async fn fetch(
         .body()
         .limit(MAX_JWKS_BYTES)
         .await
-        .map_err(|e| anyhow::anyhow!("GET {url}: reading the body: {e}"))?;
-    Ok((parse(&body)?, max_age))
+        .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?;
+    let set = parse(&body)?;
+    Ok((body, set, max_age))
 }
 
-fn read_file(path: &std::path::Path) -> anyhow::Result<Loaded> {
-    let body =
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+fn read_file(path: &std::path::Path) -> anyhow::Result<(web::Bytes, Loaded)> {
+    use std::io::Read as _;
+    let mut body = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_JWKS_BYTES as u64 + 1).read_to_end(&mut body))
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
     anyhow::ensure!(
         body.len() <= MAX_JWKS_BYTES,
         "{} is too large",
         path.display()
     );
-    parse(&body)
+    let set = parse(&body)?;
+    Ok((body.into(), set))
 }
 
 /// The signing keys of a JWKS document; keys for other uses or of unknown types are skipped.

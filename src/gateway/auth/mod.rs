@@ -43,8 +43,12 @@ impl Auth {
             mode: settings.auth_mode,
             checks: Checks::new(settings),
             keys,
-            cookie: settings.jwt_cookie.clone(),
-            write_scope: settings.jwt_write_scope.clone(),
+            // An empty value (`JWT_COOKIE=` in a ConfigMap) means none, as leaving it out does.
+            cookie: settings.jwt_cookie.clone().filter(|c| !c.is_empty()),
+            write_scope: settings
+                .jwt_write_scope
+                .clone()
+                .filter(|s| !s.trim().is_empty()),
             forward_token: settings.jwt_forward_token,
             realm: settings.auth_realm.clone(),
         }
@@ -116,9 +120,10 @@ impl WorkerAuth {
 
     async fn check(&self, req: &HttpRequest) -> Result<Option<Rc<Verified>>, Reason> {
         let auth = &*self.auth;
-        let writes = matches!(
+        // Every method but the safe ones writes (RFC 9110 §9.2.1): an unknown one too.
+        let writes = !matches!(
             *req.method(),
-            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         );
         let required = match auth.mode {
             AuthMode::Off => false,

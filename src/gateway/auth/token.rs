@@ -97,7 +97,10 @@ pub fn credential<'a>(
         (Some(_), Some(_)) => return Err(Reason::MultipleCredentials),
         (Some(value), None) => Some(bearer(value).ok_or(Reason::Malformed)?),
     };
-    let from_cookie = cookie.and_then(|name| cookie_value(headers, name));
+    let from_cookie = match cookie {
+        Some(name) => cookie_value(headers, name)?,
+        None => None,
+    };
     match (bearer, from_cookie) {
         (Some(_), Some(_)) => Err(Reason::MultipleCredentials),
         (token, None) | (None, token) => Ok(token),
@@ -113,15 +116,20 @@ fn bearer(value: &HeaderValue) -> Option<&str> {
         .then_some(token)
 }
 
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+/// The named cookie's value; the same cookie twice is two credentials.
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Reason> {
+    let mut values = headers
         .get_all(header::COOKIE)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
+        .filter(|(key, _)| *key == name)
         .map(|(_, value)| value.trim_matches('"'))
-        .filter(|value| !value.is_empty())
+        .filter(|value| !value.is_empty());
+    match (values.next(), values.next()) {
+        (_, Some(_)) => Err(Reason::MultipleCredentials),
+        (value, None) => Ok(value),
+    }
 }
 
 /// What a verified token says.
@@ -207,12 +215,22 @@ impl Checks {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or(Reason::Invalid)?;
-        let lifetime = match claims.get("iat").and_then(Value::as_u64) {
-            Some(issued) => expires.saturating_sub(issued),
-            None => expires.saturating_sub(now()),
-        };
-        if lifetime > self.max_lifetime {
+        // A token issued in the future is not valid yet; one that claims a late `iat` cannot
+        // stretch its lifetime past the bound either (the lifetime counts from now at most).
+        let now = now();
+        let issued = claims.get("iat").and_then(Value::as_u64);
+        if issued.is_some_and(|iat| iat > now.saturating_add(self.validation.leeway)) {
+            return Err(Reason::NotYetValid);
+        }
+        let from = issued.map_or(now, |iat| iat.min(now));
+        if expires.saturating_sub(from) > self.max_lifetime {
             return Err(Reason::Lifetime);
+        }
+        // The subject is who the request is for (RFC 9068 requires it): one a header cannot
+        // carry would reach the upstream as nobody.
+        let subject = claims.get("sub").and_then(Value::as_str);
+        if subject.is_none_or(|s| HeaderValue::from_str(s).is_err()) {
+            return Err(Reason::Invalid);
         }
         Ok(self.verified(&claims, expires))
     }
@@ -337,6 +355,10 @@ mod tests {
                 &headers(&[("authorization", "Bearer a"), ("cookie", "session=b")]),
                 cookie
             ),
+            Err(Reason::MultipleCredentials)
+        );
+        assert_eq!(
+            credential(&headers(&[("cookie", "session=a; session=b")]), cookie),
             Err(Reason::MultipleCredentials)
         );
     }
