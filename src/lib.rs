@@ -5,6 +5,7 @@ pub mod allocator;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod redis;
 pub mod server;
 pub mod telemetry;
 pub mod timestamp;
