@@ -23,8 +23,30 @@ pub enum Role {
     Gateway(GatewaySettings),
     /// Run the users service (user CRUD over Redis).
     Users(UsersCommand),
-    /// Run the gateway and the users service in one process (local runs, small installs).
+    /// Run the auth service (OAuth 2.0 token endpoint, signing keys, JWKS).
+    Auth(AuthCommand),
+    /// Run the gateway, the users and the auth service in one process (local runs, small installs).
     All(AllSettings),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = false)]
+pub struct AuthCommand {
+    #[command(subcommand)]
+    pub task: Option<AuthTask>,
+    #[command(flatten)]
+    pub settings: AuthRoleSettings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthTask {
+    /// Write a new ES256 (P-256) signing key into DIR (mode 0600), named by time and key id.
+    GenerateKey {
+        /// The signing keys directory.
+        dir: std::path::PathBuf,
+    },
+    /// Read a client secret from stdin and print its Argon2id PHC hash (for the clients file).
+    HashSecret,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +126,69 @@ pub struct UsersSettings {
     pub port: u16,
     #[command(flatten)]
     pub redis: RedisSettings,
+}
+
+/// Settings of the auth role (`platform auth`); `AuthSettings` is the gateway's verification.
+#[derive(Debug, Clone, Args)]
+pub struct AuthRoleSettings {
+    #[command(flatten)]
+    pub common: CommonSettings,
+    /// Port of the auth service.
+    #[arg(long, env = "PORT", default_value_t = 3002, global = true)]
+    pub port: u16,
+    #[command(flatten)]
+    pub redis: RedisSettings,
+    #[command(flatten)]
+    pub tokens: TokenSettings,
+}
+
+/// What the auth role issues tokens with: identity, keys, clients, secret hashing.
+#[derive(Debug, Clone, Args)]
+pub struct TokenSettings {
+    /// The issuer (`iss`) as clients see it, e.g. http://127.0.0.1:3000/api/auth; required.
+    #[arg(long, env = "AUTH_ISSUER", global = true)]
+    pub issuer: Option<String>,
+    /// The audience (`aud`) of access tokens.
+    #[arg(
+        long,
+        env = "AUTH_AUDIENCE",
+        default_value = "platform-api",
+        global = true
+    )]
+    pub audience: String,
+    /// Lifetime of an access token.
+    #[arg(long, env = "ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_positive_duration, global = true)]
+    pub access_token_ttl: Duration,
+    /// Directory of ES256 private keys (PKCS#8 PEM, `*.pem`), e.g. a mounted Secret.
+    #[arg(long, env = "SIGNING_KEYS_DIR", global = true)]
+    pub signing_keys_dir: Option<std::path::PathBuf>,
+    /// How long a new key is published before it signs (at least the JWKS max-age, 300 s).
+    #[arg(long, env = "KEY_PUBLISH_DELAY", default_value = "300s", value_parser = humantime::parse_duration, global = true)]
+    pub key_publish_delay: Duration,
+    /// JSON file of OAuth clients: [{"client_id","secret_hash","scopes":[…]}], re-read on change.
+    #[arg(long, env = "CLIENTS_FILE", global = true)]
+    pub clients_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub argon2: Argon2Settings,
+}
+
+/// Argon2id cost of client secret hashes (OWASP's minimum by default).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Argon2Settings {
+    /// Argon2id memory cost in KiB.
+    #[arg(
+        long,
+        env = "ARGON2_MEMORY_KIB",
+        default_value_t = 19456,
+        global = true
+    )]
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations (time cost).
+    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = 2, global = true)]
+    pub argon2_iterations: u32,
+    /// Argon2id lanes (parallelism).
+    #[arg(long, env = "ARGON2_PARALLELISM", default_value_t = 1, global = true)]
+    pub argon2_parallelism: u32,
 }
 
 /// Settings of the gateway role.
@@ -427,7 +512,10 @@ fn url_with_scheme(s: &str, schemes: &[&str]) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| e.to_string())?;
     if !schemes.contains(&url.scheme()) {
         let expected: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
-        return Err(format!("unsupported scheme: expected {}", expected.join(" or ")));
+        return Err(format!(
+            "unsupported scheme: expected {}",
+            expected.join(" or ")
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err("the URL has no host".into());
@@ -610,6 +698,30 @@ mod tests {
     }
 
     #[test]
+    fn auth_defaults_match_the_design() {
+        let Ok(Cli {
+            role: Role::Auth(cmd),
+        }) = parse(&["auth"])
+        else {
+            panic!("auth must parse");
+        };
+        let tokens = &cmd.settings.tokens;
+        assert_eq!(cmd.settings.port, 3002);
+        assert_eq!(tokens.audience, "platform-api");
+        assert_eq!(tokens.access_token_ttl, Duration::from_secs(15 * 60));
+        assert_eq!(tokens.key_publish_delay, Duration::from_secs(300));
+        assert_eq!(tokens.argon2.argon2_memory_kib, 19456);
+        assert!(tokens.issuer.is_none() && cmd.task.is_none());
+        let Ok(Cli {
+            role: Role::Auth(cmd),
+        }) = parse(&["auth", "generate-key", "/keys"])
+        else {
+            panic!("generate-key must parse");
+        };
+        assert!(matches!(cmd.task, Some(AuthTask::GenerateKey { .. })));
+    }
+
+    #[test]
     fn bad_values_are_rejected() {
         assert!(parse(&["users", "--port", "70000"]).is_err());
         assert!(parse(&["users", "--redis-url", "http://x"]).is_err());
@@ -670,6 +782,8 @@ mod tests {
         for sub in all_commands(&cmd).into_iter().skip(1) {
             let path: Vec<&str> = match sub.get_name() {
                 "reindex" => vec!["users", "reindex"],
+                "generate-key" => vec!["auth", "generate-key"],
+                "hash-secret" => vec!["auth", "hash-secret"],
                 name => vec![name],
             };
             for flag in sub.get_arguments().filter_map(|a| a.get_long()) {

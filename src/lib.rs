@@ -2,6 +2,7 @@
 
 pub mod all;
 pub mod allocator;
+pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod http;
