@@ -202,6 +202,9 @@ pub struct GatewaySettings {
     /// Base URL of the users service.
     #[arg(long, env = "USER_SERVICE_URL", default_value = "http://127.0.0.1:3001", value_parser = parse_http_url)]
     pub users_url: Url,
+    /// Base URL of the auth service (`/api/auth…` is proxied to it).
+    #[arg(long, env = "AUTH_SERVICE_URL", default_value = "http://127.0.0.1:3002", value_parser = parse_http_url)]
+    pub auth_url: Url,
     #[command(flatten)]
     pub upstream: UpstreamSettings,
     #[command(flatten)]
@@ -373,12 +376,17 @@ pub struct AllSettings {
     /// Port of the users service.
     #[arg(long, env = "USERS_PORT", default_value_t = 3001)]
     pub users_port: u16,
+    /// Port of the auth service.
+    #[arg(long, env = "AUTH_PORT", default_value_t = 3002)]
+    pub auth_port: u16,
     #[command(flatten)]
     pub upstream: UpstreamSettings,
     #[command(flatten)]
     pub auth: AuthSettings,
     #[command(flatten)]
     pub redis: RedisSettings,
+    #[command(flatten)]
+    pub tokens: TokenSettings,
 }
 
 impl AllSettings {
@@ -390,24 +398,57 @@ impl AllSettings {
         }
     }
 
-    /// The gateway's settings once the users service listens on `users_port`.
-    pub fn gateway(&self, users_port: u16) -> GatewaySettings {
+    /// The auth role's settings; its issuer defaults to the gateway's `/api/auth` on loopback.
+    pub fn auth_role(&self) -> AuthRoleSettings {
+        let mut tokens = self.tokens.clone();
+        if tokens.issuer.is_none() {
+            tokens.issuer = Some(format!("http://127.0.0.1:{}/api/auth", self.gateway_port));
+        }
+        AuthRoleSettings {
+            common: self.common.clone(),
+            port: self.auth_port,
+            redis: self.redis.clone(),
+            tokens,
+        }
+    }
+
+    /// The gateway's settings once the users and auth services listen on their ports. Without
+    /// a key source of its own, and when the auth role has signing keys, the gateway verifies
+    /// tokens against the in-process auth role's JWKS, issuer and audience.
+    pub fn gateway(&self, users_port: u16, auth_port: u16) -> GatewaySettings {
         let host = match self.common.host {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        let users_url = Url::parse(&format!(
-            "http://{}/",
-            std::net::SocketAddr::new(host, users_port)
-        ))
-        .unwrap_or_else(|_| unreachable_url());
+        let url = |port: u16, path: &str| {
+            Url::parse(&format!(
+                "http://{}{path}",
+                std::net::SocketAddr::new(host, port)
+            ))
+            .unwrap_or_else(|_| unreachable_url())
+        };
+        let mut auth = self.auth.clone();
+        if auth.jwks_url.is_none()
+            && auth.jwks_file.is_none()
+            && self.tokens.signing_keys_dir.is_some()
+        {
+            auth.jwks_url = Some(url(auth_port, "/.well-known/jwks.json"));
+            let role = self.auth_role();
+            if auth.jwt_issuer.is_none() {
+                auth.jwt_issuer = role.tokens.issuer;
+            }
+            if auth.jwt_audiences.is_empty() {
+                auth.jwt_audiences = vec![role.tokens.audience];
+            }
+        }
         GatewaySettings {
             common: self.common.clone(),
             port: self.gateway_port,
-            users_url,
+            users_url: url(users_port, "/"),
+            auth_url: url(auth_port, "/"),
             upstream: self.upstream.clone(),
-            auth: self.auth.clone(),
+            auth,
         }
     }
 }
@@ -677,10 +718,12 @@ mod tests {
             panic!("all must parse");
         };
         assert_eq!((all.gateway_port, all.users().port), (3000, 4001));
-        assert_eq!(
-            all.gateway(4001).users_url.as_str(),
-            "http://127.0.0.1:4001/"
-        );
+        let gateway = all.gateway(4001, 4002);
+        assert_eq!(gateway.users_url.as_str(), "http://127.0.0.1:4001/");
+        assert_eq!(gateway.auth_url.as_str(), "http://127.0.0.1:4002/");
+        assert!(gateway.auth.jwks_url.is_none(), "no signing keys: no JWKS");
+        assert_eq!(all.auth_port, 3002);
+        assert_eq!(gw.auth_url.as_str(), "http://127.0.0.1:3002/");
         assert!(parse(&["gateway", "--users-url", "ftp://x"]).is_err());
         assert!(parse(&["gateway", "--upstream-timeout", "0s"]).is_err());
     }
@@ -698,7 +741,7 @@ mod tests {
     }
 
     #[test]
-    fn auth_defaults_match_the_design() {
+    fn auth_defaults_and_all_points_the_gateway_at_the_in_process_auth_role() {
         let Ok(Cli {
             role: Role::Auth(cmd),
         }) = parse(&["auth"])
@@ -719,6 +762,22 @@ mod tests {
             panic!("generate-key must parse");
         };
         assert!(matches!(cmd.task, Some(AuthTask::GenerateKey { .. })));
+        let Ok(Cli {
+            role: Role::All(all),
+        }) = parse(&["all", "--auth-port", "5002", "--signing-keys-dir", "/k"])
+        else {
+            panic!("all must parse");
+        };
+        let gateway = all.gateway(5001, 5002);
+        assert_eq!(
+            gateway.auth.jwks_url.map(String::from).as_deref(),
+            Some("http://127.0.0.1:5002/.well-known/jwks.json")
+        );
+        assert_eq!(
+            gateway.auth.jwt_issuer.as_deref(),
+            Some("http://127.0.0.1:3000/api/auth")
+        );
+        assert_eq!(gateway.auth.auth_mode, AuthMode::Off);
     }
 
     #[test]

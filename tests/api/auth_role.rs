@@ -1,5 +1,5 @@
 //! The auth role (`platform auth`): the client_credentials grant, its keys and their rotation,
-//! the JWKS and the tasks of the binary.
+//! the JWKS, the tasks of the binary, and the gateway in front of it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,8 +13,8 @@ use platform::config::Argon2Settings;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    BIN, Http, RedisServer, Reply, TestGateway, free_port, json_lines, poll_until, run_binary,
-    spawn_auth,
+    BIN, Http, Process, RedisServer, Reply, TestGateway, free_port, json_lines, poll_until,
+    run_binary, spawn_app, spawn_auth, spawn_gateway,
 };
 
 /// Cheaper than OWASP's parameters (the test binary is unoptimised), still measurable.
@@ -668,4 +668,185 @@ fn no_issuer_or_no_keys_directory_stops_the_start_with_one_line() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains(flag), "{stderr}");
     }
+}
+
+/// The gateway in front of the users and auth roles, verifying against the auth role's JWKS.
+async fn gateway_in_front(auth: &Fixture, users: &str) -> TestGateway {
+    let jwks = auth.url("/.well-known/jwks.json");
+    spawn_gateway(
+        users,
+        &[
+            "--auth-url",
+            &auth.address,
+            "--auth-mode",
+            "all",
+            "--jwks-url",
+            &jwks,
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-audiences",
+            "platform-api",
+            "--jwks-min-refetch",
+            "1s",
+        ],
+    )
+    .await
+}
+
+async fn post_user(gw: &Http, bearer: Option<&str>, email: &str) -> Reply {
+    let mut req = gw
+        .client
+        .post(gw.url("/api/users"))
+        .insert_header(("Content-Type", "application/json"));
+    if let Some(token) = bearer {
+        req = req.insert_header(("Authorization", format!("Bearer {token}")));
+    }
+    let body = json!({"name": "Ada", "email": email}).to_string();
+    gw.send(req, Some(&body)).await
+}
+
+#[actix_web::test]
+async fn a_token_from_the_gateways_api_auth_lets_a_write_through_and_rotation_needs_no_restart() {
+    let users = spawn_app().await;
+    let auth = fixture(&["--key-publish-delay", "1s"]).await;
+    let gw = gateway_in_front(&auth, &users.address).await;
+
+    assert_eq!(post_user(&gw, None, "a@example.com").await.status, 401);
+    let reply = token_request(
+        &gw,
+        "/api/auth/token",
+        GRANT,
+        Some(basic("reporting", SECRET)),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let first = reply.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    assert_eq!(
+        post_user(&gw, Some(&first), "a@example.com").await.status,
+        201
+    );
+    let wrong = token_request(
+        &gw,
+        "/api/auth/token",
+        GRANT,
+        Some(basic("reporting", "no")),
+    )
+    .await;
+    assert_eq!(
+        (wrong.status, wrong.body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    assert!(
+        wrong
+            .header("www-authenticate")
+            .is_some_and(|c| c.starts_with("Basic"))
+    );
+    let discovery = gw.get("/api/auth/.well-known/openid-configuration").await;
+    assert_eq!(
+        discovery.body["jwks_uri"],
+        format!("{ISSUER}/.well-known/jwks.json")
+    );
+
+    // A new key: once it signs, the gateway fetches it on its unknown kid, no restart.
+    keys::generate(auth.keys.path()).expect("a second key");
+    let mut rotated = String::new();
+    poll_until(Duration::from_secs(10), "the new key signs", async || {
+        let reply = token_request(
+            &gw,
+            "/api/auth/token",
+            GRANT,
+            Some(basic("reporting", SECRET)),
+        )
+        .await;
+        rotated = reply.body["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        kid_of(&rotated) != kid_of(&first)
+    })
+    .await;
+    let mut status = 0;
+    poll_until(
+        Duration::from_secs(5),
+        "the gateway accepts it",
+        async || {
+            status = post_user(&gw, Some(&rotated), &format!("{}@example.com", free_port()))
+                .await
+                .status;
+            status == 201
+        },
+    )
+    .await;
+    let logs = gw.logs.contents();
+    assert!(
+        !logs.contains(SECRET) && !logs.contains(&rotated),
+        "nothing secret in the gateway's log"
+    );
+    let metrics = gw.get("/metrics").await.text;
+    assert!(metrics.contains(r#"upstream_request_duration_seconds_count{service="auth",method="POST",status_code="200"}"#), "{metrics}");
+}
+
+#[test]
+fn platform_all_points_the_gateway_at_its_in_process_auth_role() {
+    let redis = RedisServer::start();
+    let keys = tempfile::tempdir().expect("temp dir");
+    keys::generate(keys.path()).expect("a key");
+    let clients = keys.path().join("clients.json");
+    let (json, _) = clients_json();
+    std::fs::write(&clients, json.to_string()).expect("clients file");
+    let auth_port = free_port().to_string();
+    let (dir, file) = (
+        keys.path().to_str().expect("utf-8"),
+        clients.to_str().expect("utf-8"),
+    );
+    let envs = [
+        ("AUTH_PORT", auth_port.as_str()),
+        ("SIGNING_KEYS_DIR", dir),
+        ("CLIENTS_FILE", file),
+        ("AUTH_MODE", "writes"),
+        ("ARGON2_MEMORY_KIB", "4096"),
+    ];
+    let (process, _) = Process::all_with(&redis.url(), &envs);
+    let gateway = process.url("");
+    let run = async move {
+        let http = Http::new(process.port);
+        let reply = token_request(
+            &http,
+            "/api/auth/token",
+            GRANT,
+            Some(basic("reporting", SECRET)),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let access = reply.body["access_token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        let claims = access
+            .split('.')
+            .nth(1)
+            .map(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c));
+        let claims: Value =
+            serde_json::from_slice(&claims.expect("claims").expect("base64")).expect("json");
+        assert_eq!(claims["iss"], format!("{gateway}/api/auth"));
+        let mut status = 0;
+        poll_until(
+            Duration::from_secs(10),
+            "the gateway has the auth role's keys",
+            async || {
+                status = post_user(&http, Some(&access), "all@example.com")
+                    .await
+                    .status;
+                status == 201
+            },
+        )
+        .await;
+        assert_eq!(post_user(&http, None, "none@example.com").await.status, 401);
+        let auth = Http::new(auth_port.parse().expect("port"));
+        assert_eq!(auth.get("/health").await.body["service"], "auth");
+    };
+    actix_web::rt::System::new().block_on(run);
 }
