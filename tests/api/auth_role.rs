@@ -229,6 +229,14 @@ async fn client_credentials_with_basic_or_body_auth_returns_an_rfc_9068_token_th
         (&json!("my:app"), &json!("users:read"))
     );
 
+    let line = auth
+        .auth
+        .access_line("/auth/token")
+        .expect("an access line");
+    assert_eq!(
+        (&line["status"], &line["sub"]),
+        (&json!(200), &json!("reporting"))
+    );
     let metrics = auth.get("/metrics").await.text;
     assert!(
         metrics.contains(r#"tokens_issued_total{grant="client_credentials"} 3"#),
