@@ -251,11 +251,16 @@ async fn client_credentials_with_basic_or_body_auth_returns_an_rfc_9068_token_th
 #[actix_web::test]
 async fn a_wrong_secret_and_an_unknown_client_get_the_same_401_in_at_least_the_hash_time() {
     let auth = fixture(&[]).await;
-    // What one verification costs here: neither answer may come faster.
-    let started = Instant::now();
-    let verifier = secrets::Verifier::new(&ARGON2, 1, metrics::Histogram::noop()).expect("ok");
-    let hash_time = started.elapsed();
-    assert!(!verifier.verify("x".into(), None).await);
+    // What one hash costs here at least (the fastest of three: a busy machine only adds):
+    // neither answer may come faster.
+    let hash_time = (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            secrets::hash(&ARGON2, b"x").expect("hashed");
+            started.elapsed()
+        })
+        .min()
+        .expect("three timings");
 
     let started = Instant::now();
     let wrong = token(&auth, GRANT, Some(basic("reporting", "wrong"))).await;
@@ -437,7 +442,7 @@ async fn a_new_key_is_published_at_once_and_signs_only_after_the_publish_delay()
         .find(|k| **k != first[0])
         .expect("new kid")
         .clone();
-    if added.elapsed() < Duration::from_millis(2500) {
+    if added.elapsed() < Duration::from_millis(1500) {
         assert_eq!(issued_kid().await, first[0], "published, not signing yet");
     }
     poll_until(Duration::from_secs(10), "the new key signs", async || {
