@@ -863,3 +863,46 @@ fn platform_all_points_the_gateway_at_its_in_process_auth_role() {
     };
     actix_web::rt::System::new().block_on(run);
 }
+
+#[actix_web::test]
+async fn a_flood_of_token_requests_waits_for_the_hasher_while_other_requests_are_answered() {
+    let auth = fixture(&[]).await;
+    // One worker, so one verification at a time; each of these costs tens of ms.
+    let heavy = Argon2Settings {
+        argon2_memory_kib: 32768,
+        argon2_iterations: 3,
+        argon2_parallelism: 1,
+    };
+    let hash = secrets::hash(&heavy, b"heavy-secret").expect("hashed");
+    let clients = json!([{"client_id": "heavy", "secret_hash": hash, "scopes": []}]);
+    std::fs::write(&auth.clients, clients.to_string()).expect("rewritten");
+    poll_until(
+        Duration::from_secs(5),
+        "the heavy client is known",
+        async || {
+            token(&auth, GRANT, Some(basic("heavy", "heavy-secret")))
+                .await
+                .status
+                == 200
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let flood = futures_util::future::join_all(
+        (0..12).map(|_| token(&auth, GRANT, Some(basic("heavy", "wrong")))),
+    );
+    let probe = async {
+        // Once the flood is queued, a probe is answered at once, not after it.
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        let probed = Instant::now();
+        assert_eq!(auth.get("/health/live").await.status, 200);
+        probed.elapsed()
+    };
+    let (replies, probe_time) = tokio::join!(flood, probe);
+    let flood_time = started.elapsed();
+    assert!(replies.iter().all(|r| r.status == 401));
+    assert!(
+        probe_time * 4 < flood_time,
+        "probe {probe_time:?}, flood {flood_time:?}"
+    );
+}
