@@ -906,3 +906,16 @@ async fn a_flood_of_token_requests_waits_for_the_hasher_while_other_requests_are
         "probe {probe_time:?}, flood {flood_time:?}"
     );
 }
+
+#[actix_web::test]
+async fn the_gateway_stays_ready_without_the_auth_role_and_answers_502_for_api_auth() {
+    let users = spawn_app().await;
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let gw = spawn_gateway(&users.address, &["--auth-url", &nowhere]).await;
+    let ready = gw.get("/health/ready").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let reply = token_request(&gw, "/api/auth/token", GRANT, Some(basic("a", "b"))).await;
+    let body = reply.assert_error(502, "upstream_unavailable");
+    assert_eq!(body["message"], "the auth service is unavailable");
+    assert_eq!(gw.get("/api/users").await.status, 200);
+}
