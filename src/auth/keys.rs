@@ -263,15 +263,17 @@ pub fn generate(dir: &Path) -> anyhow::Result<PathBuf> {
         key.kid
     );
     std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
-    let path = dir.join(name);
+    // Written under a hidden name, then renamed: a watcher never reads half a key.
+    let (path, partial) = (dir.join(&name), dir.join(format!(".{name}.partial")));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("failed to create {}", path.display()))?;
+        .open(&partial)
+        .with_context(|| format!("failed to create {}", partial.display()))?;
     file.write_all(pem.as_bytes())
         .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&partial, &path))
         .with_context(|| format!("failed to write {}", path.display()))?;
     Ok(path)
 }
