@@ -45,6 +45,9 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
     let log = logging::for_service(&log, SERVICE);
     let metrics = Metrics::new();
     let (issued, hash_duration) = metrics.register(|| {
+        for status in ["ok", "error"] {
+            let _ = histogram!(metrics::REDIS_DURATION, "operation" => "ping", "status" => status);
+        }
         (
             counter!(metrics::TOKENS_ISSUED, "grant" => CLIENT_CREDENTIALS),
             histogram!(metrics::PASSWORD_HASH_DURATION),

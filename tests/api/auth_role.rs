@@ -386,6 +386,10 @@ async fn the_jwks_and_the_discovery_document_are_served_at_the_root_and_under_au
     }
     let (x, y) = (key["x"].as_str().expect("x"), key["y"].as_str().expect("y"));
     assert_eq!(key["kid"], keys::thumbprint(x, y));
+    // RFC 7638 as jsonwebtoken computes it, independently of ours.
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.clone()).expect("a JWK");
+    let theirs = jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256);
+    assert_eq!(key["kid"].as_str(), theirs.ok().as_deref());
     assert!(key.get("d").is_none(), "never the private part");
     assert_eq!(
         auth.get("/auth/.well-known/jwks.json").await.body,
