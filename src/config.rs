@@ -23,8 +23,30 @@ pub enum Role {
     Gateway(GatewaySettings),
     /// Run the users service (user CRUD over Redis).
     Users(UsersCommand),
-    /// Run the gateway and the users service in one process (local runs, small installs).
+    /// Run the auth service (OAuth 2.0 token endpoint, signing keys, JWKS).
+    Auth(AuthCommand),
+    /// Run the gateway, the users and the auth service in one process (local runs, small installs).
     All(AllSettings),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = false)]
+pub struct AuthCommand {
+    #[command(subcommand)]
+    pub task: Option<AuthTask>,
+    #[command(flatten)]
+    pub settings: AuthRoleSettings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthTask {
+    /// Write a new ES256 (P-256) signing key into DIR (mode 0600), named by time and key id.
+    GenerateKey {
+        /// The signing keys directory.
+        dir: std::path::PathBuf,
+    },
+    /// Read a client secret from stdin and print its Argon2id PHC hash (for the clients file).
+    HashSecret,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +128,69 @@ pub struct UsersSettings {
     pub redis: RedisSettings,
 }
 
+/// Settings of the auth role (`platform auth`); `AuthSettings` is the gateway's verification.
+#[derive(Debug, Clone, Args)]
+pub struct AuthRoleSettings {
+    #[command(flatten)]
+    pub common: CommonSettings,
+    /// Port of the auth service.
+    #[arg(long, env = "PORT", default_value_t = 3002, global = true)]
+    pub port: u16,
+    #[command(flatten)]
+    pub redis: RedisSettings,
+    #[command(flatten)]
+    pub tokens: TokenSettings,
+}
+
+/// What the auth role issues tokens with: identity, keys, clients, secret hashing.
+#[derive(Debug, Clone, Args)]
+pub struct TokenSettings {
+    /// The issuer (`iss`) as clients see it, e.g. http://127.0.0.1:3000/api/auth; required.
+    #[arg(long, env = "AUTH_ISSUER", global = true)]
+    pub issuer: Option<String>,
+    /// The audience (`aud`) of access tokens.
+    #[arg(
+        long,
+        env = "AUTH_AUDIENCE",
+        default_value = "platform-api",
+        global = true
+    )]
+    pub audience: String,
+    /// Lifetime of an access token.
+    #[arg(long, env = "ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_positive_duration, global = true)]
+    pub access_token_ttl: Duration,
+    /// Directory of ES256 private keys (PKCS#8 PEM, `*.pem`), e.g. a mounted Secret.
+    #[arg(long, env = "SIGNING_KEYS_DIR", global = true)]
+    pub signing_keys_dir: Option<std::path::PathBuf>,
+    /// How long a new key is published before it signs (at least the JWKS max-age, 300 s).
+    #[arg(long, env = "KEY_PUBLISH_DELAY", default_value = "300s", value_parser = humantime::parse_duration, global = true)]
+    pub key_publish_delay: Duration,
+    /// JSON file of OAuth clients: [{"client_id","secret_hash","scopes":[…]}], re-read on change.
+    #[arg(long, env = "CLIENTS_FILE", global = true)]
+    pub clients_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub argon2: Argon2Settings,
+}
+
+/// Argon2id cost of client secret hashes (OWASP's minimum by default).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Argon2Settings {
+    /// Argon2id memory cost in KiB.
+    #[arg(
+        long,
+        env = "ARGON2_MEMORY_KIB",
+        default_value_t = 19456,
+        global = true
+    )]
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations (time cost).
+    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = 2, global = true)]
+    pub argon2_iterations: u32,
+    /// Argon2id lanes (parallelism).
+    #[arg(long, env = "ARGON2_PARALLELISM", default_value_t = 1, global = true)]
+    pub argon2_parallelism: u32,
+}
+
 /// Settings of the gateway role.
 #[derive(Debug, Clone, Args)]
 pub struct GatewaySettings {
@@ -117,6 +202,9 @@ pub struct GatewaySettings {
     /// Base URL of the users service.
     #[arg(long, env = "USER_SERVICE_URL", default_value = "http://127.0.0.1:3001", value_parser = parse_http_url)]
     pub users_url: Url,
+    /// Base URL of the auth service (`/api/auth…` is proxied to it).
+    #[arg(long, env = "AUTH_SERVICE_URL", default_value = "http://127.0.0.1:3002", value_parser = parse_http_url)]
+    pub auth_url: Url,
     #[command(flatten)]
     pub upstream: UpstreamSettings,
     #[command(flatten)]
@@ -352,12 +440,17 @@ pub struct AllSettings {
     /// Port of the users service.
     #[arg(long, env = "USERS_PORT", default_value_t = 3001)]
     pub users_port: u16,
+    /// Port of the auth service.
+    #[arg(long, env = "AUTH_PORT", default_value_t = 3002)]
+    pub auth_port: u16,
     #[command(flatten)]
     pub upstream: UpstreamSettings,
     #[command(flatten)]
     pub auth: AuthSettings,
     #[command(flatten)]
     pub redis: RedisSettings,
+    #[command(flatten)]
+    pub tokens: TokenSettings,
 }
 
 impl AllSettings {
@@ -369,24 +462,57 @@ impl AllSettings {
         }
     }
 
-    /// The gateway's settings once the users service listens on `users_port`.
-    pub fn gateway(&self, users_port: u16) -> GatewaySettings {
+    /// The auth role's settings; its issuer defaults to the gateway's `/api/auth` on loopback.
+    pub fn auth_role(&self) -> AuthRoleSettings {
+        let mut tokens = self.tokens.clone();
+        if tokens.issuer.is_none() {
+            tokens.issuer = Some(format!("http://127.0.0.1:{}/api/auth", self.gateway_port));
+        }
+        AuthRoleSettings {
+            common: self.common.clone(),
+            port: self.auth_port,
+            redis: self.redis.clone(),
+            tokens,
+        }
+    }
+
+    /// The gateway's settings once the users and auth services listen on their ports. Without
+    /// a key source of its own, and when the auth role has signing keys, the gateway verifies
+    /// tokens against the in-process auth role's JWKS, issuer and audience.
+    pub fn gateway(&self, users_port: u16, auth_port: u16) -> GatewaySettings {
         let host = match self.common.host {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        let users_url = Url::parse(&format!(
-            "http://{}/",
-            std::net::SocketAddr::new(host, users_port)
-        ))
-        .unwrap_or_else(|_| unreachable_url());
+        let url = |port: u16, path: &str| {
+            Url::parse(&format!(
+                "http://{}{path}",
+                std::net::SocketAddr::new(host, port)
+            ))
+            .unwrap_or_else(|_| unreachable_url())
+        };
+        let mut auth = self.auth.clone();
+        if auth.jwks_url.is_none()
+            && auth.jwks_file.is_none()
+            && self.tokens.signing_keys_dir.is_some()
+        {
+            auth.jwks_url = Some(url(auth_port, "/.well-known/jwks.json"));
+            let role = self.auth_role();
+            if auth.jwt_issuer.is_none() {
+                auth.jwt_issuer = role.tokens.issuer;
+            }
+            if auth.jwt_audiences.is_empty() {
+                auth.jwt_audiences = vec![role.tokens.audience];
+            }
+        }
         GatewaySettings {
             common: self.common.clone(),
             port: self.gateway_port,
-            users_url,
+            users_url: url(users_port, "/"),
+            auth_url: url(auth_port, "/"),
             upstream: self.upstream.clone(),
-            auth: self.auth.clone(),
+            auth,
         }
     }
 }
@@ -656,10 +782,12 @@ mod tests {
             panic!("all must parse");
         };
         assert_eq!((all.gateway_port, all.users().port), (3000, 4001));
-        assert_eq!(
-            all.gateway(4001).users_url.as_str(),
-            "http://127.0.0.1:4001/"
-        );
+        let gateway = all.gateway(4001, 4002);
+        assert_eq!(gateway.users_url.as_str(), "http://127.0.0.1:4001/");
+        assert_eq!(gateway.auth_url.as_str(), "http://127.0.0.1:4002/");
+        assert!(gateway.auth.jwks_url.is_none(), "no signing keys: no JWKS");
+        assert_eq!(all.auth_port, 3002);
+        assert_eq!(gw.auth_url.as_str(), "http://127.0.0.1:3002/");
         assert!(parse(&["gateway", "--users-url", "ftp://x"]).is_err());
         assert!(parse(&["gateway", "--upstream-timeout", "0s"]).is_err());
     }
@@ -674,6 +802,46 @@ mod tests {
         };
         assert!(matches!(cmd.task, Some(UsersTask::Reindex)));
         assert_eq!(cmd.settings.redis.redis_url.port(), Some(6380));
+    }
+
+    #[test]
+    fn auth_defaults_and_all_points_the_gateway_at_the_in_process_auth_role() {
+        let Ok(Cli {
+            role: Role::Auth(cmd),
+        }) = parse(&["auth"])
+        else {
+            panic!("auth must parse");
+        };
+        let tokens = &cmd.settings.tokens;
+        assert_eq!(cmd.settings.port, 3002);
+        assert_eq!(tokens.audience, "platform-api");
+        assert_eq!(tokens.access_token_ttl, Duration::from_secs(15 * 60));
+        assert_eq!(tokens.key_publish_delay, Duration::from_secs(300));
+        assert_eq!(tokens.argon2.argon2_memory_kib, 19456);
+        assert!(tokens.issuer.is_none() && cmd.task.is_none());
+        let Ok(Cli {
+            role: Role::Auth(cmd),
+        }) = parse(&["auth", "generate-key", "/keys"])
+        else {
+            panic!("generate-key must parse");
+        };
+        assert!(matches!(cmd.task, Some(AuthTask::GenerateKey { .. })));
+        let Ok(Cli {
+            role: Role::All(all),
+        }) = parse(&["all", "--auth-port", "5002", "--signing-keys-dir", "/k"])
+        else {
+            panic!("all must parse");
+        };
+        let gateway = all.gateway(5001, 5002);
+        assert_eq!(
+            gateway.auth.jwks_url.map(String::from).as_deref(),
+            Some("http://127.0.0.1:5002/.well-known/jwks.json")
+        );
+        assert_eq!(
+            gateway.auth.jwt_issuer.as_deref(),
+            Some("http://127.0.0.1:3000/api/auth")
+        );
+        assert_eq!(gateway.auth.auth_mode, AuthMode::Off);
     }
 
     #[test]
@@ -737,6 +905,8 @@ mod tests {
         for sub in all_commands(&cmd).into_iter().skip(1) {
             let path: Vec<&str> = match sub.get_name() {
                 "reindex" => vec!["users", "reindex"],
+                "generate-key" => vec!["auth", "generate-key"],
+                "hash-secret" => vec!["auth", "hash-secret"],
                 name => vec![name],
             };
             for flag in sub.get_arguments().filter_map(|a| a.get_long()) {

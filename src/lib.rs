@@ -2,9 +2,11 @@
 
 pub mod all;
 pub mod allocator;
+pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod redis;
 pub mod server;
 pub mod telemetry;
 pub mod timestamp;

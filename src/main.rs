@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
-use platform::config::{self, CommonSettings, Role, UsersTask};
+use platform::config::{self, AuthTask, CommonSettings, Role, UsersTask};
 use platform::telemetry::logging;
-use platform::{all, gateway, users};
+use platform::{all, auth, gateway, users};
 
 /// mimalloc instead of glibc's malloc: a proxied request allocates and frees a few dozen
 /// small objects across threads; glibc spent ~10 % of the gateway's CPU on them.
@@ -17,6 +17,7 @@ async fn main() -> ExitCode {
     let (process, common): (&'static str, &CommonSettings) = match &cli.role {
         Role::Gateway(s) => (gateway::SERVICE, &s.common),
         Role::Users(cmd) => (users::SERVICE, &cmd.settings.common),
+        Role::Auth(cmd) => (auth::SERVICE, &cmd.settings.common),
         Role::All(s) => ("all", &s.common),
     };
     // Dropped at the end of main: flushes the last log lines.
@@ -32,6 +33,14 @@ async fn main() -> ExitCode {
                 Err(e) => Err(e),
             },
             Some(UsersTask::Reindex) => users::reindex::run(&cmd.settings, &log).await,
+        },
+        Role::Auth(cmd) => match cmd.task {
+            None => match auth::build(&cmd.settings, log) {
+                Ok(app) => app.run_until_stopped().await,
+                Err(e) => Err(e),
+            },
+            Some(AuthTask::GenerateKey { dir }) => auth::tasks::generate_key(&dir),
+            Some(AuthTask::HashSecret) => auth::tasks::hash_secret(&cmd.settings.tokens.argon2),
         },
         Role::All(settings) => all::run(&settings, log).await,
     };

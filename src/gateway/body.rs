@@ -13,7 +13,6 @@ use actix_web::http::Method;
 use actix_web::web;
 use futures_util::{Stream, StreamExt};
 
-use super::upstream::SERVICE;
 use crate::http::body::Declared;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::observe::Observer;
@@ -109,14 +108,21 @@ pub fn limited(
 /// One exchange with the upstream; `end` records `upstream_request_duration_seconds`.
 pub struct Exchange {
     observer: Rc<Observer>,
+    service: &'static str,
     method: Method,
     started: Instant,
 }
 
 impl Exchange {
-    pub fn new(observer: Rc<Observer>, method: Method, started: Instant) -> Self {
+    pub fn new(
+        observer: Rc<Observer>,
+        service: &'static str,
+        method: Method,
+        started: Instant,
+    ) -> Self {
         Self {
             observer,
+            service,
             method,
             started,
         }
@@ -124,7 +130,7 @@ impl Exchange {
 
     pub fn end(self, status: u16) {
         self.observer.metrics.record_upstream(
-            SERVICE,
+            self.service,
             &self.method,
             status,
             self.started.elapsed(),

@@ -13,19 +13,30 @@ use awc::{Client, ClientResponse};
 
 use super::auth::WorkerAuth;
 use super::body::{self, Exchange, Inbound, Outbound, UpstreamBody};
-use super::upstream::{self, Identity, Upstream};
+use super::route::Service;
+use super::upstream::{Identity, Upstream};
 use super::{request_filter, response_filter, route};
 use crate::http::body::Declared;
 use crate::http::error::ApiError;
 use crate::http::observe::{Observer, RouteLabel, Subject};
 use crate::http::request_id::RequestId;
 
-/// What a worker proxies with: its own pooled client (awc is `!Send`), the upstream, and its
+/// What a worker proxies with: its own pooled client (awc is `!Send`), the upstreams, and its
 /// side of authentication when tokens are verified.
 pub struct Proxy {
     pub client: Client,
-    pub upstream: Upstream,
+    pub users: Upstream,
+    pub auth_service: Upstream,
     pub auth: Option<WorkerAuth>,
+}
+
+impl Proxy {
+    fn upstream(&self, service: Service) -> &Upstream {
+        match service {
+            Service::Users => &self.users,
+            Service::Auth => &self.auth_service,
+        }
+    }
 }
 
 /// The app's default service: every path its own routes (`/health/*`, `/metrics`) do not take.
@@ -36,13 +47,19 @@ pub async fn proxy(
     id: RequestId,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let deadline = started + proxy.upstream.timeout;
 
-    let label = route::route(req.path())?;
-    req.extensions_mut().insert(RouteLabel(label));
+    let route = route::route(req.path())?;
+    req.extensions_mut().insert(RouteLabel(route.label));
+    let upstream = proxy.upstream(route.service);
+    let deadline = started + upstream.timeout;
 
-    let admitted =
-        request_filter::filter(&req, proxy.upstream.max_body, proxy.auth.as_ref()).await?;
+    // The auth service authenticates its own clients (HTTP Basic, client secrets) and hands
+    // out the tokens: its routes never need one, and their `Authorization` is not a bearer's.
+    let auth = match route.service {
+        Service::Users => proxy.auth.as_ref(),
+        Service::Auth => None,
+    };
+    let admitted = request_filter::filter(&req, upstream.max_body, auth).await?;
     let identity = admitted.identity.as_deref().map(|verified| {
         if let Some(subject) = &verified.subject {
             req.extensions_mut().insert(Subject(subject.clone()));
@@ -56,11 +73,16 @@ pub async fn proxy(
         }
     });
 
-    let exchange = Exchange::new(Observer::of(&req).clone(), req.method().clone(), started);
+    let exchange = Exchange::new(
+        Observer::of(&req).clone(),
+        upstream.service,
+        req.method().clone(),
+        started,
+    );
     let sent = match admitted.declared {
         None => {
-            let target = proxy.upstream.target(req.uri())?;
-            let sent = proxy.upstream.send(
+            let target = upstream.target(req.uri())?;
+            let sent = upstream.send(
                 &req,
                 target,
                 &proxy.client,
@@ -68,10 +90,11 @@ pub async fn proxy(
                 identity.as_ref(),
                 deadline,
             );
-            sent.await.map_err(upstream::failure)
+            sent.await.map_err(|e| upstream.failure(e))
         }
         Some(declared) => {
-            send_with_body(&req, payload, declared, &proxy, &id, identity.as_ref()).await
+            let to = (&proxy.client, upstream);
+            send_with_body(&req, payload, declared, to, &id, identity.as_ref()).await
         }
     };
     let response = match sent.and_then(|res| Ok((response_filter::filter(&res)?, res))) {
@@ -89,18 +112,18 @@ async fn send_with_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     declared: Declared,
-    proxy: &Proxy,
+    (client, upstream): (&Client, &Upstream),
     id: &RequestId,
     identity: Option<&Identity<'_>>,
 ) -> Result<ClientResponse, ApiError> {
-    let Proxy {
-        client, upstream, ..
-    } = proxy;
     let ahead = body::read_ahead(&mut payload, declared, upstream.max_body).await?;
     let request = upstream.request(req, upstream.target(req.uri())?, client, id, identity);
     let ahead = match ahead {
         Outbound::Whole(body) => {
-            return request.send_body(body).await.map_err(upstream::failure);
+            return request
+                .send_body(body)
+                .await
+                .map_err(|e| upstream.failure(e));
         }
         Outbound::Streamed(ahead) => ahead,
     };
@@ -112,7 +135,7 @@ async fn send_with_body(
     };
     sent.map_err(|e| {
         let fault = inbound.get().fault(upstream.max_body);
-        fault.unwrap_or_else(|| upstream::failure(e))
+        fault.unwrap_or_else(|| upstream.failure(e))
     })
 }
 

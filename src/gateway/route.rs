@@ -1,20 +1,46 @@
-//! Stage 1, route: which requests the gateway proxies, and the route label each is counted under.
+//! Stage 1, route: which requests the gateway proxies, to which upstream, and the route label
+//! each is counted under.
 
 use crate::http::error::ApiError;
 
-/// The path prefix the gateway serves the users API under.
+/// The path prefix the gateway serves the APIs under.
 pub const PREFIX: &str = "/api";
-/// Everything under this path is proxied.
-pub const ROOT: &str = "/api/users";
+/// Everything under this path goes to the users service.
+pub const USERS_ROOT: &str = "/api/users";
+/// Everything under this path goes to the auth service.
+pub const AUTH_ROOT: &str = "/api/auth";
 
-/// The route label of a proxied path: `/api/users` and `/api/users/…`; any other path is a 404.
-/// A prefix check, not an actix scope, which would cost a routing layer on every request.
-pub fn route(path: &str) -> Result<&'static str, ApiError> {
-    match path.strip_prefix(ROOT) {
-        Some("") => Ok(ROOT),
-        Some(rest) if rest.starts_with('/') => Ok("/api/users/{tail}"),
-        _ => Err(ApiError::not_found()),
-    }
+/// The upstream service a request goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Users,
+    Auth,
+}
+
+/// Where a request goes and its route label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub service: Service,
+    pub label: &'static str,
+}
+
+/// `/api/users…` to users, `/api/auth…` to auth; any other path is a 404. Prefix checks, not
+/// actix scopes, which would cost a routing layer on every request.
+pub fn route(path: &str) -> Result<Route, ApiError> {
+    let tree = |root: &'static str, tail: &'static str, service| match path.strip_prefix(root) {
+        Some("") => Some(Route {
+            service,
+            label: root,
+        }),
+        Some(rest) if rest.starts_with('/') => Some(Route {
+            service,
+            label: tail,
+        }),
+        _ => None,
+    };
+    tree(USERS_ROOT, "/api/users/{tail}", Service::Users)
+        .or_else(|| tree(AUTH_ROOT, "/api/auth/{tail}", Service::Auth))
+        .ok_or_else(ApiError::not_found)
 }
 
 #[cfg(test)]
@@ -22,11 +48,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_users_tree_is_routed() {
-        assert_eq!(route("/api/users").ok(), Some(ROOT));
-        assert_eq!(route("/api/users/").ok(), Some("/api/users/{tail}"));
-        assert_eq!(route("/api/users/1/x").ok(), Some("/api/users/{tail}"));
-        for other in ["/api/usersx", "/api/user", "/api", "/", "/users"] {
+    fn only_the_users_and_auth_trees_are_routed() {
+        let label = |path| route(path).ok().map(|r| (r.service, r.label));
+        assert_eq!(label("/api/users"), Some((Service::Users, USERS_ROOT)));
+        assert_eq!(
+            label("/api/users/"),
+            Some((Service::Users, "/api/users/{tail}"))
+        );
+        assert_eq!(
+            label("/api/users/1/x"),
+            Some((Service::Users, "/api/users/{tail}"))
+        );
+        assert_eq!(label("/api/auth"), Some((Service::Auth, AUTH_ROOT)));
+        assert_eq!(
+            label("/api/auth/token"),
+            Some((Service::Auth, "/api/auth/{tail}"))
+        );
+        for other in [
+            "/api/usersx",
+            "/api/user",
+            "/api",
+            "/",
+            "/users",
+            "/api/authx",
+        ] {
             assert!(route(other).is_err(), "{other}");
         }
     }

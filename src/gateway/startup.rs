@@ -71,15 +71,23 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
         .iter()
         .map(|c| c.header.clone())
         .collect();
-    let upstream = Upstream::new(
-        settings.users_url.as_str(),
-        settings.upstream.upstream_timeout,
-        settings.upstream.max_body,
-        &reserved,
-    )?;
+    let upstream = |service, url: &url::Url| {
+        Upstream::new(
+            service,
+            url.as_str(),
+            settings.upstream.upstream_timeout,
+            settings.upstream.max_body,
+            &reserved,
+        )
+    };
+    let (users, auth_service) = (
+        upstream("users", &settings.users_url)?,
+        upstream("auth", &settings.auth_url)?,
+    );
     info!(log.new(slog::o!(settings.common.clone())), "starting";
         "port" => listener.local_addr()?.port(),
         "users_url" => crate::config::redact_url(&settings.users_url),
+        "auth_url" => crate::config::redact_url(&settings.auth_url),
         "upstream_timeout_ms" => settings.upstream.upstream_timeout.as_millis() as u64,
         "upstream_connect_timeout_ms" => settings.upstream.upstream_connect_timeout.as_millis() as u64,
         "max_body" => settings.upstream.max_body,
@@ -89,7 +97,10 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
             .or_else(|| settings.auth.jwks_file.as_ref().map(|f| f.display().to_string()))
             .unwrap_or_default(),
     );
-    let ready_url = format!("{}/health/ready", upstream.base);
+    // Ready while users is: the auth service is not a dependency of the users API (a gateway
+    // taken out of rotation because auth is down would refuse users requests that need no
+    // new token); /api/auth answers 502 meanwhile.
+    let ready_url = format!("{}/health/ready", users.base);
     let readiness = UpstreamReadiness::default();
     let draining = Draining::default();
     let (app_draining, app_log, settings) = (draining.clone(), log.clone(), settings.clone());
@@ -120,13 +131,14 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
             App::new()
                 .app_data(web::Data::new(Proxy {
                     client,
-                    upstream: upstream.clone(),
+                    users: users.clone(),
+                    auth_service: auth_service.clone(),
                     auth: auth.clone().map(|auth| WorkerAuth::new(auth, &metrics)),
                 }))
                 .app_data(Observer::new(app_log.clone(), &metrics))
                 .wrap(from_fn(observe))
                 .configure(|cfg| ops.configure(cfg))
-                // `/api/users` and `/api/users/…` are proxied, any other path is a 404.
+                // `/api/users…` and `/api/auth…` are proxied, any other path is a 404.
                 .default_service(web::to(proxy::proxy))
         },
     )

@@ -1,5 +1,5 @@
-//! Stage 3, upstream request: where the users service is, the request it is sent, when a
-//! request is sent again, and what a failure to get an answer means for the client.
+//! Stage 3, upstream request: where an upstream service (users, auth) is, the request it is
+//! sent, when a request is sent again, and what a failure to get an answer means for the client.
 
 use std::time::{Duration, Instant};
 
@@ -20,12 +20,11 @@ use crate::http::error::{ApiError, ErrorCode};
 use crate::http::peer::IpText;
 use crate::http::request_id::{self, RequestId};
 
-/// The `service` label of the upstream metric.
-pub const SERVICE: &str = "users";
-
-/// Where and how to reach the users service; shared by every worker.
+/// Where and how to reach one upstream service; shared by every worker.
 #[derive(Clone, Debug)]
 pub struct Upstream {
+    /// Its name: the `service` label of the upstream metric, and in error messages.
+    pub service: &'static str,
     /// Base URL without a trailing slash, e.g. `http://users:3001`.
     pub base: String,
     pub timeout: Duration,
@@ -50,9 +49,10 @@ pub struct Identity<'a> {
 }
 
 impl Upstream {
-    /// The users service at `base_url`; `reserved` are header names clients may never send
-    /// upstream (the claim headers).
+    /// The service named `service` at `base_url`; `reserved` are header names clients may
+    /// never send upstream (the claim headers).
     pub fn new(
+        service: &'static str,
         base_url: &str,
         timeout: Duration,
         max_body: u64,
@@ -61,20 +61,21 @@ impl Upstream {
         let base = base_url.trim_end_matches('/').to_owned();
         let uri: Uri = base
             .parse()
-            .with_context(|| format!("the users URL {base:?} is not a valid URI"))?;
+            .with_context(|| format!("the {service} URL {base:?} is not a valid URI"))?;
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            anyhow::bail!("the users URL {base:?} needs a scheme and a host");
+            anyhow::bail!("the {service} URL {base:?} needs a scheme and a host");
         };
         let host = match authority.port_u16() {
             None | Some(80 | 443) => authority.host().to_owned(),
             Some(port) => format!("{}:{port}", authority.host()),
         };
         let host = HeaderValue::from_maybe_shared(Bytes::from(host))
-            .with_context(|| format!("the users URL {base:?} has no valid host"))?;
+            .with_context(|| format!("the {service} URL {base:?} has no valid host"))?;
         let skip: Vec<HeaderName> = SET_BY_US.iter().chain(reserved).cloned().collect();
         let mut skip_with_token = skip.clone();
         skip_with_token.push(header::AUTHORIZATION);
         Ok(Self {
+            service,
             skip,
             skip_with_token,
             scheme: scheme.clone(),
@@ -87,7 +88,7 @@ impl Upstream {
         })
     }
 
-    /// `{users-url}/users…?query` for a request to `/api/users…?query`.
+    /// `{base-url}/users…?query` for a request to `/api/users…?query` (`/auth…` likewise).
     pub fn target(&self, uri: &Uri) -> Result<Uri, ApiError> {
         let path = uri.path();
         let rest = path.strip_prefix(PREFIX).unwrap_or(path);
@@ -219,22 +220,25 @@ fn is_stale_connection(e: &SendRequestError) -> bool {
     )
 }
 
-/// What the client is told when no answer came from the upstream.
-pub fn failure(e: SendRequestError) -> ApiError {
-    let cause = anyhow::anyhow!("users upstream: {e}");
-    match e {
-        SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout) => {
-            ApiError::with_cause(
-                ErrorCode::UpstreamTimeout,
-                "the users service did not answer in time",
+impl Upstream {
+    /// What the client is told when no answer came from this upstream.
+    pub fn failure(&self, e: SendRequestError) -> ApiError {
+        let service = self.service;
+        let cause = anyhow::anyhow!("{service} upstream: {e}");
+        match e {
+            SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout) => {
+                ApiError::with_cause(
+                    ErrorCode::UpstreamTimeout,
+                    format!("the {service} service did not answer in time"),
+                    cause,
+                )
+            }
+            _ => ApiError::with_cause(
+                ErrorCode::UpstreamUnavailable,
+                format!("the {service} service is unavailable"),
                 cause,
-            )
+            ),
         }
-        _ => ApiError::with_cause(
-            ErrorCode::UpstreamUnavailable,
-            "the users service is unavailable",
-            cause,
-        ),
     }
 }
 
@@ -245,14 +249,16 @@ mod tests {
     #[test]
     fn the_users_url_is_split_once_into_scheme_authority_and_base_path() {
         let timeout = Duration::from_secs(1);
-        let plain = Upstream::new("http://users:3001/", timeout, 1, &[]).expect("valid URL");
+        let plain =
+            Upstream::new("users", "http://users:3001/", timeout, 1, &[]).expect("valid URL");
         assert_eq!(plain.base, "http://users:3001");
         assert_eq!(plain.scheme.as_str(), "http");
         assert_eq!(plain.authority.as_str(), "users:3001");
         assert_eq!(plain.base_path, "");
         assert_eq!(plain.host, "users:3001");
 
-        let nested = Upstream::new("https://10.0.0.7/v1/", timeout, 1, &[]).expect("valid URL");
+        let nested =
+            Upstream::new("users", "https://10.0.0.7/v1/", timeout, 1, &[]).expect("valid URL");
         assert_eq!(nested.base, "https://10.0.0.7/v1");
         assert_eq!(nested.base_path, "/v1");
         assert_eq!(nested.host, "10.0.0.7");
@@ -260,12 +266,13 @@ mod tests {
             .target(&Uri::from_static("/api/users/7?x=1"))
             .expect("a valid target");
         assert_eq!(target, "https://10.0.0.7/v1/users/7?x=1");
-        let default_port = Upstream::new("http://users:80", timeout, 1, &[]).expect("valid URL");
+        let default_port =
+            Upstream::new("users", "http://users:80", timeout, 1, &[]).expect("valid URL");
         assert_eq!(default_port.host, "users");
-        let ipv6 = Upstream::new("http://[::1]:3001", timeout, 1, &[]).expect("valid URL");
+        let ipv6 = Upstream::new("users", "http://[::1]:3001", timeout, 1, &[]).expect("valid URL");
         assert_eq!(ipv6.host, "[::1]:3001");
 
-        assert!(Upstream::new("users:3001", timeout, 1, &[]).is_err());
-        assert!(Upstream::new("http://bad host/", timeout, 1, &[]).is_err());
+        assert!(Upstream::new("users", "users:3001", timeout, 1, &[]).is_err());
+        assert!(Upstream::new("users", "http://bad host/", timeout, 1, &[]).is_err());
     }
 }

@@ -23,6 +23,8 @@ pub const REDIS_DURATION: &str = "redis_operation_duration_seconds";
 pub const USERS_TOTAL: &str = "users_total";
 pub const USERS_CREATED: &str = "users_created_total";
 pub const USERS_DELETED: &str = "users_deleted_total";
+pub const TOKENS_ISSUED: &str = "tokens_issued_total";
+pub const PASSWORD_HASH_DURATION: &str = "password_hash_duration_seconds";
 
 /// Buckets of every latency histogram, 1 ms … 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -144,6 +146,12 @@ fn describe() {
     describe_gauge!(USERS_TOTAL, "Users in the store (SCARD users:index)");
     describe_counter!(USERS_CREATED, "Users created by this process");
     describe_counter!(USERS_DELETED, "Users deleted by this process");
+    describe_counter!(TOKENS_ISSUED, "Access tokens issued, by grant type");
+    describe_histogram!(
+        PASSWORD_HASH_DURATION,
+        Unit::Seconds,
+        "Time of one Argon2id secret verification"
+    );
 }
 
 /// The `method` label: the standard methods by name, anything else `OTHER` (a client can send

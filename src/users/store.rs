@@ -4,10 +4,8 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use ::metrics::{Counter, Gauge, counter, gauge, histogram};
-use deadpool_redis::redis::{
-    self, AsyncCommands, AsyncConnectionConfig, IntoConnectionInfo, Script,
-};
-use deadpool_redis::{Connection, Manager, Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::redis::{self, AsyncCommands, Script};
+use deadpool_redis::{Connection, Pool};
 use uuid::Uuid;
 
 use super::cursor::Cursor;
@@ -118,34 +116,8 @@ impl StoreMetrics {
 impl UserStore {
     /// Builds the pool; connections are made on first use, so Redis may be down at start.
     pub fn new(settings: &RedisSettings, metrics: &Metrics) -> anyhow::Result<Self> {
-        let mut info = settings.redis_url.as_str().into_connection_info()?;
-        if let Some(password) = &settings.redis_password {
-            let redis = info
-                .redis_settings()
-                .clone()
-                .set_password(password.expose());
-            info = info.set_redis_settings(redis);
-        }
+        let pool = crate::redis::pool(settings)?;
         let timeout = settings.redis_timeout;
-        // Without a config of its own redis-rs gives up on a reply after 0.5 s and on a connect
-        // after 1 s, whatever --redis-timeout says; it must be the one bound (and it also bounds
-        // each command of a reindex, which runs outside `run`).
-        let connection = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let manager = Manager::new_with_config(info, connection)?;
-        let pool = Pool::builder(manager)
-            .config(PoolConfig {
-                max_size: usize::from(settings.redis_pool_size),
-                timeouts: Timeouts {
-                    wait: Some(timeout),
-                    create: Some(timeout),
-                    recycle: Some(timeout),
-                },
-                ..PoolConfig::default()
-            })
-            .runtime(Runtime::Tokio1)
-            .build()?;
         Ok(Self {
             pool,
             timeout,

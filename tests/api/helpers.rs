@@ -233,6 +233,7 @@ async fn spawn_role(role: &str, extra: &[&str]) -> (Http, LogBuffer) {
     let app = match cli.role {
         Role::Users(cmd) => platform::users::build(&cmd.settings, log),
         Role::Gateway(settings) => platform::gateway::build(&settings, log),
+        Role::Auth(cmd) => platform::auth::build(&cmd.settings, log),
         Role::All(_) => panic!("`platform all` runs as a process: Process::all"),
     }
     .expect("the role builds");
@@ -360,7 +361,7 @@ impl TestApp {
 }
 
 /// Every line of a captured log, each parsed as JSON.
-fn json_lines(logs: &LogBuffer) -> Vec<Value> {
+pub fn json_lines(logs: &LogBuffer) -> Vec<Value> {
     logs.contents()
         .lines()
         .map(|l| {
@@ -539,6 +540,12 @@ impl std::ops::Deref for TestGateway {
     fn deref(&self) -> &Http {
         &self.http
     }
+}
+
+/// The auth role running in this test's runtime with `flags`, its log captured.
+pub async fn spawn_auth(flags: &[&str]) -> TestGateway {
+    let (http, logs) = spawn_role("auth", flags).await;
+    TestGateway { http, logs }
 }
 
 pub async fn spawn_gateway(users_url: &str, extra: &[&str]) -> TestGateway {

@@ -1,6 +1,7 @@
 //! Black-box tests of the users role: real Redis, real HTTP, one module per feature.
 
 mod auth;
+mod auth_role;
 mod concurrency;
 mod faults;
 mod gateway;

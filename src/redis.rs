@@ -1,0 +1,54 @@
+//! The Redis connection pool every role that keeps state builds the same way.
+
+use deadpool_redis::redis::{AsyncConnectionConfig, IntoConnectionInfo};
+use deadpool_redis::{Manager, Pool, PoolConfig, Runtime, Timeouts};
+
+use crate::config::RedisSettings;
+
+/// Builds the pool; connections are made on first use, so Redis may be down at start.
+pub fn pool(settings: &RedisSettings) -> anyhow::Result<Pool> {
+    let mut info = settings.redis_url.as_str().into_connection_info()?;
+    if let Some(password) = &settings.redis_password {
+        let redis = info
+            .redis_settings()
+            .clone()
+            .set_password(password.expose());
+        info = info.set_redis_settings(redis);
+    }
+    let timeout = settings.redis_timeout;
+    // Without a config of its own redis-rs gives up on a reply after 0.5 s and on a connect
+    // after 1 s, whatever --redis-timeout says; it must be the one bound (and it also bounds
+    // each command of a reindex, which runs outside a pool wait).
+    let connection = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let manager = Manager::new_with_config(info, connection)?;
+    Ok(Pool::builder(manager)
+        .config(PoolConfig {
+            max_size: usize::from(settings.redis_pool_size),
+            timeouts: Timeouts {
+                wait: Some(timeout),
+                create: Some(timeout),
+                recycle: Some(timeout),
+            },
+            ..PoolConfig::default()
+        })
+        .runtime(Runtime::Tokio1)
+        .build()?)
+}
+
+/// `PING` within `--redis-timeout` (pool wait included): whether Redis answers.
+pub async fn ping(pool: &Pool, timeout: std::time::Duration) -> bool {
+    use deadpool_redis::redis;
+    tokio::time::timeout(timeout, async {
+        let mut conn = pool.get().await.ok()?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .ok()
+    })
+    .await
+    .ok()
+    .flatten()
+    .is_some()
+}
