@@ -22,7 +22,8 @@ kubectl version --request-timeout=5s >/dev/null 2>&1 || {
 rendered="$(kubectl kustomize "$dir")"
 ns="$(sed -n 's/^  namespace: //p' <<<"$rendered" | sort -u | head -1)"
 auth_mode="$(sed -n 's/^  AUTH_MODE: //p' <<<"$rendered" | tr -d '"' | head -1)"
-deployments=(deployment/users deployment/gateway)
+# The auth role before the gateway: with AUTH_MODE on, a gateway is ready once it has its key set.
+deployments=(deployment/users deployment/auth deployment/gateway)
 timeout="${ROLLOUT_TIMEOUT:-5m}"
 
 if [ -n "$image" ]; then
