@@ -29,6 +29,14 @@ key (ES256, or what JWT_ALGORITHMS allows), and the traffic carries a token sign
 the manifest's JWT_ISSUER and first JWT_AUDIENCES. So the gateway must become ready (`"jwks":"up"`), refuse an anonymous write
 with 401, proxy the signed ones, and its JWKS connection is seen like any other.
 
+The auth role (`platform auth`, issue 14) is the platform's own issuer. Its pod's Secret volumes
+are laid out under the sandbox at their mountPaths (the env's paths rewritten to match, as
+Redis' config path is), with a signing key made by `platform auth generate-key` added to the
+keys directory and a clients file holding one client made here with `hash-secret`. The traffic
+gets a token from POST /api/auth/token through the gateway with that client, and uses it for the
+users requests: where the gateway's JWKS_URL is the auth Service, its key-set fetch is a flow
+the policies must allow (gateway → auth), like the token request itself.
+
 Usage: check_manifests.py PLATFORM_BINARY [OVERLAY...]   (needs root or user namespaces,
 redis-server and kubectl; run by `make check-deploy`).
 """
@@ -54,7 +62,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import yaml
 
@@ -105,7 +113,7 @@ def role_help(binary: str, role: str) -> str:
 
 
 def role_env_names(binary: str, role: str) -> set[str]:
-    return set(re.findall(r"\[env: ([A-Z_][A-Z0-9_]*)", role_help(binary, role)))
+    return set(re.findall(r"\[env:\s+([A-Z_][A-Z0-9_]*)", role_help(binary, role)))  # help wraps lines
 
 
 # ---- the gateway's authentication -----------------------------------------------------------
@@ -125,8 +133,9 @@ class JwksTarget:
 
 
 def jwks_target(env: dict[str, str], services: dict[str, dict], namespace: str) -> JwksTarget | None:
-    """Where a role with this env fetches its JWKS from, when auth is on with a JWKS_URL."""
-    if env.get("AUTH_MODE", "off") == "off" or not env.get("JWKS_URL"):
+    """Where a role with this env fetches its JWKS from: a JWKS_URL is fetched whatever AUTH_MODE
+    (with `off`, a token that is sent is still verified)."""
+    if not env.get("JWKS_URL"):
         return None
     u = urlsplit(env["JWKS_URL"])
     host = u.hostname or ""
@@ -140,18 +149,22 @@ def jwks_target(env: dict[str, str], services: dict[str, dict], namespace: str) 
 class Secrets:
     """Secret data the pods can read: real Secrets, and for an ExternalSecret a test value."""
     data: dict[tuple[str, str], str] = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)  # every Secret that will exist
 
     @classmethod
     def from_objects(cls, objs: list[dict]) -> "Secrets":
         s = cls()
         for name, sec in by_kind(objs, "Secret").items():
+            s.names.add(name)
             for k, v in (sec.get("data") or {}).items():
                 s.data[(name, k)] = base64.b64decode(v).decode()
             for k, v in (sec.get("stringData") or {}).items():
                 s.data[(name, k)] = v
         for es in by_kind(objs, "ExternalSecret").values():
             target = es["spec"]["target"]["name"]
-            for item in es["spec"]["data"]:
+            s.names.add(target)
+            # `dataFrom` (extract): keys unknown until the store answers; nothing to model.
+            for item in es["spec"].get("data", []):
                 s.data[(target, item["secretKey"])] = f"test-{target}-{item['secretKey']}"
         return s
 
@@ -200,8 +213,8 @@ def named_port(container: dict, port) -> int:
 # ---- 1. static agreement ----------------------------------------------------------------------
 
 EXPECTED_HPA = {
-    "prod": {"gateway": (2, 15), "users": (2, 12)},
-    "dev": {"gateway": (1, 2), "users": (1, 2)},
+    "prod": {"gateway": (2, 15), "users": (2, 12), "auth": (2, 6)},
+    "dev": {"gateway": (1, 2), "users": (1, 2), "auth": (1, 2)},
 }
 
 
@@ -243,6 +256,12 @@ def static_checks(overlay: str, objs: list[dict], binary: str) -> None:
         check(not unknown, f"{where}: env {unknown} is not read by `platform {role}` (it lists {sorted(accepted)})")
         if role == "gateway":
             auth_static_checks(overlay, where, env, by_kind(objs, "Service"), next(iter(by_kind(objs, "Namespace")), ""))
+            issuer_checks(overlay, where, env, objs, secrets)
+        for v in pod.get("volumes", []):
+            if "secret" in v:
+                name_ = v["secret"]["secretName"]
+                check(v["secret"].get("optional", False) or name_ in secrets.names,
+                      f"{where}: volume {v['name']} mounts Secret {name_}, which no Secret/ExternalSecret provides")
         pre_stop = c.get("lifecycle", {}).get("preStop", {})
         check("sleep" in pre_stop and "exec" not in pre_stop, f"{where}: preStop must be the native sleep (no shell in the image)")
         grace = pod.get("terminationGracePeriodSeconds", 30)
@@ -274,6 +293,85 @@ def auth_static_checks(overlay: str, where: str, env: dict[str, str], services: 
         check(target.url.startswith("https://"), f"{where}: JWKS_URL {target.url} outside the cluster must be https")
 
 
+def issuer_checks(overlay: str, where: str, gw_env: dict[str, str], objs: list[dict], secrets: Secrets) -> None:
+    """Where the gateway's JWKS is the auth role's, it trusts exactly that role's issuer and audience."""
+    services = by_kind(objs, "Service")
+    namespace = next(iter(by_kind(objs, "Namespace")), "")
+    target = jwks_target(gw_env, services, namespace)
+    if not target or not target.in_cluster or target.host.split(".")[0] != "auth" or "auth" not in by_kind(objs, "Deployment"):
+        return
+    auth_c = by_kind(objs, "Deployment")["auth"]["spec"]["template"]["spec"]["containers"][0]
+    auth_env = container_env(objs, auth_c, secrets, f"{overlay}/Deployment/auth")
+    check(gw_env.get("JWT_ISSUER") == auth_env.get("AUTH_ISSUER"),
+          f"{where}: JWT_ISSUER {gw_env.get('JWT_ISSUER')!r} is not the auth role's AUTH_ISSUER {auth_env.get('AUTH_ISSUER')!r}")
+    audiences = [a.strip() for a in gw_env.get("JWT_AUDIENCES", "").split(",") if a.strip()]
+    check(auth_env.get("AUTH_AUDIENCE", "platform-api") in audiences,
+          f"{where}: JWT_AUDIENCES {audiences} does not accept the auth role's audience {auth_env.get('AUTH_AUDIENCE')!r}")
+    path = urlsplit(target.url).path
+    check(path in ("/.well-known/jwks.json", "/auth/.well-known/jwks.json"), f"{where}: JWKS_URL path {path} is not the auth role's JWKS")
+    check(target.port == named_port(auth_c, services["auth"]["spec"]["ports"][0]["port"]) or
+          target.port == services["auth"]["spec"]["ports"][0]["port"], f"{where}: JWKS_URL port {target.port} is not the auth Service's")
+    issuer = urlsplit(gw_env.get("JWT_ISSUER", ""))
+    if overlay == "prod":
+        check(issuer.scheme == "https", f"{where}: the prod issuer {gw_env.get('JWT_ISSUER')} is not an https URL")
+    check(issuer.path.rstrip("/").endswith("/api/auth"), f"{where}: the issuer {gw_env.get('JWT_ISSUER')} is not a gateway's /api/auth")
+
+
+def lay_out_volumes(where: str, pod: dict, c: dict, env: dict[str, str], secrets: Secrets, root: Path) -> dict[str, str]:
+    """Writes the container's Secret volumes under root at their mountPaths (nested ones inside
+    their parents, as the kubelet does) and returns env with the mountPaths rewritten to root."""
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = sorted(c.get("volumeMounts", []), key=lambda m: len(m["mountPath"]))
+    for m in mounts:
+        v = vols[m["name"]]
+        local = root / m["mountPath"].lstrip("/")
+        local.mkdir(parents=True, exist_ok=True)
+        check("secret" in v, f"{where}: only Secret volumes are modelled (volume {m['name']})")
+        if "secret" in v:
+            for (sname, key), value in secrets.data.items():
+                if sname == v["secret"]["secretName"]:
+                    (local / key).write_text(value)
+    env = dict(env)
+    for k, val in env.items():
+        for m in reversed(mounts):
+            mp = m["mountPath"].rstrip("/")
+            if val == mp or val.startswith(mp + "/"):
+                env[k] = str(root) + val
+                break
+    return env
+
+
+@dataclass
+class AuthFixture:
+    """The auth role's key and client for the live run."""
+    client_id: str
+    client_secret: str
+    keys: int  # *.pem files in the signing keys directory
+
+
+def prepare_auth(where: str, binary: str, env: dict[str, str]) -> AuthFixture:
+    keys_dir, clients_file = env.get("SIGNING_KEYS_DIR"), env.get("CLIENTS_FILE")
+    check(bool(keys_dir) and bool(clients_file), f"{where}: SIGNING_KEYS_DIR and CLIENTS_FILE must both be set")
+    keys_dir, clients_file = Path(keys_dir or "/nonexistent"), Path(clients_file or "/nonexistent")
+    check(keys_dir.is_dir(), f"{where}: SIGNING_KEYS_DIR {keys_dir} is no mounted volume")
+    check(clients_file.parent.is_dir(), f"{where}: CLIENTS_FILE {clients_file} is not in a mounted volume")
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    clients_file.parent.mkdir(parents=True, exist_ok=True)
+    # Whatever the Secret brought (dev: its committed key) stays and must load too.
+    subprocess.run([binary, "auth", "generate-key", str(keys_dir)], check=True, capture_output=True)
+    secret = b64url(os.urandom(24))
+    phc = subprocess.run([binary, "auth", "hash-secret"], input=secret, check=True, capture_output=True, text=True).stdout.strip()
+    if clients_file.exists():
+        try:
+            committed = json.loads(clients_file.read_text())
+            ok = isinstance(committed, list) and all(c.get("secret_hash", "").startswith("$argon2") for c in committed)
+        except (ValueError, AttributeError):
+            ok = clients_file.read_text().startswith("test-")  # an ExternalSecret's stand-in value
+        check(ok, f"{where}: the clients file from the Secret is not a list of clients with Argon2 hashes")
+    clients_file.write_text(json.dumps([{"client_id": "check-manifests", "secret_hash": phc, "scopes": ["users:read", "users:write"]}]))
+    return AuthFixture("check-manifests", secret, len(list(keys_dir.glob("*.pem"))))
+
+
 # ---- 2. live run ------------------------------------------------------------------------------
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -298,6 +396,18 @@ def http_with_headers(method: str, url: str, body: dict | None = None, headers: 
             return r.status, r.read().decode(), dict(r.headers)
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(), dict(e.headers)
+
+
+def post_form(url: str, form: dict[str, str], basic: tuple[str, str]) -> tuple[int, str]:
+    """An OAuth token request: form-encoded, the client by HTTP Basic."""
+    creds = base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
+    req = urllib.request.Request(url, data=urlencode(form).encode(), method="POST",
+                                 headers={"Content-Type": "application/x-www-form-urlencoded", "Authorization": f"Basic {creds}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 def wait_status(url: str, want: int, seconds: float) -> int:
@@ -522,14 +632,20 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
         noauth = subprocess.run(["redis-cli", "-p", str(rport), "ping"], capture_output=True, text=True).stdout
         check("NOAUTH" in noauth, f"{overlay}: redis answers without the password")
 
-        # Users first (the gateway's readiness depends on it), then the gateway.
-        order = sorted(deployments, key=lambda n: 0 if n == "users" else 1)
+        # Users and auth first (the gateway's readiness depends on users, and with auth on on
+        # the auth role's key set), then the gateway.
+        order = sorted(deployments, key=lambda n: {"users": 0, "auth": 1}.get(n, 2))
+        fixture: AuthFixture | None = None
         for name in order:
             pod = deployments[name]["spec"]["template"]["spec"]
             (c,) = pod["containers"]
-            env = dict(envs[name])
+            env = lay_out_volumes(f"{overlay}/{name}", pod, c, envs[name], secrets, work / name / "root")
+            if c["args"][0] == "auth":
+                fixture = prepare_auth(f"{overlay}/{name}", binary, env)
             env["PATH"] = "/usr/bin:/bin"
             stand_in = stand_ins.get(name)
+            own_jwks = jwks_target(env, services, namespace)
+            in_cluster_jwks = bool(own_jwks and own_jwks.in_cluster)
             if stand_in:
                 env["JWKS_CA_FILE"] = str(stand_in.ca)
             argv = [binary, *[expand(a, env) for a in c["args"]]]
@@ -541,12 +657,12 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 get = c[probe]["httpGet"]
                 url = f"http://127.0.0.1:{named_port(c, get['port'])}{get['path']}"
-                if probe == "readinessProbe" and auth_on and not stand_in:
+                if probe == "readinessProbe" and auth_on and not stand_in and not in_cluster_jwks:
                     note(f"{overlay}/{name}: auth on without a stand-in provider: readiness not required")
                     continue
                 status = wait_status(url, 200, 10)
                 check(status == 200, f"{overlay}/{name}: {probe} {url} answered {status} (log: {work / (name + '.log')})")
-                if probe == "readinessProbe" and stand_in:
+                if probe == "readinessProbe" and auth_on and (stand_in or in_cluster_jwks):
                     _, body = http_get(url)
                     deps = json.loads(body or "{}").get("dependencies", {})
                     check(deps.get("jwks") == "up", f"{overlay}/{name}: readiness dependencies {deps}, expected \"jwks\":\"up\"")
@@ -554,18 +670,38 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
             check(ann.get("prometheus.io/scrape") == "true", f"{overlay}/{name}: no prometheus.io/scrape annotation")
             status, body = http_get(f"http://127.0.0.1:{ann.get('prometheus.io/port')}{ann.get('prometheus.io/path', '/metrics')}")
             check(status == 200 and "http_requests_total" in body, f"{overlay}/{name}: the annotated metrics endpoint answered {status}")
+            if c["args"][0] == "auth" and fixture:
+                # Every key file loaded (the Secret's own, dev's committed one, and ours).
+                status, body = http_get(f"http://127.0.0.1:{named_port(c, 'http')}/.well-known/jwks.json")
+                published = len(json.loads(body).get("keys", [])) if status == 200 else 0
+                check(published == fixture.keys, f"{overlay}/{name}: JWKS has {published} keys, the keys directory {fixture.keys} (log: {work / (name + '.log')})")
 
         # Traffic through the gateway Service port: gateway → users → Redis, with the password;
         # with auth on, a write without a token is refused and the token of the stand-in passes.
         gw = services["gateway"]["spec"]["ports"][0]["port"]
         new_user = {"name": "Manifest Check", "email": f"check-{overlay}@example.com"}
         auth = {}
-        if stand_in := stand_ins.get("gateway"):
+        token = None
+        if fixture:
+            # A service's token from the platform's own issuer, through the gateway's /api/auth.
+            status, body = post_form(f"http://gateway:{gw}/api/auth/token", {"grant_type": "client_credentials"},
+                                     (fixture.client_id, fixture.client_secret))
+            check(status == 200, f"{overlay}: POST /api/auth/token through the gateway answered {status} {body}")
+            if status == 200:
+                answer = json.loads(body)
+                check(answer.get("token_type") == "Bearer", f"{overlay}: token response {answer.keys()}")
+                token = answer.get("access_token")
+        if envs["gateway"].get("AUTH_MODE", "off") != "off":
             status, body, headers = http_with_headers("POST", f"http://gateway:{gw}/api/users", new_user)
             challenge = {k.lower(): v for k, v in headers.items()}.get("www-authenticate", "")
             check(status == 401 and "authentication_required" in body and challenge.startswith("Bearer "),
                   f"{overlay}: POST without a token answered {status} {body} (WWW-Authenticate: {challenge!r}), expected 401")
+        gw_jwks = jwks_target(envs["gateway"], services, namespace)
+        if stand_in := stand_ins.get("gateway"):
             auth = {"Authorization": f"Bearer {stand_in.token(envs['gateway'])}"}
+        elif token and gw_jwks and gw_jwks.in_cluster:
+            # Verified by the gateway against the auth role's JWKS (AUTH_MODE off too).
+            auth = {"Authorization": f"Bearer {token}"}
         status, body = http("POST", f"http://gateway:{gw}/api/users", new_user, auth)
         check(status == 201, f"{overlay}: POST through the gateway answered {status} {body}")
         if status == 201:
@@ -790,10 +926,19 @@ def policy_checks(overlay: str, objs: list[dict], seen: set[tuple[str, str, int]
         check(False, f"{overlay}: NetworkPolicies allow a flow nothing needs: {flow}")
     check(("gateway", "users", 3001) in {(a, b, p) for (a, b, p, _) in expected}, f"{overlay}: the gateway never connected to users")
     check(("users", "redis", 6379) in {(a, b, p) for (a, b, p, _) in expected}, f"{overlay}: users never connected to redis")
+    if "auth" in ours:
+        check(("gateway", "auth", 3002) in {(a, b, p) for (a, b, p) in seen_by_workload(seen, service_to_workload)},
+              f"{overlay}: the gateway never connected to auth")
+        check(("auth", "redis", 6379) in {(a, b, p) for (a, b, p) in seen_by_workload(seen, service_to_workload)},
+              f"{overlay}: auth never connected to redis")
     print(f"{overlay}: {len(allowed)} flows allowed, all needed: " + ", ".join(f"{a}->{b}:{p}/{pr}" for a, b, p, pr in sorted(allowed)))
     for name, t in sorted(jwks.items()):
         if not t.in_cluster:
             print(f"{overlay}: {INTERNET}:{t.port} is {name}'s JWKS_URL {t.url} (its addresses are unknown in advance)")
+
+
+def seen_by_workload(seen: set[tuple[str, str, int]], service_to_workload: dict[str, str]) -> set[tuple[str, str, int]]:
+    return {(src, service_to_workload.get(svc, svc), port) for (src, svc, port) in seen}
 
 
 def main() -> int:
