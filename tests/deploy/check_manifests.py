@@ -20,7 +20,8 @@ For each overlay (`kubectl kustomize k8s/overlays/<name>`):
    controller to the gateway. Anything more or less fails.
 
 Authentication (AUTH_MODE, JWT_*, JWKS_*: the gateway's flags of issue 13). Where an overlay turns
-it on with an https JWKS_URL outside the cluster (prod), the gateway's fetch of that host's port
+it on with an https JWKS_URL outside the cluster (an external provider; the overlays here trust the
+auth role instead), the gateway's fetch of that host's port
 is a flow the policies must allow: to "internet", a public address standing for the provider,
 whose addresses are unknown in advance. The live run serves a stand-in for the provider: the
 JWKS_URL host resolves to loopback like the Services, an HTTPS server on its port (a throwaway CA,
@@ -259,9 +260,9 @@ def static_checks(overlay: str, objs: list[dict], binary: str) -> None:
             issuer_checks(overlay, where, env, objs, secrets)
         for v in pod.get("volumes", []):
             if "secret" in v:
-                name_ = v["secret"]["secretName"]
-                check(v["secret"].get("optional", False) or name_ in secrets.names,
-                      f"{where}: volume {v['name']} mounts Secret {name_}, which no Secret/ExternalSecret provides")
+                secret_name = v["secret"]["secretName"]
+                check(v["secret"].get("optional", False) or secret_name in secrets.names,
+                      f"{where}: volume {v['name']} mounts Secret {secret_name}, which no Secret/ExternalSecret provides")
         pre_stop = c.get("lifecycle", {}).get("preStop", {})
         check("sleep" in pre_stop and "exec" not in pre_stop, f"{where}: preStop must be the native sleep (no shell in the image)")
         grace = pod.get("terminationGracePeriodSeconds", 30)
@@ -309,8 +310,7 @@ def issuer_checks(overlay: str, where: str, gw_env: dict[str, str], objs: list[d
           f"{where}: JWT_AUDIENCES {audiences} does not accept the auth role's audience {auth_env.get('AUTH_AUDIENCE')!r}")
     path = urlsplit(target.url).path
     check(path in ("/.well-known/jwks.json", "/auth/.well-known/jwks.json"), f"{where}: JWKS_URL path {path} is not the auth role's JWKS")
-    check(target.port == named_port(auth_c, services["auth"]["spec"]["ports"][0]["port"]) or
-          target.port == services["auth"]["spec"]["ports"][0]["port"], f"{where}: JWKS_URL port {target.port} is not the auth Service's")
+    check(target.port == services["auth"]["spec"]["ports"][0]["port"], f"{where}: JWKS_URL port {target.port} is not the auth Service's")
     issuer = urlsplit(gw_env.get("JWT_ISSUER", ""))
     if overlay == "prod":
         check(issuer.scheme == "https", f"{where}: the prod issuer {gw_env.get('JWT_ISSUER')} is not an https URL")
