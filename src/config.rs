@@ -170,6 +170,38 @@ pub struct TokenSettings {
     pub clients_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub argon2: Argon2Settings,
+    #[command(flatten)]
+    pub accounts: AccountSettings,
+}
+
+/// People's accounts at the auth role: what a login grants and how failed logins are throttled.
+#[derive(Debug, Clone, Args)]
+pub struct AccountSettings {
+    /// Scope (space-separated) of the access token a login or a refresh issues to a user.
+    #[arg(
+        long,
+        env = "USER_SCOPE",
+        default_value = "users:read users:write",
+        global = true
+    )]
+    pub user_scope: String,
+    /// Lifetime of a refresh token (each use rotates it and starts this anew).
+    #[arg(long, env = "REFRESH_TOKEN_TTL", default_value = "30d", value_parser = parse_positive_duration, global = true)]
+    pub refresh_token_ttl: Duration,
+    /// Failed logins per account (lowercased email) within the window before 429.
+    #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 5, global = true)]
+    pub login_max_failures: u32,
+    /// Failed logins per client IP within the window before 429.
+    #[arg(
+        long,
+        env = "LOGIN_MAX_FAILURES_PER_IP",
+        default_value_t = 50,
+        global = true
+    )]
+    pub login_max_failures_per_ip: u32,
+    /// How long failed logins count (from the first failure of a window).
+    #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "15m", value_parser = parse_positive_duration, global = true)]
+    pub login_failure_window: Duration,
 }
 
 /// Argon2id cost of client secret hashes (OWASP's minimum by default).

@@ -1,5 +1,6 @@
 //! `platform`: one binary, several roles. See ARCHITECTURE.md for the map.
 
+pub mod accounts;
 pub mod all;
 pub mod allocator;
 pub mod auth;

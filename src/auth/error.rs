@@ -19,6 +19,8 @@ pub enum OAuthError {
         basic: bool,
     },
     UnsupportedGrantType,
+    /// An unknown, expired, revoked or reused refresh token (RFC 6749 §5.2).
+    InvalidGrant,
     /// A requested scope the client may not have.
     InvalidScope,
     /// No signing key is loaded yet.
@@ -31,6 +33,7 @@ impl OAuthError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::InvalidClient { .. } => "invalid_client",
             Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidGrant => "invalid_grant",
             Self::InvalidScope => "invalid_scope",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
         }
@@ -38,9 +41,10 @@ impl OAuthError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest(_) | Self::UnsupportedGrantType | Self::InvalidScope => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidRequest(_)
+            | Self::UnsupportedGrantType
+            | Self::InvalidGrant
+            | Self::InvalidScope => StatusCode::BAD_REQUEST,
             Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
             Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -50,7 +54,10 @@ impl OAuthError {
         match self {
             Self::InvalidRequest(why) => why,
             Self::InvalidClient { .. } => "client authentication failed",
-            Self::UnsupportedGrantType => "the only grant_type supported is client_credentials",
+            Self::UnsupportedGrantType => {
+                "the grant_types supported are client_credentials and refresh_token"
+            }
+            Self::InvalidGrant => "the refresh token is invalid, expired or revoked",
             Self::InvalidScope => "a requested scope is not granted to this client",
             Self::TemporarilyUnavailable => "no signing key is loaded yet",
         }
@@ -71,6 +78,7 @@ impl OAuthError {
             Self::InvalidRequest(_)
             | Self::InvalidClient { basic: false }
             | Self::UnsupportedGrantType
+            | Self::InvalidGrant
             | Self::InvalidScope => {}
         }
         let description = self.description();

@@ -1,6 +1,8 @@
 //! The auth role: OAuth 2.0 client_credentials tokens signed with rotating ES256 keys, their
-//! JWKS and discovery document (`platform auth`), and its one-shot tasks.
+//! JWKS and discovery document (`platform auth`), people's accounts (register, login,
+//! rotating refresh tokens), and its one-shot tasks.
 
+pub mod accounts;
 pub mod clients;
 mod error;
 pub mod keys;

@@ -9,11 +9,12 @@ use metrics::Counter;
 use serde_json::json;
 use slog::{Logger, info};
 
+use super::accounts::{self, Accounts};
 use super::clients::Clients;
 use super::error::OAuthError;
 use super::keys::SigningKeys;
 use super::secrets::Verifier;
-use super::token::{self, CLIENT_CREDENTIALS, Issuer, TokenRequest};
+use super::token::{self, CLIENT_CREDENTIALS, Issuer, REFRESH_TOKEN, TokenRequest};
 use crate::http::error::{self, ApiError, ErrorCode};
 use crate::http::observe::Subject;
 use crate::http::request_id::RequestId;
@@ -30,15 +31,18 @@ pub struct TokenService {
     pub verifier: Verifier,
     pub issuer: Issuer,
     pub issued: Counter,
+    pub accounts: Accounts,
     pub log: Logger,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::PayloadConfig::new(MAX_FORM)).service(
-        web::resource("/auth/token")
-            .route(web::post().to(issue_token))
-            .default_service(web::to(error::method_not_allowed)),
-    );
+    cfg.app_data(web::PayloadConfig::new(MAX_FORM))
+        .configure(accounts::configure)
+        .service(
+            web::resource("/auth/token")
+                .route(web::post().to(issue_token))
+                .default_service(web::to(error::method_not_allowed)),
+        );
     for prefix in ["", "/auth"] {
         cfg.service(
             web::resource(format!("{prefix}/.well-known/jwks.json"))
@@ -95,6 +99,9 @@ async fn grant(
             ));
         }
     };
+    if let Some(presented) = token::refresh_request(body)? {
+        return accounts::refresh_grant(req, service, &presented).await;
+    }
     let request = TokenRequest::parse(body, header)?;
     let now = SystemTime::now();
     let keys = service.keys.current();
@@ -119,7 +126,7 @@ async fn grant(
     };
     let scope = token::granted(request.scope, &client.scopes)?.join(" ");
     let issuer = &service.issuer;
-    let token = match issuer.issue(key, &request.client_id, &scope, now) {
+    let token = match issuer.issue(key, &request.client_id, &request.client_id, &scope, now) {
         Ok(token) => token,
         Err(e) => {
             let cause = e.context("failed to sign an access token");
@@ -165,7 +172,7 @@ async fn openid_configuration(service: web::Data<TokenService>) -> HttpResponse 
         "issuer": service.issuer.issuer,
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "token_endpoint": format!("{issuer}/token"),
-        "grant_types_supported": [CLIENT_CREDENTIALS],
+        "grant_types_supported": [CLIENT_CREDENTIALS, REFRESH_TOKEN],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "id_token_signing_alg_values_supported": ["ES256"],
     }))

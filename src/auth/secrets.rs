@@ -44,6 +44,7 @@ pub struct Verifier {
     /// Verified instead when the client is unknown, so both answers take as long.
     dummy: Arc<str>,
     duration: Histogram,
+    settings: Argon2Settings,
 }
 
 impl Verifier {
@@ -57,7 +58,26 @@ impl Verifier {
             permits: Arc::new(Semaphore::new(permits.max(1))),
             dummy: dummy.into(),
             duration,
+            settings: *settings,
         })
+    }
+
+    /// The PHC hash of `secret` (a password at registration), made under the same cap.
+    pub async fn hash(&self, secret: String) -> anyhow::Result<String> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| anyhow::anyhow!("the hasher is closed"))?;
+        let (duration, settings) = (self.duration.clone(), self.settings);
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let phc = hash(&settings, secret.as_bytes());
+            duration.record(started.elapsed().as_secs_f64());
+            phc
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("the hashing task failed: {e}"))?
     }
 
     /// Whether `secret` matches `phc` (`None`: the client is unknown; the dummy hash is

@@ -8,11 +8,12 @@ use actix_web::{App, web};
 use anyhow::Context as _;
 use slog::{Logger, info};
 
+use super::accounts::{AccountMetrics, Accounts};
 use super::clients::Clients;
 use super::keys::SigningKeys;
 use super::routes::{self, TokenService};
 use super::secrets::{self, Verifier};
-use super::token::{CLIENT_CREDENTIALS, Issuer};
+use super::token::{CLIENT_CREDENTIALS, Issuer, PASSWORD, REFRESH_TOKEN};
 use crate::config::AuthRoleSettings;
 use crate::http::error;
 use crate::http::observe::{Observer, observe};
@@ -44,13 +45,24 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
     let listener = server::bind(settings.common.host, settings.port)?;
     let log = logging::for_service(&log, SERVICE);
     let metrics = Metrics::new();
-    let (issued, hash_duration) = metrics.register(|| {
+    let (issued, hash_duration, account_metrics) = metrics.register(|| {
         for status in ["ok", "error"] {
             let _ = histogram!(metrics::REDIS_DURATION, "operation" => "ping", "status" => status);
         }
+        let attempts = |status: &'static str, reason: &'static str| {
+            counter!(metrics::AUTHENTICATION_ATTEMPTS, "status" => status, "reason" => reason)
+        };
         (
             counter!(metrics::TOKENS_ISSUED, "grant" => CLIENT_CREDENTIALS),
             histogram!(metrics::PASSWORD_HASH_DURATION),
+            AccountMetrics {
+                login_ok: attempts("success", "ok"),
+                login_invalid: attempts("failure", "invalid_credentials"),
+                login_throttled: attempts("failure", "too_many_attempts"),
+                login_error: attempts("error", "store_unavailable"),
+                issued_password: counter!(metrics::TOKENS_ISSUED, "grant" => PASSWORD),
+                issued_refresh: counter!(metrics::TOKENS_ISSUED, "grant" => REFRESH_TOKEN),
+            },
         )
     });
     let permits = settings.common.effective_workers();
@@ -68,6 +80,11 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
         "argon2_iterations" => tokens.argon2.argon2_iterations,
         "argon2_parallelism" => tokens.argon2.argon2_parallelism,
         "redis_url" => settings.redis.redacted_url(),
+        "user_scope" => &tokens.accounts.user_scope,
+        "refresh_token_ttl_s" => tokens.accounts.refresh_token_ttl.as_secs(),
+        "login_max_failures" => tokens.accounts.login_max_failures,
+        "login_max_failures_per_ip" => tokens.accounts.login_max_failures_per_ip,
+        "login_failure_window_s" => tokens.accounts.login_failure_window.as_secs_f64(),
     );
     let (keys, watch_keys) = SigningKeys::start(
         dir,
@@ -90,6 +107,12 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
             ttl: tokens.access_token_ttl,
         },
         issued,
+        accounts: Accounts {
+            pool: pool.clone(),
+            timeout: settings.redis.redis_timeout,
+            settings: tokens.accounts.clone(),
+            metrics: account_metrics,
+        },
         log: log.clone(),
     });
     let draining = Draining::default();

@@ -12,6 +12,38 @@ use super::error::OAuthError;
 use super::keys::SigningKey;
 
 pub const CLIENT_CREDENTIALS: &str = "client_credentials";
+pub const REFRESH_TOKEN: &str = "refresh_token";
+/// The `grant` label of tokens a login issues.
+pub const PASSWORD: &str = "password";
+/// The `client_id` claim of tokens issued to people (login, refresh): the platform's own
+/// first-party client, which needs no secret.
+pub const FIRST_PARTY_CLIENT: &str = "platform";
+
+/// The form's parameters, each at most once.
+fn form_pairs(form: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(form)
+        .map_err(|_| OAuthError::InvalidRequest("the body is not a valid form"))?;
+    let mut names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return Err(OAuthError::InvalidRequest("a parameter is repeated"));
+    }
+    Ok(pairs)
+}
+
+/// The refresh token of a `grant_type=refresh_token` request (RFC 6749 §6), `None` for any
+/// other grant.
+pub fn refresh_request(form: &[u8]) -> Result<Option<String>, OAuthError> {
+    let pairs = form_pairs(form)?;
+    let param = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    if param("grant_type").map(String::as_str) != Some(REFRESH_TOKEN) {
+        return Ok(None);
+    }
+    match param("refresh_token") {
+        Some(token) if !token.is_empty() => Ok(Some(token.clone())),
+        _ => Err(OAuthError::InvalidRequest("refresh_token is missing")),
+    }
+}
 
 /// A token request, parsed: the grant, the client's credentials, the requested scopes.
 #[derive(Debug)]
@@ -26,13 +58,7 @@ pub struct TokenRequest {
 impl TokenRequest {
     /// Parses the form body and the `Authorization` header (RFC 6749 §2.3.1, §3.2, §4.4.2).
     pub fn parse(form: &[u8], authorization: Option<&str>) -> Result<Self, OAuthError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(form)
-            .map_err(|_| OAuthError::InvalidRequest("the body is not a valid form"))?;
-        let mut names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
-        names.sort_unstable();
-        if names.windows(2).any(|w| w[0] == w[1]) {
-            return Err(OAuthError::InvalidRequest("a parameter is repeated"));
-        }
+        let pairs = form_pairs(form)?;
         let param = |name: &str| {
             pairs
                 .iter()
@@ -154,10 +180,12 @@ pub struct Issuer {
 }
 
 impl Issuer {
-    /// Signs an access token for `client_id` with `scope` (space-separated).
+    /// Signs an access token for `subject` (a client, or a user's id) obtained through
+    /// `client_id`, with `scope` (space-separated).
     pub fn issue(
         &self,
         key: &SigningKey,
+        subject: &str,
         client_id: &str,
         scope: &str,
         now: SystemTime,
@@ -167,7 +195,7 @@ impl Issuer {
             .map_or(0, |d| d.as_secs());
         let claims = Claims {
             iss: &self.issuer,
-            sub: client_id,
+            sub: subject,
             aud: &self.audience,
             exp: iat + self.ttl.as_secs(),
             iat,

@@ -23,6 +23,8 @@ pub enum ErrorCode {
     AuthenticationRequired,
     InvalidToken,
     InsufficientScope,
+    InvalidCredentials,
+    TooManyAttempts,
     Conflict,
     StoreUnavailable,
     AuthUnavailable,
@@ -47,6 +49,8 @@ impl ErrorCode {
             Self::AuthenticationRequired => "authentication_required",
             Self::InvalidToken => "invalid_token",
             Self::InsufficientScope => "insufficient_scope",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::TooManyAttempts => "too_many_attempts",
             Self::AuthUnavailable => "auth_unavailable",
             Self::Conflict => "conflict",
             Self::StoreUnavailable => "store_unavailable",
@@ -61,7 +65,10 @@ impl ErrorCode {
             Self::ValidationError | Self::InvalidJson | Self::InvalidRequest => {
                 StatusCode::BAD_REQUEST
             }
-            Self::AuthenticationRequired | Self::InvalidToken => StatusCode::UNAUTHORIZED,
+            Self::AuthenticationRequired | Self::InvalidToken | Self::InvalidCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
             Self::InsufficientScope => StatusCode::FORBIDDEN,
             Self::UserNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -100,6 +107,8 @@ impl ErrorCode {
             | Self::InvalidJson
             | Self::DuplicateEmail
             | Self::UserNotFound
+            | Self::InvalidCredentials
+            | Self::TooManyAttempts
             | Self::Conflict
             | Self::StoreUnavailable
             | Self::UpstreamUnavailable

@@ -24,6 +24,7 @@ pub const USERS_TOTAL: &str = "users_total";
 pub const USERS_CREATED: &str = "users_created_total";
 pub const USERS_DELETED: &str = "users_deleted_total";
 pub const TOKENS_ISSUED: &str = "tokens_issued_total";
+pub const AUTHENTICATION_ATTEMPTS: &str = "authentication_attempts_total";
 pub const PASSWORD_HASH_DURATION: &str = "password_hash_duration_seconds";
 
 /// Buckets of every latency histogram, 1 ms … 10 s.

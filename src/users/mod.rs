@@ -1,7 +1,6 @@
 //! The users role: user CRUD over Redis (`platform users`).
 
 pub mod cursor;
-pub mod domain;
 mod error;
 pub mod reindex;
 pub mod routes;

@@ -6,8 +6,8 @@ use deadpool_redis::redis::{self, AsyncCommands, Script, Value};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::domain::User;
 use super::store::{self, BY_CREATED, INDEX, StoreError, UserStore};
+use crate::accounts::domain::User;
 use crate::telemetry::metrics::Metrics;
 
 static REINDEX_ONE: LazyLock<Script> =

@@ -5,8 +5,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use uuid::Uuid;
 
 use super::cursor::Cursor;
-use super::domain::{NewUser, UserPatch};
 use super::store::UserStore;
+use crate::accounts::domain::{NewUser, UserPatch};
 use crate::http::body;
 use crate::http::error::{self, ApiError};
 

@@ -9,32 +9,18 @@ use deadpool_redis::{Connection, Pool};
 use uuid::Uuid;
 
 use super::cursor::Cursor;
-use super::domain::{NewUser, User, UserPatch};
+use crate::accounts::domain::{NewUser, User, UserPatch};
 use crate::config::RedisSettings;
 use crate::telemetry::metrics::{self, Metrics};
 
-pub const INDEX: &str = "users:index";
-pub const BY_CREATED: &str = "users:by_created";
+pub use crate::accounts::{BY_CREATED, INDEX, created_score, email_key, user_key};
+use crate::accounts::{credential_key, to_json};
+
 /// How often an update or delete retries when the user changed under it.
 const CAS_ATTEMPTS: usize = 5;
 
-static CREATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/create.lua")));
 static UPDATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/update.lua")));
-static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/delete.lua")));
 static PAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/page.lua")));
-
-pub fn user_key(id: &str) -> String {
-    format!("user:{id}")
-}
-
-pub fn email_key(email: &str) -> String {
-    format!("users:email:{}", email.to_lowercase())
-}
-
-/// The sort key of a user in `users:by_created`: its creation time in ms (0 if unreadable).
-pub fn created_score(user: &User) -> i64 {
-    crate::timestamp::parse_millis(&user.created_at).unwrap_or(0)
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -179,34 +165,15 @@ impl UserStore {
     }
 
     pub async fn create(&self, new: &NewUser) -> Result<User, StoreError> {
-        let now = crate::timestamp::now();
-        let user = User {
-            id: Uuid::new_v4().to_string(),
-            name: new.name.as_str().to_owned(),
-            email: new.email.as_str().to_owned(),
-            created_at: now.clone(),
-            updated_at: Some(now),
-        };
-        let json = to_json(&user);
         let created = &self.metrics.created;
         self.run("create", |mut conn| async move {
-            let outcome: String = CREATE
-                .key(user_key(&user.id))
-                .key(email_key(&user.email))
-                .key(INDEX)
-                .key(BY_CREATED)
-                .arg(&user.id)
-                .arg(&json)
-                .arg(created_score(&user))
-                .invoke_async(&mut conn)
-                .await?;
-            match outcome.as_str() {
-                "ok" => {
+            let outcome = crate::accounts::create(&mut conn, new, None).await;
+            match outcome.map_err(StoreError::Unavailable)? {
+                Some(user) => {
                     created.increment(1);
                     Ok(user)
                 }
-                "taken" => Err(StoreError::DuplicateEmail),
-                other => Err(unexpected("create", other)),
+                None => Err(StoreError::DuplicateEmail),
             }
         })
         .await
@@ -257,11 +224,12 @@ impl UserStore {
         self.run("delete", |mut conn| async move {
             for _ in 0..CAS_ATTEMPTS {
                 let (current, raw) = read(&mut conn, id).await?.ok_or(StoreError::NotFound)?;
-                let outcome: String = DELETE
+                let outcome: String = crate::accounts::DELETE
                     .key(user_key(&current.id))
                     .key(email_key(&current.email))
                     .key(INDEX)
                     .key(BY_CREATED)
+                    .key(credential_key(&current.id))
                     .arg(&current.id)
                     .arg(&raw)
                     .invoke_async(&mut conn)
@@ -359,10 +327,6 @@ fn parse(id: &str, raw: &str) -> Result<User, StoreError> {
     })
 }
 
-fn to_json(user: &User) -> String {
-    serde_json::to_string(user).expect("a struct of strings always serializes")
-}
-
 fn unexpected(script: &str, outcome: &str) -> StoreError {
-    StoreError::Unavailable(anyhow::anyhow!("{script} script answered {outcome:?}"))
+    StoreError::Unavailable(crate::accounts::unexpected(script, outcome))
 }

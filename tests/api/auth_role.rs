@@ -402,7 +402,10 @@ async fn the_jwks_and_the_discovery_document_are_served_at_the_root_and_under_au
     assert_eq!(doc["issuer"], ISSUER);
     assert_eq!(doc["jwks_uri"], format!("{ISSUER}/.well-known/jwks.json"));
     assert_eq!(doc["token_endpoint"], format!("{ISSUER}/token"));
-    assert_eq!(doc["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(
+        doc["grant_types_supported"],
+        json!(["client_credentials", "refresh_token"])
+    );
     assert_eq!(
         doc["id_token_signing_alg_values_supported"],
         json!(["ES256"])

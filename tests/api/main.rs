@@ -1,5 +1,6 @@
 //! Black-box tests of the users role: real Redis, real HTTP, one module per feature.
 
+mod accounts;
 mod auth;
 mod auth_role;
 mod concurrency;

@@ -1,6 +1,7 @@
 #!lua
--- Deletes a user if it still is what the caller read, with its index entries.
--- KEYS: user:<id>, users:email:<email>, users:index, users:by_created
+-- Deletes a user if it still is what the caller read, with its index entries and its
+-- credential (so it can no longer log in; refresh checks that user:<id> exists).
+-- KEYS: user:<id>, users:email:<email>, users:index, users:by_created, credential:<id>
 -- ARGV: id, JSON the caller read
 local current = redis.call('GET', KEYS[1])
 if not current then
@@ -15,4 +16,5 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[5])
 return 'ok'
