@@ -22,9 +22,12 @@ help: ## Show this help
 ##@ Development
 
 .PHONY: run
-run: ## Install/start Redis if needed, then run gateway (:3000) + users (:3001) in one process
+run: ## Install/start Redis if needed, then run gateway (:3000), users (:3001) and auth (:3002) in one process
 	./scripts/ensure-redis.sh --start
-	$(CARGO) run --release --locked -- all --log-format pretty
+	$(CARGO) build --release --locked --bin platform
+	@# A local signing key for the auth role (made once; SIGNING_KEYS_DIR overrides the directory).
+	@mkdir -p .run/keys && { ls .run/keys/*.pem >/dev/null 2>&1 || ./target/release/platform auth generate-key .run/keys; }
+	SIGNING_KEYS_DIR="$${SIGNING_KEYS_DIR:-.run/keys}" ./target/release/platform all --log-format pretty
 
 .PHONY: test
 test: ## Run the whole test suite (installs redis-server and prometheus if missing)
