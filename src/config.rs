@@ -313,7 +313,7 @@ pub struct AuthSettings {
     /// Verified claims sent upstream as headers, `claim=Header,…`; clients can never send these.
     #[arg(long, env = "JWT_CLAIM_HEADERS", value_delimiter = ',', default_value = "sub=X-User-Id,scope=X-User-Scope", value_parser = parse_claim_header)]
     pub jwt_claim_headers: Vec<ClaimHeader>,
-    /// Send the `Authorization` header upstream (it is removed otherwise).
+    /// Send the used credential upstream (the Authorization header or the token cookie; removed otherwise).
     #[arg(long, env = "JWT_FORWARD_TOKEN")]
     pub jwt_forward_token: bool,
     /// A scope that writes (POST, PUT, PATCH, DELETE) need, when set.

@@ -64,12 +64,11 @@ pub async fn proxy(
         if let Some(subject) = &verified.subject {
             req.extensions_mut().insert(Subject(subject.clone()));
         }
+        let auth = proxy.auth.as_ref().map(|a| a.auth());
         Identity {
             headers: &verified.headers,
-            forward_token: proxy
-                .auth
-                .as_ref()
-                .is_some_and(|a| a.auth().forwards_token()),
+            forward_token: auth.is_some_and(|a| a.forwards_token()),
+            cookie: auth.and_then(|a| a.cookie()),
         }
     });
 

@@ -44,8 +44,11 @@ pub struct Upstream {
 /// What a verified token adds to the upstream request.
 pub struct Identity<'a> {
     pub headers: &'a [(HeaderName, HeaderValue)],
-    /// Whether its `Authorization` header is sent on (`--jwt-forward-token`).
+    /// Whether its credential is sent on (`--jwt-forward-token`): the `Authorization` header,
+    /// or the token's cookie.
     pub forward_token: bool,
+    /// The cookie a token may come in: left out of `Cookie` unless the token is forwarded.
+    pub cookie: Option<&'a str>,
 }
 
 impl Upstream {
@@ -130,6 +133,14 @@ impl Upstream {
         for (name, value) in identity.map_or(&[][..], |i| i.headers) {
             out.insert(name.clone(), value.clone());
         }
+        if let Some(Identity {
+            forward_token: false,
+            cookie: Some(name),
+            ..
+        }) = identity
+        {
+            without_cookie(out, name);
+        }
         out.insert(header::HOST, self.host.clone());
         let peer = req.peer_addr().map(|a| IpText::new(a.ip()));
         let peer = peer.as_ref().map(IpText::as_str);
@@ -187,6 +198,29 @@ impl Upstream {
             Ok(target) => self.request(req, target, client, id, identity).send().await,
             Err(_) => first,
         }
+    }
+}
+
+/// Removes the cookie `name` (a used token) from the request's `Cookie` headers, keeping the
+/// others as one header.
+fn without_cookie(headers: &mut awc::http::header::HeaderMap, name: &str) {
+    if !headers.contains_key(header::COOKIE) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != name))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    // Pairs of a header that was visible ASCII, joined by "; ": still a valid value.
+    if !kept.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(header::COOKIE, value);
     }
 }
 

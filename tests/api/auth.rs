@@ -1442,3 +1442,39 @@ fn claim_headers_the_proxy_owns_are_refused_at_start() {
         );
     }
 }
+
+#[actix_web::test]
+async fn a_token_from_the_cookie_is_not_sent_upstream_unless_forwarded() {
+    let echo = FakeUpstream::start(Behaviour::Echo);
+    let jwks = JwksServer::http(&INITIAL_KEYS);
+    let token = Token::new(Key::Es256).sign();
+    let among_others = || cookie(format!("theme=dark; session={token}; lang=en"));
+
+    let gw = gateway("all", &echo.url(), &jwks, &["--jwt-cookie", "session"]).await;
+    let reply = request(&gw, "GET", ECHO, &[among_others()]).await;
+    assert_eq!(
+        seen(&reply, "cookie"),
+        ["theme=dark; lang=en"],
+        "{}",
+        reply.body
+    );
+    assert!(
+        !reply.text.contains(&token),
+        "the token reached the upstream"
+    );
+    let alone = request(&gw, "GET", ECHO, &[cookie(format!("session={token}"))]).await;
+    assert!(seen(&alone, "cookie").is_empty(), "{}", alone.body);
+
+    let forwarding = gateway(
+        "all",
+        &echo.url(),
+        &jwks,
+        &["--jwt-cookie", "session", "--jwt-forward-token"],
+    )
+    .await;
+    let reply = request(&forwarding, "GET", ECHO, &[among_others()]).await;
+    assert_eq!(
+        seen(&reply, "cookie"),
+        [format!("theme=dark; session={token}; lang=en")]
+    );
+}

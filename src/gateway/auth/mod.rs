@@ -63,6 +63,11 @@ impl Auth {
         self.mode != AuthMode::Off
     }
 
+    /// The cookie a token may come in (`--jwt-cookie`).
+    pub fn cookie(&self) -> Option<&str> {
+        self.cookie.as_deref()
+    }
+
     pub fn forwards_token(&self) -> bool {
         self.forward_token
     }
