@@ -4,27 +4,14 @@
 use std::time::{Duration, Instant};
 
 use platform::auth::{keys, secrets};
-use platform::config::Argon2Settings;
 use serde_json::{Value, json};
 
-use crate::helpers::{Http, Reply, TestApp, TestGateway, spawn_app, spawn_auth, spawn_gateway};
-
-const ISSUER: &str = "http://gateway.test/api/auth";
-const PASSWORD: &str = "correct horse battery staple";
-/// Cheaper than OWASP's parameters (the test binary is unoptimised), still measurable.
-const ARGON2: Argon2Settings = Argon2Settings {
-    argon2_memory_kib: 4096,
-    argon2_iterations: 2,
-    argon2_parallelism: 1,
+use crate::helpers::{
+    ARGON2, ARGON2_FLAGS, AUTH_ISSUER as ISSUER, Http, Reply, TestApp, TestGateway, spawn_app,
+    spawn_auth, spawn_gateway,
 };
-const ARGON2_FLAGS: [&str; 6] = [
-    "--argon2-memory-kib",
-    "4096",
-    "--argon2-iterations",
-    "2",
-    "--argon2-parallelism",
-    "1",
-];
+
+const PASSWORD: &str = "correct horse battery staple";
 
 /// The users role, the auth role on the same Redis, and a gateway verifying the auth role's
 /// tokens on every request.

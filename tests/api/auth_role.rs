@@ -13,25 +13,11 @@ use platform::config::Argon2Settings;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    BIN, Http, Process, RedisServer, Reply, TestGateway, free_port, json_lines, poll_until,
-    run_binary, spawn_app, spawn_auth, spawn_gateway,
+    ARGON2, ARGON2_FLAGS, AUTH_ISSUER as ISSUER, BIN, Http, Process, RedisServer, Reply,
+    TestGateway, free_port, json_lines, poll_until, run_binary, spawn_app, spawn_auth,
+    spawn_gateway,
 };
 
-/// Cheaper than OWASP's parameters (the test binary is unoptimised), still measurable.
-const ARGON2: Argon2Settings = Argon2Settings {
-    argon2_memory_kib: 4096,
-    argon2_iterations: 2,
-    argon2_parallelism: 1,
-};
-const ARGON2_FLAGS: [&str; 6] = [
-    "--argon2-memory-kib",
-    "4096",
-    "--argon2-iterations",
-    "2",
-    "--argon2-parallelism",
-    "1",
-];
-const ISSUER: &str = "http://gateway.test/api/auth";
 const SECRET: &str = "s3cret-Of-Reporting";
 const APP_SECRET: &str = "p@ss word:with colon";
 

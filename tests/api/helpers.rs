@@ -11,6 +11,24 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_platform");
 
+/// The auth role's issuer in tests (as clients would see it behind a gateway).
+pub const AUTH_ISSUER: &str = "http://gateway.test/api/auth";
+/// Argon2 cheaper than OWASP's parameters (the test binary is unoptimised), still measurable.
+pub const ARGON2: platform::config::Argon2Settings = platform::config::Argon2Settings {
+    argon2_memory_kib: 4096,
+    argon2_iterations: 2,
+    argon2_parallelism: 1,
+};
+/// The same parameters as the auth role's flags.
+pub const ARGON2_FLAGS: [&str; 6] = [
+    "--argon2-memory-kib",
+    "4096",
+    "--argon2-iterations",
+    "2",
+    "--argon2-parallelism",
+    "1",
+];
+
 /// A real Redis on a free loopback port, with its own data directory; killed on drop.
 pub struct RedisServer {
     pub port: u16,
