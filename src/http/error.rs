@@ -25,11 +25,14 @@ pub enum ErrorCode {
     InsufficientScope,
     InvalidCredentials,
     TooManyAttempts,
+    RateLimited,
+    RequestTimeout,
     Conflict,
     StoreUnavailable,
     AuthUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
+    Overloaded,
     InternalServerError,
 }
 
@@ -51,6 +54,9 @@ impl ErrorCode {
             Self::InsufficientScope => "insufficient_scope",
             Self::InvalidCredentials => "invalid_credentials",
             Self::TooManyAttempts => "too_many_attempts",
+            Self::RateLimited => "rate_limited",
+            Self::RequestTimeout => "request_timeout",
+            Self::Overloaded => "overloaded",
             Self::AuthUnavailable => "auth_unavailable",
             Self::Conflict => "conflict",
             Self::StoreUnavailable => "store_unavailable",
@@ -68,7 +74,8 @@ impl ErrorCode {
             Self::AuthenticationRequired | Self::InvalidToken | Self::InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyAttempts | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::InsufficientScope => StatusCode::FORBIDDEN,
             Self::UserNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -76,7 +83,9 @@ impl ErrorCode {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
-            Self::StoreUnavailable | Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreUnavailable | Self::AuthUnavailable | Self::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::InternalServerError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -93,7 +102,8 @@ impl ErrorCode {
     /// that has one.
     pub fn closes_connection(self, request_has_body: bool) -> bool {
         match self {
-            Self::PayloadTooLarge => true,
+            // The rest of the body was never read (413), or is still on its way (408).
+            Self::PayloadTooLarge | Self::RequestTimeout => true,
             Self::NotFound
             | Self::MethodNotAllowed
             | Self::UnsupportedMediaType
@@ -102,7 +112,9 @@ impl ErrorCode {
             | Self::AuthenticationRequired
             | Self::InvalidToken
             | Self::InsufficientScope
-            | Self::AuthUnavailable => request_has_body,
+            | Self::AuthUnavailable
+            | Self::RateLimited
+            | Self::Overloaded => request_has_body,
             Self::ValidationError
             | Self::InvalidJson
             | Self::DuplicateEmail
