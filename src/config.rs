@@ -82,6 +82,13 @@ pub struct CommonSettings {
     /// HTTP worker threads (default: one per CPU).
     #[arg(long, env = "WORKERS", global = true)]
     pub workers: Option<usize>,
+    /// Requests served at once by a role (its workers together); beyond: 503 `overloaded` at
+    /// once. Health and metrics endpoints are never refused.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub max_in_flight: u32,
+    /// Time a client has to send a whole request body (from the request's start); then 408.
+    #[arg(long, env = "CLIENT_BODY_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, global = true)]
+    pub client_body_timeout: Duration,
 }
 
 impl CommonSettings {
@@ -106,6 +113,11 @@ impl slog::KV for CommonSettings {
             },
         )?;
         s.emit_usize("workers", self.effective_workers())?;
+        s.emit_u32("max_in_flight", self.max_in_flight)?;
+        s.emit_f64(
+            "client_body_timeout_s",
+            self.client_body_timeout.as_secs_f64(),
+        )?;
         s.emit_f64("shutdown_timeout_s", self.shutdown_timeout.as_secs_f64())
     }
 }
@@ -569,9 +581,20 @@ pub struct RedisSettings {
     /// Upper bound for one Redis operation, waiting for a pooled connection included.
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "2s", value_parser = parse_positive_duration, global = true)]
     pub redis_timeout: Duration,
+    /// Longest wait for a free pooled connection (at most --redis-timeout); then 503 `overloaded`.
+    #[arg(long, env = "REDIS_POOL_WAIT", default_value = "250ms", value_parser = parse_positive_duration, global = true)]
+    pub redis_pool_wait: Duration,
 }
 
 impl RedisSettings {
+    /// Values that contradict each other.
+    pub fn check(&self) -> Result<(), String> {
+        if self.redis_pool_wait > self.redis_timeout {
+            return Err("--redis-pool-wait must not exceed --redis-timeout".into());
+        }
+        Ok(())
+    }
+
     /// The URL with any password replaced by `***`, safe to log.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.redis_url)

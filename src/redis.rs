@@ -5,8 +5,11 @@ use deadpool_redis::{Manager, Pool, PoolConfig, Runtime, Timeouts};
 
 use crate::config::RedisSettings;
 
-/// Builds the pool; connections are made on first use, so Redis may be down at start.
+/// Builds the pool; connections are made on first use, so Redis may be down at start. A
+/// request waits at most `--redis-pool-wait` for a free connection: beyond it, the pool is
+/// the bottleneck and the request is shed rather than stacked (`PoolError::Timeout(Wait)`).
 pub fn pool(settings: &RedisSettings) -> anyhow::Result<Pool> {
+    settings.check().map_err(anyhow::Error::msg)?;
     let mut info = settings.redis_url.as_str().into_connection_info()?;
     if let Some(password) = &settings.redis_password {
         let redis = info
@@ -27,9 +30,8 @@ pub fn pool(settings: &RedisSettings) -> anyhow::Result<Pool> {
         .config(PoolConfig {
             max_size: usize::from(settings.redis_pool_size),
             timeouts: Timeouts {
-                wait: Some(timeout),
-                create: Some(timeout),
-                recycle: Some(timeout),
+                wait: Some(settings.redis_pool_wait),
+                ..patient(timeout)
             },
             ..PoolConfig::default()
         })
@@ -37,11 +39,21 @@ pub fn pool(settings: &RedisSettings) -> anyhow::Result<Pool> {
         .build()?)
 }
 
-/// `PING` within `--redis-timeout` (pool wait included): whether Redis answers.
+/// Pool timeouts that wait for a connection as long as for the rest (readiness checks).
+pub fn patient(timeout: std::time::Duration) -> Timeouts {
+    Timeouts {
+        wait: Some(timeout),
+        create: Some(timeout),
+        recycle: Some(timeout),
+    }
+}
+
+/// `PING` within `--redis-timeout` (pool wait included): whether Redis answers. It waits
+/// for a pooled connection that long too: a busy pool is not a Redis that is down.
 pub async fn ping(pool: &Pool, timeout: std::time::Duration) -> bool {
     use deadpool_redis::redis;
     tokio::time::timeout(timeout, async {
-        let mut conn = pool.get().await.ok()?;
+        let mut conn = pool.timeout_get(&patient(timeout)).await.ok()?;
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await

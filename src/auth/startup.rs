@@ -18,6 +18,7 @@ use crate::config::AuthRoleSettings;
 use crate::http::error;
 use crate::http::observe::{Observer, observe};
 use crate::http::ops::{Draining, Ops, ReadinessCheck};
+use crate::http::shed::Limits;
 use crate::server::{self, Application};
 use crate::telemetry::logging;
 use crate::telemetry::metrics::{self, Metrics};
@@ -116,6 +117,8 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
         log: log.clone(),
     });
     let draining = Draining::default();
+    // One in-flight count per role, shared by its workers.
+    let limits = Limits::new(&settings.common);
     let redis_timeout = settings.redis.redis_timeout;
     let (app_pool, app_draining, app_log) = (pool.clone(), draining.clone(), log.clone());
     let app = Application::start(listener, &settings.common, draining, log, move || {
@@ -137,7 +140,7 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
             }));
         App::new()
             .app_data(service.clone())
-            .app_data(Observer::new(app_log.clone(), &metrics))
+            .app_data(Observer::new(app_log.clone(), &metrics, &limits))
             .wrap(from_fn(observe))
             .configure(|cfg| ops.configure(cfg))
             .configure(routes::configure)

@@ -16,6 +16,7 @@ use futures_util::{Stream, StreamExt};
 use crate::http::body::Declared;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::observe::Observer;
+use crate::http::shed;
 
 /// A request body up to this size is read whole before the upstream is contacted, as nginx's
 /// `proxy_request_buffering` does (the users API takes at most 16 KiB). Its framing errors are
@@ -32,7 +33,7 @@ pub enum Outbound {
 }
 
 /// Reads the client's body ahead, up to `READ_AHEAD` bytes (nothing when the head announces
-/// more), and at most `max`.
+/// more), and at most `max`; within `--client-body-timeout` (the payload's deadline), else 408.
 pub async fn read_ahead(
     payload: &mut web::Payload,
     declared: Declared,
@@ -49,10 +50,10 @@ pub async fn read_ahead(
                 return Err(ApiError::payload_too_large(max));
             }
             Some(Ok(chunk)) => ahead.extend_from_slice(&chunk),
-            Some(Err(_)) => {
-                return Err(Inbound::Broken
+            Some(Err(e)) => {
+                return Err(Inbound::of(&e)
                     .fault(max)
-                    .expect("a broken body is a fault"));
+                    .expect("a failed body is a fault"));
             }
         }
     }
@@ -65,9 +66,19 @@ pub enum Inbound {
     Fine,
     TooLarge,
     Broken,
+    /// The client did not send it within `--client-body-timeout`.
+    TimedOut,
 }
 
 impl Inbound {
+    /// Why reading the client's body failed with `e`.
+    fn of(e: &PayloadError) -> Self {
+        match shed::is_body_timeout(e) {
+            true => Self::TimedOut,
+            false => Self::Broken,
+        }
+    }
+
     /// The client's own fault, if its body is why the exchange failed.
     pub fn fault(self, max: u64) -> Option<ApiError> {
         match self {
@@ -78,6 +89,7 @@ impl Inbound {
                 "body",
                 "the request body is malformed or ended early",
             )),
+            Self::TimedOut => Some(shed::body_timed_out()),
         }
     }
 }
@@ -95,7 +107,7 @@ pub fn limited(
     futures_util::stream::iter(ahead)
         .chain(payload)
         .map(move |chunk| {
-            let chunk = chunk.inspect_err(|_| inbound.set(Inbound::Broken))?;
+            let chunk = chunk.inspect_err(|e| inbound.set(Inbound::of(e)))?;
             seen += chunk.len() as u64;
             if seen > max {
                 inbound.set(Inbound::TooLarge);
@@ -103,6 +115,47 @@ pub fn limited(
             }
             Ok(chunk)
         })
+}
+
+/// Streamed uploads one worker lets hold upstream connections at once: half of the pool's 512
+/// (`startup::upstream_client`), so however many clients trickle large bodies (each bounded
+/// by `--client-body-timeout` and `--upstream-timeout`), other requests find a connection.
+pub const MAX_STREAMED_UPLOADS: usize = 256;
+
+/// The streamed uploads of one worker.
+pub struct Uploads {
+    open: Cell<usize>,
+    shed: ::metrics::Counter,
+}
+
+impl Uploads {
+    pub fn new(shed: ::metrics::Counter) -> Self {
+        Self {
+            open: Cell::new(0),
+            shed,
+        }
+    }
+
+    /// A place for one more streamed upload, or 503 `overloaded` when all are taken.
+    pub fn start(&self) -> Result<Upload<'_>, ApiError> {
+        if self.open.get() >= MAX_STREAMED_UPLOADS {
+            self.shed.increment(1);
+            return Err(shed::overloaded(
+                "too many large uploads at once; retry later",
+            ));
+        }
+        self.open.set(self.open.get() + 1);
+        Ok(Upload(&self.open))
+    }
+}
+
+/// One streamed upload, counted until dropped.
+pub struct Upload<'a>(&'a Cell<usize>);
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 /// One exchange with the upstream; `end` records `upstream_request_duration_seconds`.

@@ -9,15 +9,15 @@ use actix_web::body::SizedStream;
 use actix_web::http::header;
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use awc::{Client, ClientResponse};
+use awc::{Client, ClientRequest, ClientResponse};
 
 use super::auth::WorkerAuth;
-use super::body::{self, Exchange, Inbound, Outbound, UpstreamBody};
+use super::body::{self, Exchange, Inbound, Outbound, Uploads, UpstreamBody};
 use super::route::Service;
 use super::upstream::{Identity, Upstream};
 use super::{request_filter, response_filter, route};
 use crate::http::body::Declared;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorCode};
 use crate::http::observe::{Observer, RouteLabel, Subject};
 use crate::http::request_id::RequestId;
 
@@ -28,6 +28,8 @@ pub struct Proxy {
     pub users: Upstream,
     pub auth_service: Upstream,
     pub auth: Option<WorkerAuth>,
+    /// The worker's streamed uploads, capped so they cannot take every pooled connection.
+    pub uploads: Uploads,
 }
 
 impl Proxy {
@@ -42,16 +44,13 @@ impl Proxy {
 /// The app's default service: every path its own routes (`/health/*`, `/metrics`) do not take.
 pub async fn proxy(
     req: HttpRequest,
-    payload: web::Payload,
+    mut payload: web::Payload,
     proxy: web::Data<Proxy>,
     id: RequestId,
 ) -> Result<HttpResponse, ApiError> {
-    let started = Instant::now();
-
     let route = route::route(req.path())?;
     req.extensions_mut().insert(RouteLabel(route.label));
     let upstream = proxy.upstream(route.service);
-    let deadline = started + upstream.timeout;
 
     // The auth service authenticates its own clients (HTTP Basic, client secrets) and hands
     // out the tokens: its routes never need one, and their `Authorization` is not a bearer's.
@@ -71,16 +70,27 @@ pub async fn proxy(
             cookie: auth.and_then(|a| a.cookie()),
         }
     });
+    // A small body is read whole before the upstream is contacted, and before the exchange's
+    // clock starts: a slow client is neither a slow upstream nor one holding its connection.
+    let body = match admitted.declared {
+        None => None,
+        Some(declared) => {
+            let ahead = body::read_ahead(&mut payload, declared, upstream.max_body).await?;
+            Some((declared, ahead))
+        }
+    };
 
+    let started = Instant::now();
+    let deadline = started + upstream.timeout;
     let exchange = Exchange::new(
         Observer::of(&req).clone(),
         upstream.service,
         req.method().clone(),
         started,
     );
-    let sent = match admitted.declared {
+    let target = upstream.target(req.uri())?;
+    let sent = match body {
         None => {
-            let target = upstream.target(req.uri())?;
             let sent = upstream.send(
                 &req,
                 target,
@@ -91,41 +101,54 @@ pub async fn proxy(
             );
             sent.await.map_err(|e| upstream.failure(e))
         }
-        Some(declared) => {
-            let to = (&proxy.client, upstream);
-            send_with_body(&req, payload, declared, to, &id, identity.as_ref()).await
+        Some((_, Outbound::Whole(body))) => upstream
+            .request(&req, target, &proxy.client, &id, identity.as_ref())
+            .send_body(body)
+            .await
+            .map_err(|e| upstream.failure(e)),
+        Some((declared, Outbound::Streamed(ahead))) => {
+            let request = upstream.request(&req, target, &proxy.client, &id, identity.as_ref());
+            let upload = Upload {
+                ahead,
+                payload,
+                declared,
+            };
+            stream_up(request, upload, &proxy.uploads, upstream).await
         }
     };
     let response = match sent.and_then(|res| Ok((response_filter::filter(&res)?, res))) {
         Ok(response) => response,
         Err(error) => {
-            exchange.end(error.code.status().as_u16());
+            // A client too slow to send its body is its own fault, not the upstream's.
+            if error.code != ErrorCode::RequestTimeout {
+                exchange.end(error.code.status().as_u16());
+            }
             return Err(error);
         }
     };
     Ok(stream_back(&req, response, exchange, deadline))
 }
 
-/// Sends the request with its body: read whole first when small, else streamed as it comes.
-async fn send_with_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
+/// A body too large to read ahead: what was read, and the rest still to come.
+struct Upload {
+    ahead: web::Bytes,
+    payload: web::Payload,
     declared: Declared,
-    (client, upstream): (&Client, &Upstream),
-    id: &RequestId,
-    identity: Option<&Identity<'_>>,
+}
+
+/// Sends the request with its body streamed as it comes, bounded by `--max-body`, while one of
+/// the worker's streamed-upload places is held.
+async fn stream_up(
+    request: ClientRequest,
+    Upload {
+        ahead,
+        payload,
+        declared,
+    }: Upload,
+    uploads: &Uploads,
+    upstream: &Upstream,
 ) -> Result<ClientResponse, ApiError> {
-    let ahead = body::read_ahead(&mut payload, declared, upstream.max_body).await?;
-    let request = upstream.request(req, upstream.target(req.uri())?, client, id, identity);
-    let ahead = match ahead {
-        Outbound::Whole(body) => {
-            return request
-                .send_body(body)
-                .await
-                .map_err(|e| upstream.failure(e));
-        }
-        Outbound::Streamed(ahead) => ahead,
-    };
+    let _place = uploads.start()?;
     let inbound = Rc::new(Cell::new(Inbound::Fine));
     let body = body::limited(ahead, payload, upstream.max_body, inbound.clone());
     let sent = match declared {

@@ -9,12 +9,14 @@ use slog::{Logger, info};
 
 use super::auth::keys::KeySet;
 use super::auth::{Auth, WorkerAuth};
+use super::body::Uploads;
 use super::proxy::{self, Proxy};
 use super::readiness::UpstreamReadiness;
 use super::upstream::Upstream;
 use crate::config::GatewaySettings;
 use crate::http::observe::{Observer, observe};
 use crate::http::ops::{Draining, Ops, ReadinessCheck};
+use crate::http::shed::{self, Limits};
 use crate::server::{self, Application, KEEP_ALIVE};
 use crate::telemetry::logging;
 use crate::telemetry::metrics::Metrics;
@@ -103,6 +105,8 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
     let ready_url = format!("{}/health/ready", users.base);
     let readiness = UpstreamReadiness::default();
     let draining = Draining::default();
+    // One in-flight count per role, shared by its workers.
+    let limits = Limits::new(&settings.common);
     let (app_draining, app_log, settings) = (draining.clone(), log.clone(), settings.clone());
     Application::start(
         listener,
@@ -134,8 +138,9 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
                     users: users.clone(),
                     auth_service: auth_service.clone(),
                     auth: auth.clone().map(|auth| WorkerAuth::new(auth, &metrics)),
+                    uploads: Uploads::new(metrics.shed(shed::UPLOADS)),
                 }))
-                .app_data(Observer::new(app_log.clone(), &metrics))
+                .app_data(Observer::new(app_log.clone(), &metrics, &limits))
                 .wrap(from_fn(observe))
                 .configure(|cfg| ops.configure(cfg))
                 // `/api/users…` and `/api/auth…` are proxied, any other path is a 404.

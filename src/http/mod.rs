@@ -1,4 +1,5 @@
-//! HTTP pieces every role shares: error body, request ids, health, the observing middleware.
+//! HTTP pieces every role shares: error body, request ids, health, the observing middleware,
+//! load shedding.
 
 pub mod body;
 pub mod error;
@@ -6,3 +7,4 @@ pub mod observe;
 pub mod ops;
 pub mod peer;
 pub mod request_id;
+pub mod shed;

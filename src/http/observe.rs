@@ -1,11 +1,13 @@
 //! The middleware around every route: request id, error body with that id, metrics, access log.
 
+use std::cell::Cell;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
+use actix_web::dev::Payload;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::ConnectionType;
 use actix_web::http::StatusCode;
@@ -18,6 +20,7 @@ use super::body;
 use super::error::{ApiError, ErrorCode};
 use super::peer::IpText;
 use super::request_id::{self, RequestId};
+use super::shed::{self, Admitted, Deadline, Limits};
 use crate::telemetry::metrics::{Metrics, WorkerMetrics};
 
 /// The route label a handler chose itself (set in request extensions); saves observe from
@@ -34,13 +37,16 @@ pub struct Subject(pub Rc<str>);
 pub struct Observer {
     pub log: Logger,
     pub metrics: WorkerMetrics,
+    /// The role's in-flight cap (shared by its workers) and body deadline.
+    pub limits: Limits,
 }
 
 impl Observer {
-    pub fn new(log: Logger, metrics: &Metrics) -> Rc<Self> {
+    pub fn new(log: Logger, metrics: &Metrics, limits: &Limits) -> Rc<Self> {
         Rc::new(Self {
             log,
             metrics: metrics.worker(),
+            limits: limits.clone(),
         })
     }
 
@@ -52,15 +58,55 @@ impl Observer {
 }
 
 pub async fn observe(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<BoxBody, Observed>>, Error> {
     let started = Instant::now();
-    let serving = Serving::start(Observer::of(req.request()).clone());
+    let mut serving = Serving::start(Observer::of(req.request()).clone());
     let id = RequestId::from_headers(req.headers());
     req.extensions_mut().insert(id.clone());
 
+    // Shedding comes first, before routing and authentication; probes and scrapes are never
+    // shed (nor counted against the cap).
+    let path = req.path();
+    let ops = path.starts_with("/health") || path == "/metrics";
+    if !ops {
+        match serving.0.limits.admit() {
+            Some(admitted) => serving.1 = Some(admitted),
+            None => {
+                serving.0.metrics.request_shed();
+                let err = shed::overloaded("the service is overloaded; retry later");
+                return Ok(respond(req.error_response(err), id, started, serving));
+            }
+        }
+    }
+    // The body must arrive within --client-body-timeout, whoever reads it; when it does not,
+    // the answer is a 408 whatever the handler made of the failed read.
+    let expired = Rc::new(Cell::new(false));
+    if body::declared(req.headers()).is_some() {
+        let deadline = tokio::time::Instant::from_std(started + serving.0.limits.body_timeout);
+        let payload = Deadline::new(req.take_payload(), deadline, expired.clone());
+        req.set_payload(Payload::Stream {
+            payload: Box::pin(payload),
+        });
+    }
+
     let res = next.call(req).await?.map_into_boxed_body();
+    let res = if expired.get() {
+        res.error_response(shed::body_timed_out())
+    } else {
+        res
+    };
+    Ok(respond(res, id, started, serving))
+}
+
+/// The response with its error body, request id header and access record.
+fn respond(
+    res: ServiceResponse<BoxBody>,
+    id: RequestId,
+    started: Instant,
+    serving: Serving,
+) -> ServiceResponse<EitherBody<BoxBody, Observed>> {
     let mut res = with_error_body(res, &id, &serving.0.log);
     res.headers_mut()
         .insert(request_id::HEADER, id.header_value().clone());
@@ -74,7 +120,7 @@ pub async fn observe(
     // A body already in hand (bytes, or none at all) is done: the request ends here. A
     // streamed one (a proxied body) ends with its last chunk, so its time and its log line
     // wait for that.
-    Ok(res.map_body(|_, body| {
+    res.map_body(|_, body| {
         if matches!(body.size(), BodySize::None) {
             access.finish(None);
             return EitherBody::left(body);
@@ -89,7 +135,7 @@ pub async fn observe(
                 access: Some(access),
             }),
         }
-    }))
+    })
 }
 
 /// A log field written only when it has a value (`sub` on an authenticated request's line).
@@ -125,13 +171,14 @@ struct Access {
     serving: Serving,
 }
 
-/// A request in `http_requests_in_flight` until dropped.
-struct Serving(Rc<Observer>);
+/// A request in `http_requests_in_flight` until dropped, and its place under the role's cap
+/// (none for a probe or a scrape).
+struct Serving(Rc<Observer>, Option<Admitted>);
 
 impl Serving {
     fn start(observer: Rc<Observer>) -> Self {
         observer.metrics.request_started();
-        Self(observer)
+        Self(observer, None)
     }
 }
 
@@ -149,7 +196,7 @@ impl Access {
             id,
             status,
             started,
-            serving: Serving(observer),
+            serving: Serving(observer, _),
         } = &self;
         let (log, status) = (&observer.log, *status);
         let pattern;

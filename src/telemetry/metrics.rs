@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::{
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 pub const HTTP_IN_FLIGHT: &str = "http_requests_in_flight";
+pub const HTTP_SHED: &str = "http_requests_shed_total";
 pub const UPSTREAM_DURATION: &str = "upstream_request_duration_seconds";
 pub const REDIS_DURATION: &str = "redis_operation_duration_seconds";
 pub const USERS_TOTAL: &str = "users_total";
@@ -45,6 +46,7 @@ struct Registry {
     handle: PrometheusHandle,
     process: metrics_process::Collector,
     in_flight: Gauge,
+    shed_in_flight: Counter,
 }
 
 impl Default for Metrics {
@@ -54,8 +56,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A new registry with every metric described, `http_requests_in_flight` at 0, and an
-    /// upkeep thread that ends when the last clone is dropped.
+    /// A new registry with every metric described, `http_requests_in_flight` and
+    /// `http_requests_shed_total{reason="in_flight"}` at 0, and an upkeep thread that ends when
+    /// the last clone is dropped.
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
@@ -63,16 +66,20 @@ impl Metrics {
             .build_recorder();
         let handle = recorder.handle();
         let process = metrics_process::Collector::default();
-        let in_flight = with_local_recorder(&recorder, || {
+        let (in_flight, shed_in_flight) = with_local_recorder(&recorder, || {
             process.describe();
             describe();
-            gauge!(HTTP_IN_FLIGHT)
+            (
+                gauge!(HTTP_IN_FLIGHT),
+                counter!(HTTP_SHED, "reason" => crate::http::shed::IN_FLIGHT),
+            )
         });
         let registry = Arc::new(Registry {
             recorder,
             handle,
             process,
             in_flight,
+            shed_in_flight,
         });
         spawn_upkeep(Arc::downgrade(&registry));
         Self(registry)
@@ -88,6 +95,11 @@ impl Metrics {
     /// inside it make handles of this role.
     pub fn register<T>(&self, register: impl FnOnce() -> T) -> T {
         with_local_recorder(&self.0.recorder, register)
+    }
+
+    /// The `http_requests_shed_total` counter of `reason` (at 0 from this call on).
+    pub fn shed(&self, reason: &'static str) -> Counter {
+        self.register(|| counter!(HTTP_SHED, "reason" => reason))
     }
 
     /// Times one Redis operation; `status` is `ok`, `miss` or `error`.
@@ -134,6 +146,10 @@ fn describe() {
         "Time to answer an HTTP request"
     );
     describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being served now");
+    describe_counter!(
+        HTTP_SHED,
+        "HTTP requests refused with 503 overloaded, by reason (in_flight, store_pool, uploads)"
+    );
     describe_histogram!(
         UPSTREAM_DURATION,
         Unit::Seconds,
@@ -311,6 +327,11 @@ impl WorkerMetrics {
     pub fn request_ended(&self) {
         self.metrics.0.in_flight.decrement(1.0);
     }
+
+    /// One request refused by the role's in-flight cap.
+    pub fn request_shed(&self) {
+        self.metrics.0.shed_in_flight.increment(1);
+    }
 }
 
 #[cfg(test)]
@@ -365,6 +386,11 @@ mod tests {
         let metrics = Metrics::new();
         let worker = metrics.worker();
         assert!(metrics.render().contains("http_requests_in_flight 0\n"));
+        assert!(
+            metrics
+                .render()
+                .contains("http_requests_shed_total{reason=\"in_flight\"} 0\n")
+        );
         worker.request_started();
         assert!(metrics.render().contains("http_requests_in_flight 1\n"));
         worker.request_ended();

@@ -21,6 +21,9 @@ impl From<StoreError> for ApiError {
                 "the user store is unavailable; retry later",
                 cause,
             ),
+            StoreError::Busy => {
+                crate::http::shed::overloaded("the user store is busy; retry later")
+            }
             e @ StoreError::Corrupt { .. } => ApiError::with_cause(
                 ErrorCode::InternalServerError,
                 "internal server error",

@@ -32,6 +32,9 @@ pub enum StoreError {
     Conflict,
     #[error("redis is unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// No pooled connection came free within `--redis-pool-wait`: too many requests at once.
+    #[error("no pooled redis connection came free in time")]
+    Busy,
     #[error("stored record {key} is not a user")]
     Corrupt {
         key: String,
@@ -48,7 +51,10 @@ impl From<redis::RedisError> for StoreError {
 
 impl From<deadpool_redis::PoolError> for StoreError {
     fn from(e: deadpool_redis::PoolError) -> Self {
-        Self::Unavailable(e.into())
+        match e {
+            deadpool_redis::PoolError::Timeout(deadpool_redis::TimeoutType::Wait) => Self::Busy,
+            e => Self::Unavailable(e.into()),
+        }
     }
 }
 
@@ -75,6 +81,7 @@ struct StoreMetrics {
     created: Counter,
     deleted: Counter,
     total: Gauge,
+    shed: Counter,
 }
 
 impl StoreMetrics {
@@ -95,6 +102,7 @@ impl StoreMetrics {
             created,
             deleted,
             total,
+            shed: registry.shed(crate::http::shed::STORE_POOL),
         }
     }
 }
@@ -111,15 +119,38 @@ impl UserStore {
         })
     }
 
-    /// Runs `op` on a pooled connection within the timeout, and times it.
+    /// Runs `op` on a pooled connection within the timeout, and times it. A connection is
+    /// waited for at most `--redis-pool-wait` (then `Busy`, counted as shed, not timed).
     async fn run<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.run_on(operation, false, op).await
+    }
+
+    /// `run`; a `patient` caller (readiness) waits for a connection up to the whole timeout,
+    /// since a busy pool is not a Redis that is down.
+    async fn run_on<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        patient: bool,
+        op: F,
+    ) -> Result<T, StoreError>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, async {
-            let conn = self.pool.get().await?;
+            let conn = match patient {
+                true => {
+                    self.pool
+                        .timeout_get(&crate::redis::patient(self.timeout))
+                        .await?
+                }
+                false => self.pool.get().await?,
+            };
             op(conn).await
         })
         .await
@@ -134,6 +165,11 @@ impl UserStore {
             Ok(_) | Err(StoreError::DuplicateEmail | StoreError::Conflict) => "ok",
             Err(StoreError::NotFound) => "miss",
             Err(StoreError::Unavailable(_) | StoreError::Corrupt { .. }) => "error",
+            Err(StoreError::Busy) => {
+                // Redis was not asked: no operation to time.
+                self.metrics.shed.increment(1);
+                return result;
+            }
         };
         self.metrics
             .registry
@@ -142,7 +178,7 @@ impl UserStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.run("ping", |mut conn| async move {
+        self.run_on("ping", true, |mut conn| async move {
             redis::cmd("PING").query_async::<String>(&mut conn).await?;
             Ok(())
         })

@@ -17,6 +17,7 @@ mod reindex;
 mod request_id;
 mod routing;
 mod secrets;
+mod slow_clients;
 mod upstream;
 mod users_create;
 mod users_delete;

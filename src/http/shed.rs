@@ -1,0 +1,170 @@
+//! Load shedding and slow clients: the in-flight cap of a role, the request body deadline,
+//! and the answers they give (503 `overloaded` with `Retry-After`, 408 `request_timeout`).
+
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::error::PayloadError;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::web::Bytes;
+use futures_util::Stream;
+use tokio::time::{Instant, Sleep};
+
+use super::error::{ApiError, ErrorCode};
+use crate::config::CommonSettings;
+
+/// The `reason` label of `http_requests_shed_total`: the role's in-flight cap.
+pub const IN_FLIGHT: &str = "in_flight";
+/// The users role's Redis pool had no connection free within `--redis-pool-wait`.
+pub const STORE_POOL: &str = "store_pool";
+/// The gateway's cap on streamed uploads holding upstream connections.
+pub const UPLOADS: &str = "uploads";
+
+/// What a shed client is told to wait before retrying.
+const RETRY_AFTER: HeaderValue = HeaderValue::from_static("1");
+
+/// A 503 `overloaded` with `Retry-After: 1`: answered at once, the request not queued.
+pub fn overloaded(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::Overloaded, message).with_header(header::RETRY_AFTER, RETRY_AFTER)
+}
+
+/// A 408 `request_timeout`: the client did not send its body within `--client-body-timeout`.
+pub fn body_timed_out() -> ApiError {
+    ApiError::new(
+        ErrorCode::RequestTimeout,
+        "the request body did not arrive in time",
+    )
+}
+
+/// One role's limits, shared by its workers (the in-flight count is one atomic per role).
+#[derive(Clone)]
+pub struct Limits {
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: usize,
+    pub body_timeout: Duration,
+}
+
+impl Limits {
+    pub fn new(common: &CommonSettings) -> Self {
+        Self {
+            in_flight: Arc::default(),
+            max_in_flight: common.max_in_flight as usize,
+            body_timeout: common.client_body_timeout,
+        }
+    }
+
+    /// A place among the requests in flight, or `None` when all are taken (one atomic add,
+    /// and one sub when the place is given back or refused).
+    pub fn admit(&self) -> Option<Admitted> {
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let admitted = Admitted(self.in_flight.clone());
+        (before < self.max_in_flight).then_some(admitted)
+    }
+}
+
+/// A request counted against the in-flight cap until dropped.
+pub struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The error a request body stream fails with once its deadline passed.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within --client-body-timeout")]
+pub struct BodyTimedOut;
+
+/// Whether a body read failed because the client was too slow (see [`Deadline`]).
+pub fn is_body_timeout(e: &PayloadError) -> bool {
+    matches!(e, PayloadError::Io(io) if io.get_ref().is_some_and(|inner| inner.is::<BodyTimedOut>()))
+}
+
+/// A request body that fails with [`BodyTimedOut`] when its deadline passes before its end;
+/// `expired` tells the middleware, which answers 408 whatever the handler made of the error.
+pub struct Deadline<S> {
+    body: S,
+    sleep: Pin<Box<Sleep>>,
+    expired: Rc<Cell<bool>>,
+    done: bool,
+}
+
+impl<S> Deadline<S> {
+    pub fn new(body: S, deadline: Instant, expired: Rc<Cell<bool>>) -> Self {
+        Self {
+            body,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            expired,
+            done: false,
+        }
+    }
+}
+
+impl<S> Stream for Deadline<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.body).poll_next(cx) {
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(item) => Poll::Ready(item),
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.done = true;
+                    this.expired.set(true);
+                    let e = std::io::Error::new(std::io::ErrorKind::TimedOut, BodyTimedOut);
+                    Poll::Ready(Some(Err(PayloadError::Io(e))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_admits_up_to_max_and_frees_places_on_drop() {
+        let limits = Limits {
+            in_flight: Arc::default(),
+            max_in_flight: 2,
+            body_timeout: Duration::from_secs(1),
+        };
+        let (a, b) = (limits.admit(), limits.admit());
+        assert!(a.is_some() && b.is_some());
+        assert!(limits.admit().is_none());
+        drop(a);
+        assert!(limits.admit().is_some());
+        assert_eq!(limits.in_flight.load(Ordering::Relaxed), 1);
+    }
+
+    #[actix_web::test]
+    async fn a_stalled_body_fails_with_the_timeout_error() {
+        use futures_util::StreamExt;
+        let expired = Rc::new(Cell::new(false));
+        let stalled = futures_util::stream::pending::<Result<Bytes, PayloadError>>();
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let mut body = Deadline::new(stalled, deadline, expired.clone());
+        let next = body.next().await;
+        assert!(matches!(next, Some(Err(ref e)) if is_body_timeout(e)));
+        assert!(expired.get());
+        assert!(body.next().await.is_none());
+    }
+}

@@ -1,0 +1,199 @@
+//! Slow clients (slowloris): a body or a head trickled a byte at a time is cut off by a
+//! deadline, answered 408 when the answer can still be given, while other clients are served.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::helpers::{RedisServer, spawn_app, spawn_app_with, spawn_gateway};
+
+/// What a slow client got: the status of the answer (0: the connection closed without one),
+/// its text, and when it came.
+struct Outcome {
+    status: u16,
+    text: String,
+    after: Duration,
+}
+
+/// Sends `head` and the first byte of its body, then one more byte every `every`, until the
+/// server answers or closes (at most 20 s).
+fn trickle(port: u16, head: &str, every: Duration) -> Outcome {
+    let started = Instant::now();
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.write_all(head.as_bytes()).expect("head");
+    conn.set_read_timeout(Some(every)).expect("timeout");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(20) {
+        // Writing may fail once the server has answered and closed: read what it said.
+        let _ = conn.write_all(b"x");
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if !raw.is_empty() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let after = started.elapsed();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Outcome {
+        status,
+        text,
+        after,
+    }
+}
+
+fn slow_post(path: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+    )
+}
+
+/// Polls `get` while the slow clients hold their connections: each answer must be prompt.
+async fn served_meanwhile(http: &crate::helpers::Http, path: &str, until: impl Fn() -> bool) {
+    let mut served = 0;
+    while !until() || served < 3 {
+        let started = Instant::now();
+        let reply = http.get(path).await;
+        let took = started.elapsed();
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+        assert!(took < Duration::from_secs(2), "{path} took {took:?}");
+        served += 1;
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[actix_web::test]
+async fn bodies_trickled_past_the_deadline_get_408_while_others_are_served() {
+    let app = spawn_app_with(RedisServer::start(), &["--client-body-timeout", "1s"]).await;
+    let port = app.port;
+    let slow: Vec<_> = (0..20)
+        .map(|_| {
+            std::thread::spawn(move || {
+                trickle(port, &slow_post("/users"), Duration::from_millis(200))
+            })
+        })
+        .collect();
+    served_meanwhile(&app.http, "/users?limit=1", || {
+        slow.iter().all(|t| t.is_finished())
+    })
+    .await;
+    for outcome in slow {
+        let Outcome {
+            status,
+            text,
+            after,
+        } = outcome.join().expect("slow client");
+        assert_eq!(status, 408, "{text}");
+        assert!(text.contains(r#""error":"request_timeout""#), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+        assert!(
+            after >= Duration::from_millis(900) && after < Duration::from_secs(6),
+            "cut off by the 1 s deadline, after {after:?}"
+        );
+    }
+    let metrics = app.get("/metrics").await.text;
+    assert!(
+        metrics
+            .contains(r#"http_requests_total{method="POST",route="/users",status_code="408"} 20"#),
+        "{metrics}"
+    );
+    assert_eq!(app.stored_counts(), (0, 0, 0, 0));
+}
+
+#[actix_web::test]
+async fn a_head_trickled_a_byte_a_second_is_cut_off_while_others_are_served() {
+    let app = spawn_app().await;
+    let port = app.port;
+    let slow = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let mut buf = [0u8; 1024];
+        for byte in b"GET /users HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa" {
+            if conn.write_all(&[*byte]).is_err() {
+                break;
+            }
+            match conn.read(&mut buf) {
+                Ok(_) => break,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        started.elapsed()
+    });
+    served_meanwhile(&app.http, "/users?limit=1", || slow.is_finished()).await;
+    let cut = slow.join().expect("slow client");
+    assert!(
+        cut >= Duration::from_secs(4) && cut < Duration::from_secs(10),
+        "the 5 s head deadline cut it off after {cut:?}"
+    );
+}
+
+#[actix_web::test]
+async fn slow_bodies_through_the_gateway_never_take_the_upstream_from_gets() {
+    let users = spawn_app().await;
+    let gw = spawn_gateway(&users.address, &["--client-body-timeout", "2s"]).await;
+    // More slow clients than the gateway's pool has connections to users (512 per worker).
+    let port = gw.port;
+    let mut slow = Vec::new();
+    for _ in 0..600 {
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        conn.write_all(slow_post("/api/users").as_bytes())
+            .expect("head");
+        slow.push(conn);
+    }
+    let started = Instant::now();
+    served_meanwhile(&gw.http, "/api/users?limit=1", || {
+        started.elapsed() > Duration::from_secs(1)
+    })
+    .await;
+    let slow_answers = std::thread::spawn(move || {
+        let mut statuses = Vec::new();
+        for mut conn in slow {
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut raw = Vec::new();
+            let _ = conn.read_to_end(&mut raw);
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            statuses.push(text.split_whitespace().nth(1).unwrap_or("none").to_owned());
+        }
+        statuses
+    });
+    while !slow_answers.is_finished() {
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let statuses = slow_answers.join().expect("slow clients");
+    assert!(statuses.iter().all(|s| s == "408"), "{statuses:?}");
+    let metrics = gw.get("/metrics").await.text;
+    assert!(
+        metrics.contains(
+            r#"http_requests_total{method="POST",route="/api/users",status_code="408"} 600"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics
+            .contains(r#"upstream_request_duration_seconds_count{service="users",method="POST""#),
+        "a slow client is never counted as an upstream exchange: {metrics}"
+    );
+    let users_metrics = users.get("/metrics").await.text;
+    assert!(
+        !users_metrics.contains(r#"method="POST""#),
+        "the users role never saw them: {users_metrics}"
+    );
+}
