@@ -12,6 +12,7 @@ mod helpers;
 mod jwks;
 mod metrics;
 mod monitoring;
+mod overload;
 mod process;
 mod reindex;
 mod request_id;
