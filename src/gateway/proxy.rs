@@ -80,6 +80,13 @@ pub async fn proxy(
         }
     };
 
+    // A streamed upload holds an upstream connection while the client sends: it needs one of
+    // the worker's places (held until the upstream's answer), or it is shed.
+    let _upload = match &body {
+        Some((_, Outbound::Streamed(_))) => Some(proxy.uploads.start()?),
+        _ => None,
+    };
+
     let started = Instant::now();
     let deadline = started + upstream.timeout;
     let exchange = Exchange::new(
@@ -113,7 +120,7 @@ pub async fn proxy(
                 payload,
                 declared,
             };
-            stream_up(request, upload, &proxy.uploads, upstream).await
+            stream_up(request, upload, upstream).await
         }
     };
     let response = match sent.and_then(|res| Ok((response_filter::filter(&res)?, res))) {
@@ -136,8 +143,7 @@ struct Upload {
     declared: Declared,
 }
 
-/// Sends the request with its body streamed as it comes, bounded by `--max-body`, while one of
-/// the worker's streamed-upload places is held.
+/// Sends the request with its body streamed as it comes, bounded by `--max-body`.
 async fn stream_up(
     request: ClientRequest,
     Upload {
@@ -145,10 +151,8 @@ async fn stream_up(
         payload,
         declared,
     }: Upload,
-    uploads: &Uploads,
     upstream: &Upstream,
 ) -> Result<ClientResponse, ApiError> {
-    let _place = uploads.start()?;
     let inbound = Rc::new(Cell::new(Inbound::Fine));
     let body = body::limited(ahead, payload, upstream.max_body, inbound.clone());
     let sent = match declared {

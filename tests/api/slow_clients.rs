@@ -197,3 +197,67 @@ async fn slow_bodies_through_the_gateway_never_take_the_upstream_from_gets() {
         "the users role never saw them: {users_metrics}"
     );
 }
+
+#[actix_web::test]
+async fn trickled_large_uploads_are_capped_so_gets_still_find_an_upstream_connection() {
+    use std::sync::atomic::Ordering;
+
+    use crate::upstream::{Behaviour, FakeUpstream};
+
+    let users = spawn_app().await;
+    // The auth service's upstream reads bodies and never answers; both upstreams share the
+    // worker's pool of 512 connections.
+    let sink = FakeUpstream::start(Behaviour::CountBody);
+    let gw = spawn_gateway(
+        &users.address,
+        &["--auth-url", &sink.url(), "--client-body-timeout", "3s"],
+    )
+    .await;
+    let port = gw.port;
+    let head = "POST /api/auth/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\nx";
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        conn.write_all(head.as_bytes()).expect("head");
+        slow.push(conn);
+    }
+    crate::helpers::poll_until(
+        Duration::from_secs(10),
+        "256 uploads streaming",
+        async || sink.accepted.load(Ordering::SeqCst) >= 256,
+    )
+    .await;
+    let started = Instant::now();
+    served_meanwhile(&gw.http, "/api/users?limit=1", || {
+        started.elapsed() > Duration::from_millis(500)
+    })
+    .await;
+    let answers = std::thread::spawn(move || {
+        let mut statuses = Vec::new();
+        for mut conn in slow {
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut raw = Vec::new();
+            let _ = conn.read_to_end(&mut raw);
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            statuses.push(text.split_whitespace().nth(1).unwrap_or("none").to_owned());
+        }
+        statuses
+    });
+    while !answers.is_finished() {
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let statuses = answers.join().expect("slow clients");
+    let count = |s: &str| statuses.iter().filter(|x| *x == s).count();
+    assert_eq!((count("408"), count("503")), (256, 44), "{statuses:?}");
+    assert_eq!(sink.accepted.load(Ordering::SeqCst), 256);
+    let metrics = gw.get("/metrics").await.text;
+    assert!(
+        metrics.contains(r#"http_requests_shed_total{reason="uploads"} 44"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"upstream_request_duration_seconds_count{service="auth""#),
+        "a slow client is never counted as an upstream exchange: {metrics}"
+    );
+}
