@@ -581,7 +581,8 @@ pub struct RedisSettings {
     /// Upper bound for one Redis operation, waiting for a pooled connection included.
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "2s", value_parser = parse_positive_duration, global = true)]
     pub redis_timeout: Duration,
-    /// Longest wait for a free pooled connection (at most --redis-timeout); then 503 `overloaded`.
+    /// Longest wait of a users request for a free pooled connection (at most --redis-timeout);
+    /// then 503 `overloaded`.
     #[arg(long, env = "REDIS_POOL_WAIT", default_value = "250ms", value_parser = parse_positive_duration, global = true)]
     pub redis_pool_wait: Duration,
 }
@@ -815,6 +816,15 @@ mod tests {
             cmd.settings.redis.redis_url.as_str(),
             "redis://127.0.0.1:6379"
         );
+        assert_eq!(
+            cmd.settings.redis.redis_pool_wait,
+            Duration::from_millis(250)
+        );
+        assert_eq!(cmd.settings.common.max_in_flight, 1024);
+        assert_eq!(
+            cmd.settings.common.client_body_timeout,
+            Duration::from_secs(10)
+        );
         assert!(cmd.task.is_none());
     }
 
@@ -845,6 +855,19 @@ mod tests {
         assert_eq!(gw.auth_url.as_str(), "http://127.0.0.1:3002/");
         assert!(parse(&["gateway", "--users-url", "ftp://x"]).is_err());
         assert!(parse(&["gateway", "--upstream-timeout", "0s"]).is_err());
+        assert!(parse(&["gateway", "--max-in-flight", "0"]).is_err());
+        assert!(parse(&["gateway", "--client-body-timeout", "0s"]).is_err());
+        let Ok(Cli {
+            role: Role::All(all),
+        }) = parse(&["all", "--max-in-flight", "8", "--client-body-timeout", "2s"])
+        else {
+            panic!("all must parse");
+        };
+        // Each role of `platform all` gets its own cap of this size.
+        for common in [&all.users().common, &all.gateway(1, 2).common] {
+            assert_eq!(common.max_in_flight, 8);
+            assert_eq!(common.client_body_timeout, Duration::from_secs(2));
+        }
     }
 
     #[test]

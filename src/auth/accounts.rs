@@ -113,8 +113,11 @@ impl Accounts {
         Fut: Future<Output = Result<T, E>>,
         anyhow::Error: From<E>,
     {
+        // --redis-pool-wait sheds the users role's requests; here the Argon2 permits are the
+        // bottleneck, so a pooled connection is waited for within the whole --redis-timeout.
+        let patient = crate::redis::patient(self.timeout);
         match tokio::time::timeout(self.timeout, async {
-            let conn = self.pool.get().await?;
+            let conn = self.pool.timeout_get(&patient).await?;
             Ok::<_, anyhow::Error>(op(conn).await?)
         })
         .await
