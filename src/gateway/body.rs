@@ -64,6 +64,8 @@ pub async fn read_ahead(
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Inbound {
     Fine,
+    /// The upstream asked for more and the client has not sent it yet.
+    Awaited,
     TooLarge,
     Broken,
     /// The client did not send it within `--client-body-timeout`.
@@ -82,7 +84,7 @@ impl Inbound {
     /// The client's own fault, if its body is why the exchange failed.
     pub fn fault(self, max: u64) -> Option<ApiError> {
         match self {
-            Self::Fine => None,
+            Self::Fine | Self::Awaited => None,
             Self::TooLarge => Some(ApiError::payload_too_large(max)),
             // The client went away or broke its own body: not the upstream's fault.
             Self::Broken => Some(ApiError::field(
@@ -95,15 +97,26 @@ impl Inbound {
 }
 
 /// `ahead`, then the rest of the request body, failing once more than `max` bytes came in
-/// all; `inbound` says why it failed.
+/// all; `inbound` says why it failed, or that the upstream is waiting for the client's bytes.
 pub fn limited(
     ahead: web::Bytes,
-    payload: web::Payload,
+    mut payload: web::Payload,
     max: u64,
     inbound: Rc<Cell<Inbound>>,
 ) -> impl Stream<Item = Result<web::Bytes, PayloadError>> + 'static {
     let mut seen: u64 = 0;
     let ahead = (!ahead.is_empty()).then_some(Ok(ahead));
+    let waiting = inbound.clone();
+    let payload = futures_util::stream::poll_fn(move |cx| {
+        let next = Pin::new(&mut payload).poll_next(cx);
+        if matches!(waiting.get(), Inbound::Fine | Inbound::Awaited) {
+            waiting.set(match next.is_pending() {
+                true => Inbound::Awaited,
+                false => Inbound::Fine,
+            });
+        }
+        next
+    });
     futures_util::stream::iter(ahead)
         .chain(payload)
         .map(move |chunk| {

@@ -9,6 +9,7 @@ use actix_web::body::SizedStream;
 use actix_web::http::header;
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use awc::error::SendRequestError;
 use awc::{Client, ClientRequest, ClientResponse};
 
 use super::auth::WorkerAuth;
@@ -20,6 +21,7 @@ use crate::http::body::Declared;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::observe::{Observer, RouteLabel, Subject};
 use crate::http::request_id::RequestId;
+use crate::http::shed;
 
 /// What a worker proxies with: its own pooled client (awc is `!Send`), the upstreams, and its
 /// side of authentication when tokens are verified.
@@ -160,8 +162,14 @@ async fn stream_up(
         Declared::Chunked => request.send_stream(body).await,
     };
     sent.map_err(|e| {
-        let fault = inbound.get().fault(upstream.max_body);
-        fault.unwrap_or_else(|| upstream.failure(e))
+        let inbound = inbound.get();
+        match (inbound.fault(upstream.max_body), inbound, e) {
+            (Some(fault), _, _) => fault,
+            // Out of time while the upstream waited for the client's next bytes: the client
+            // is the slow one (--upstream-timeout bounds a streamed upload too).
+            (None, Inbound::Awaited, SendRequestError::Timeout) => shed::body_timed_out(),
+            (None, _, e) => upstream.failure(e),
+        }
     })
 }
 

@@ -261,3 +261,33 @@ async fn trickled_large_uploads_are_capped_so_gets_still_find_an_upstream_connec
         "a slow client is never counted as an upstream exchange: {metrics}"
     );
 }
+
+#[actix_web::test]
+async fn an_upload_slower_than_the_upstream_timeout_is_the_clients_408_not_a_504() {
+    use crate::upstream::{Behaviour, FakeUpstream};
+
+    let sink = FakeUpstream::start(Behaviour::CountBody);
+    let gw = spawn_gateway(
+        &sink.url(),
+        &["--upstream-timeout", "1s", "--client-body-timeout", "30s"],
+    )
+    .await;
+    let port = gw.port;
+    let head = "POST /api/users/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\nx";
+    let slow = std::thread::spawn(move || trickle(port, head, Duration::from_millis(200)));
+    while !slow.is_finished() {
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Outcome {
+        status,
+        text,
+        after,
+    } = slow.join().expect("slow client");
+    assert_eq!(status, 408, "{text}");
+    assert!(after < Duration::from_secs(6), "cut off after {after:?}");
+    let metrics = gw.get("/metrics").await.text;
+    assert!(
+        !metrics.contains("upstream_request_duration_seconds_count{"),
+        "not the upstream's failure: {metrics}"
+    );
+}
