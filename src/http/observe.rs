@@ -20,7 +20,7 @@ use super::body;
 use super::error::{ApiError, ErrorCode};
 use super::peer::IpText;
 use super::request_id::{self, RequestId};
-use super::shed::{self, Admitted, Deadline, Limits};
+use super::shed::{self, Deadline, Limits};
 use crate::telemetry::metrics::{Metrics, WorkerMetrics};
 
 /// The route label a handler chose itself (set in request extensions); saves observe from
@@ -72,8 +72,8 @@ pub async fn observe(
     let ops = path.starts_with("/health") || path == "/metrics";
     if !ops {
         match serving.0.limits.admit() {
-            Some(admitted) => serving.1 = Some(admitted),
-            None => {
+            true => serving.1 = true,
+            false => {
                 serving.0.metrics.request_shed();
                 let err = shed::overloaded("the service is overloaded; retry later");
                 return Ok(respond(req.error_response(err), id, started, serving));
@@ -82,17 +82,18 @@ pub async fn observe(
     }
     // The body must arrive within --client-body-timeout, whoever reads it; when it does not,
     // the answer is a 408 whatever the handler made of the failed read.
-    let expired = Rc::new(Cell::new(false));
-    if body::declared(req.headers()).is_some() {
+    let expired = body::declared(req.headers()).map(|_| {
+        let expired = Rc::new(Cell::new(false));
         let deadline = tokio::time::Instant::from_std(started + serving.0.limits.body_timeout);
         let payload = Deadline::new(req.take_payload(), deadline, expired.clone());
         req.set_payload(Payload::Stream {
             payload: Box::pin(payload),
         });
-    }
+        expired
+    });
 
     let res = next.call(req).await?.map_into_boxed_body();
-    let res = if expired.get() {
+    let res = if expired.is_some_and(|e| e.get()) {
         res.error_response(shed::body_timed_out())
     } else {
         res
@@ -171,20 +172,23 @@ struct Access {
     serving: Serving,
 }
 
-/// A request in `http_requests_in_flight` until dropped, and its place under the role's cap
-/// (none for a probe or a scrape).
-struct Serving(Rc<Observer>, Option<Admitted>);
+/// A request in `http_requests_in_flight` until dropped, and whether it holds a place under
+/// the role's cap (never a probe or a scrape).
+struct Serving(Rc<Observer>, bool);
 
 impl Serving {
     fn start(observer: Rc<Observer>) -> Self {
         observer.metrics.request_started();
-        Self(observer, None)
+        Self(observer, false)
     }
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
         self.0.metrics.request_ended();
+        if self.1 {
+            self.0.limits.release();
+        }
     }
 }
 

@@ -58,21 +58,20 @@ impl Limits {
         }
     }
 
-    /// A place among the requests in flight, or `None` when all are taken (one atomic add,
-    /// and one sub when the place is given back or refused).
-    pub fn admit(&self) -> Option<Admitted> {
+    /// Takes a place among the requests in flight; `false` when all are taken. One atomic
+    /// add here, one sub in `release` (or at once when refused).
+    pub fn admit(&self) -> bool {
         let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let admitted = Admitted(self.in_flight.clone());
-        (before < self.max_in_flight).then_some(admitted)
+        if before >= self.max_in_flight {
+            self.release();
+            return false;
+        }
+        true
     }
-}
 
-/// A request counted against the in-flight cap until dropped.
-pub struct Admitted(Arc<AtomicUsize>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+    /// Gives back a place `admit` took.
+    pub fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -141,18 +140,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cap_admits_up_to_max_and_frees_places_on_drop() {
+    fn the_cap_admits_up_to_max_and_frees_places_on_release() {
         let limits = Limits {
             in_flight: Arc::default(),
             max_in_flight: 2,
             body_timeout: Duration::from_secs(1),
         };
-        let (a, b) = (limits.admit(), limits.admit());
-        assert!(a.is_some() && b.is_some());
-        assert!(limits.admit().is_none());
-        drop(a);
-        assert!(limits.admit().is_some());
-        assert_eq!(limits.in_flight.load(Ordering::Relaxed), 1);
+        assert!(limits.admit() && limits.admit());
+        assert!(!limits.admit(), "a third is refused");
+        limits.release();
+        assert!(limits.admit());
+        assert_eq!(limits.in_flight.load(Ordering::Relaxed), 2);
     }
 
     #[actix_web::test]
