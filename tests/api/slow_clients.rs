@@ -291,3 +291,34 @@ async fn an_upload_slower_than_the_upstream_timeout_is_the_clients_408_not_a_504
         "not the upstream's failure: {metrics}"
     );
 }
+
+#[actix_web::test]
+async fn the_auth_role_cuts_off_a_trickled_token_request_with_408() {
+    let keys = tempfile::tempdir().expect("temp dir");
+    platform::auth::keys::generate(keys.path()).expect("a key");
+    let dir = keys.path().to_str().expect("utf-8 path").to_owned();
+    let mut flags = vec![
+        "--issuer",
+        crate::helpers::AUTH_ISSUER,
+        "--signing-keys-dir",
+        &dir,
+        "--redis-url",
+        "redis://127.0.0.1:1",
+        "--client-body-timeout",
+        "1s",
+    ];
+    flags.extend_from_slice(&crate::helpers::ARGON2_FLAGS);
+    let auth = crate::helpers::spawn_auth(&flags).await;
+    let port = auth.port;
+    let head = "POST /auth/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ng";
+    let slow = std::thread::spawn(move || trickle(port, head, Duration::from_millis(200)));
+    served_meanwhile(&auth.http, "/.well-known/jwks.json", || slow.is_finished()).await;
+    let Outcome {
+        status,
+        text,
+        after,
+    } = slow.join().expect("slow client");
+    assert_eq!(status, 408, "{text}");
+    assert!(text.contains(r#""error":"request_timeout""#), "{text}");
+    assert!(after < Duration::from_secs(6), "cut off after {after:?}");
+}
