@@ -1,4 +1,5 @@
-//! The middleware around every route: request id, error body with that id, metrics, access log.
+//! The middleware around every route: in-flight cap, body deadline, request id, error body with
+//! that id, metrics, access log.
 
 use std::cell::Cell;
 use std::pin::Pin;
@@ -69,7 +70,7 @@ pub async fn observe(
     // Shedding comes first, before routing and authentication; probes and scrapes are never
     // shed (nor counted against the cap).
     let path = req.path();
-    let ops = path.starts_with("/health") || path == "/metrics";
+    let ops = path == "/health" || path.starts_with("/health/") || path == "/metrics";
     if !ops {
         match serving.0.limits.admit() {
             true => serving.1 = true,
