@@ -12,6 +12,7 @@ use super::auth::{Auth, WorkerAuth};
 use super::body::Uploads;
 use super::proxy::{self, Proxy};
 use super::readiness::UpstreamReadiness;
+use super::route;
 use super::upstream::Upstream;
 use crate::config::GatewaySettings;
 use crate::http::observe::{Observer, observe};
@@ -140,7 +141,12 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
                     auth: auth.clone().map(|auth| WorkerAuth::new(auth, &metrics)),
                     uploads: Uploads::new(metrics.shed(shed::UPLOADS)),
                 }))
-                .app_data(Observer::new(app_log.clone(), &metrics, &limits))
+                .app_data(Observer::labelling(
+                    app_log.clone(),
+                    &metrics,
+                    &limits,
+                    |path| route::route(path).ok().map(|r| r.label),
+                ))
                 .wrap(from_fn(observe))
                 .configure(|cfg| ops.configure(cfg))
                 // `/api/users…` and `/api/auth…` are proxied, any other path is a 404.

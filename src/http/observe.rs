@@ -40,6 +40,9 @@ pub struct Observer {
     pub metrics: WorkerMetrics,
     /// The role's in-flight cap (shared by its workers) and body deadline.
     pub limits: Limits,
+    /// The route label of a path, for a role whose handler labels its routes itself (the
+    /// gateway's proxy): a request shed before it reaches the handler is still labelled.
+    route_label: Option<fn(&str) -> Option<&'static str>>,
 }
 
 impl Observer {
@@ -48,6 +51,22 @@ impl Observer {
             log,
             metrics: metrics.worker(),
             limits: limits.clone(),
+            route_label: None,
+        })
+    }
+
+    /// An observer of a role that sets `RouteLabel` in its handler, `label` giving the same.
+    pub fn labelling(
+        log: Logger,
+        metrics: &Metrics,
+        limits: &Limits,
+        label: fn(&str) -> Option<&'static str>,
+    ) -> Rc<Self> {
+        Rc::new(Self {
+            log,
+            metrics: metrics.worker(),
+            limits: limits.clone(),
+            route_label: Some(label),
         })
     }
 
@@ -76,6 +95,7 @@ pub async fn observe(
             true => serving.1 = true,
             false => {
                 serving.0.metrics.request_shed();
+                label_unrouted(&req, &serving.0);
                 let err = shed::overloaded("the service is overloaded; retry later");
                 return Ok(respond(req.error_response(err), id, started, serving));
             }
@@ -100,6 +120,13 @@ pub async fn observe(
         res
     };
     Ok(respond(res, id, started, serving))
+}
+
+/// Labels a request answered before routing with the route it would have taken.
+fn label_unrouted(req: &ServiceRequest, observer: &Observer) {
+    if let Some(label) = observer.route_label.and_then(|label| label(req.path())) {
+        req.extensions_mut().insert(RouteLabel(label));
+    }
 }
 
 /// The response with its error body, request id header and access record.
@@ -208,7 +235,10 @@ impl Access {
         let route = match req.extensions().get::<RouteLabel>() {
             Some(label) => label.0,
             None => {
-                pattern = req.match_pattern();
+                // Not routed (shed first): the pattern the path would have matched.
+                pattern = req
+                    .match_pattern()
+                    .or_else(|| req.resource_map().match_pattern(req.path()));
                 pattern.as_deref().unwrap_or("unmatched")
             }
         };

@@ -71,6 +71,13 @@ async fn beyond_max_in_flight_requests_get_503_at_once_while_those_in_flight_com
     }
     let metrics = gw.get("/metrics").await.text;
     assert_eq!(shed_count(&metrics, "in_flight"), 6, "{metrics}");
+    // Shed before routing, still counted under the route it would have taken.
+    assert!(
+        metrics.contains(
+            r#"http_requests_total{method="GET",route="/api/users",status_code="503"} 5"#
+        ),
+        "{metrics}"
+    );
     assert_eq!(
         upstream.accepted.load(Ordering::SeqCst),
         4,
@@ -154,4 +161,34 @@ fn a_pool_wait_longer_than_the_redis_timeout_is_refused_at_start() {
         crate::helpers::run_binary(&["users", "--redis-pool-wait", "3s", "--redis-timeout", "1s"]);
     assert_ne!(code, Some(0));
     assert!(stderr.contains("--redis-pool-wait"), "{stderr}");
+}
+
+#[actix_web::test]
+async fn the_users_role_sheds_beyond_its_own_cap_and_labels_the_route() {
+    let app = spawn_app_with(
+        RedisServer::start(),
+        &["--max-in-flight", "1", "--redis-timeout", "5s"],
+    )
+    .await;
+    let user = app.create_user("Ada", "ada@example.com").await;
+    let path = format!("/users/{}", user["id"].as_str().unwrap_or_default());
+    // One request held by a frozen Redis fills the cap.
+    let resumed = app.redis.pause_for(Duration::from_millis(1500));
+    let (held, shed) = tokio::join!(app.get(&path), async {
+        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        let reply = app.get(&path).await;
+        assert_eq!(app.get("/health/live").await.status, 200, "probes pass");
+        reply
+    });
+    resumed.join().expect("resumed");
+    assert_eq!(held.status, 200, "{}", held.body);
+    shed.assert_error(503, "overloaded");
+    let metrics = app.get("/metrics").await.text;
+    assert!(
+        metrics.contains(
+            r#"http_requests_total{method="GET",route="/users/{id}",status_code="503"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert_eq!(shed_count(&metrics, "in_flight"), 1);
 }
