@@ -18,7 +18,7 @@ use crate::config::AuthRoleSettings;
 use crate::http::error;
 use crate::http::observe::{Observer, observe};
 use crate::http::ops::{Draining, Ops, ReadinessCheck};
-use crate::http::shed::Limits;
+use crate::http::shed::Admission;
 use crate::server::{self, Application};
 use crate::telemetry::logging;
 use crate::telemetry::metrics::{self, Metrics};
@@ -118,7 +118,7 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
     });
     let draining = Draining::default();
     // One in-flight count per role, shared by its workers.
-    let limits = Limits::new(&settings.common);
+    let admission = Admission::new(&settings.common);
     let redis_timeout = settings.redis.redis_timeout;
     let (app_pool, app_draining, app_log) = (pool.clone(), draining.clone(), log.clone());
     let app = Application::start(listener, &settings.common, draining, log, move || {
@@ -140,7 +140,7 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
             }));
         App::new()
             .app_data(service.clone())
-            .app_data(Observer::new(app_log.clone(), &metrics, &limits))
+            .app_data(Observer::new(app_log.clone(), &metrics, &admission))
             .wrap(from_fn(observe))
             .configure(|cfg| ops.configure(cfg))
             .configure(routes::configure)

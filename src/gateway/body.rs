@@ -194,7 +194,12 @@ impl Exchange {
         }
     }
 
+    /// Records the exchange, unless it ended in a 408: the client's body came too slowly,
+    /// which is never the upstream's doing (an upstream's own 408 is a 502 here).
     pub fn end(self, status: u16) {
+        if status == ErrorCode::RequestTimeout.status().as_u16() {
+            return;
+        }
         self.observer.metrics.record_upstream(
             self.service,
             &self.method,

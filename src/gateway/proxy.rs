@@ -10,15 +10,15 @@ use actix_web::http::header;
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use awc::error::SendRequestError;
-use awc::{Client, ClientRequest, ClientResponse};
+use awc::{Client, ClientResponse};
 
 use super::auth::WorkerAuth;
-use super::body::{self, Exchange, Inbound, Outbound, Uploads, UpstreamBody};
+use super::body::{self, Exchange, Inbound, Outbound, UpstreamBody};
 use super::route::Service;
 use super::upstream::{Identity, Upstream};
 use super::{request_filter, response_filter, route};
 use crate::http::body::Declared;
-use crate::http::error::{ApiError, ErrorCode};
+use crate::http::error::ApiError;
 use crate::http::observe::{Observer, RouteLabel, Subject};
 use crate::http::request_id::RequestId;
 use crate::http::shed;
@@ -27,11 +27,11 @@ use crate::http::shed;
 /// side of authentication when tokens are verified.
 pub struct Proxy {
     pub client: Client,
+    /// The worker's streamed uploads, capped so they cannot take every pooled connection.
+    pub uploads: body::Uploads,
     pub users: Upstream,
     pub auth_service: Upstream,
     pub auth: Option<WorkerAuth>,
-    /// The worker's streamed uploads, capped so they cannot take every pooled connection.
-    pub uploads: Uploads,
 }
 
 impl Proxy {
@@ -50,9 +50,12 @@ pub async fn proxy(
     proxy: web::Data<Proxy>,
     id: RequestId,
 ) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+
     let route = route::route(req.path())?;
     req.extensions_mut().insert(RouteLabel(route.label));
     let upstream = proxy.upstream(route.service);
+    let deadline = started + upstream.timeout;
 
     // The auth service authenticates its own clients (HTTP Basic, client secrets) and hands
     // out the tokens: its routes never need one, and their `Authorization` is not a bearer's.
@@ -72,34 +75,29 @@ pub async fn proxy(
             cookie: auth.and_then(|a| a.cookie()),
         }
     });
-    // A small body is read whole before the upstream is contacted, and before the exchange's
-    // clock starts: a slow client is neither a slow upstream nor one holding its connection.
-    let body = match admitted.declared {
-        None => None,
-        Some(declared) => {
-            let ahead = body::read_ahead(&mut payload, declared, upstream.max_body).await?;
-            Some((declared, ahead))
-        }
+    // A small body is read whole before the upstream is contacted (a slow client holds none
+    // of its connections); a streamed upload needs one of the worker's places, or is shed.
+    let ahead = match admitted.declared {
+        Some(declared) => body::read_ahead(&mut payload, declared, upstream.max_body).await?,
+        None => Outbound::Whole(web::Bytes::new()),
     };
-
-    // A streamed upload holds an upstream connection while the client sends: it needs one of
-    // the worker's places (held until the upstream's answer), or it is shed.
-    let _upload = match &body {
-        Some((_, Outbound::Streamed(_))) => Some(proxy.uploads.start()?),
-        _ => None,
+    let _upload = match ahead {
+        Outbound::Streamed(_) => Some(proxy.uploads.start()?),
+        Outbound::Whole(_) => None,
     };
-
+    // The exchange's clock starts now: the client's time to send its body is not the upstream's.
     let started = Instant::now();
-    let deadline = started + upstream.timeout;
+    let deadline = deadline.max(started + upstream.timeout);
+
     let exchange = Exchange::new(
         Observer::of(&req).clone(),
         upstream.service,
         req.method().clone(),
         started,
     );
-    let target = upstream.target(req.uri())?;
-    let sent = match body {
+    let sent = match admitted.declared {
         None => {
+            let target = upstream.target(req.uri())?;
             let sent = upstream.send(
                 &req,
                 target,
@@ -110,51 +108,41 @@ pub async fn proxy(
             );
             sent.await.map_err(|e| upstream.failure(e))
         }
-        Some((_, Outbound::Whole(body))) => upstream
-            .request(&req, target, &proxy.client, &id, identity.as_ref())
-            .send_body(body)
-            .await
-            .map_err(|e| upstream.failure(e)),
-        Some((declared, Outbound::Streamed(ahead))) => {
-            let request = upstream.request(&req, target, &proxy.client, &id, identity.as_ref());
-            let upload = Upload {
-                ahead,
-                payload,
-                declared,
-            };
-            stream_up(request, upload, upstream).await
+        Some(declared) => {
+            let to = (&proxy.client, upstream);
+            let body = (ahead, payload, declared);
+            send_with_body(&req, body, to, &id, identity.as_ref()).await
         }
     };
     let response = match sent.and_then(|res| Ok((response_filter::filter(&res)?, res))) {
         Ok(response) => response,
         Err(error) => {
-            // A client too slow to send its body is its own fault, not the upstream's.
-            if error.code != ErrorCode::RequestTimeout {
-                exchange.end(error.code.status().as_u16());
-            }
+            exchange.end(error.code.status().as_u16());
             return Err(error);
         }
     };
     Ok(stream_back(&req, response, exchange, deadline))
 }
 
-/// A body too large to read ahead: what was read, and the rest still to come.
-struct Upload {
-    ahead: web::Bytes,
-    payload: web::Payload,
-    declared: Declared,
-}
-
-/// Sends the request with its body streamed as it comes, bounded by `--max-body`.
-async fn stream_up(
-    request: ClientRequest,
-    Upload {
-        ahead,
-        payload,
-        declared,
-    }: Upload,
-    upstream: &Upstream,
+/// Sends the request with its body: the whole of it when it was read ahead, else what was
+/// read and the rest streamed as it comes.
+async fn send_with_body(
+    req: &HttpRequest,
+    (ahead, payload, declared): (Outbound, web::Payload, Declared),
+    (client, upstream): (&Client, &Upstream),
+    id: &RequestId,
+    identity: Option<&Identity<'_>>,
 ) -> Result<ClientResponse, ApiError> {
+    let request = upstream.request(req, upstream.target(req.uri())?, client, id, identity);
+    let ahead = match ahead {
+        Outbound::Whole(body) => {
+            return request
+                .send_body(body)
+                .await
+                .map_err(|e| upstream.failure(e));
+        }
+        Outbound::Streamed(ahead) => ahead,
+    };
     let inbound = Rc::new(Cell::new(Inbound::Fine));
     let body = body::limited(ahead, payload, upstream.max_body, inbound.clone());
     let sent = match declared {

@@ -9,7 +9,6 @@ use slog::{Logger, info};
 
 use super::auth::keys::KeySet;
 use super::auth::{Auth, WorkerAuth};
-use super::body::Uploads;
 use super::proxy::{self, Proxy};
 use super::readiness::UpstreamReadiness;
 use super::route;
@@ -17,7 +16,7 @@ use super::upstream::Upstream;
 use crate::config::GatewaySettings;
 use crate::http::observe::{Observer, observe};
 use crate::http::ops::{Draining, Ops, ReadinessCheck};
-use crate::http::shed::{self, Limits};
+use crate::http::shed::{self, Admission};
 use crate::server::{self, Application, KEEP_ALIVE};
 use crate::telemetry::logging;
 use crate::telemetry::metrics::Metrics;
@@ -107,7 +106,7 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
     let readiness = UpstreamReadiness::default();
     let draining = Draining::default();
     // One in-flight count per role, shared by its workers.
-    let limits = Limits::new(&settings.common);
+    let admission = Admission::new(&settings.common);
     let (app_draining, app_log, settings) = (draining.clone(), log.clone(), settings.clone());
     Application::start(
         listener,
@@ -136,15 +135,15 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
             App::new()
                 .app_data(web::Data::new(Proxy {
                     client,
+                    uploads: super::body::Uploads::new(metrics.shed(shed::UPLOADS)),
                     users: users.clone(),
                     auth_service: auth_service.clone(),
                     auth: auth.clone().map(|auth| WorkerAuth::new(auth, &metrics)),
-                    uploads: Uploads::new(metrics.shed(shed::UPLOADS)),
                 }))
                 .app_data(Observer::labelling(
                     app_log.clone(),
                     &metrics,
-                    &limits,
+                    &admission,
                     |path| route::route(path).ok().map(|r| r.label),
                 ))
                 .wrap(from_fn(observe))

@@ -21,7 +21,7 @@ use super::body;
 use super::error::{ApiError, ErrorCode};
 use super::peer::IpText;
 use super::request_id::{self, RequestId};
-use super::shed::{self, Deadline, Limits};
+use super::shed::{self, Admission, Deadline};
 use crate::telemetry::metrics::{Metrics, WorkerMetrics};
 
 /// The route label a handler chose itself (set in request extensions); saves observe from
@@ -39,18 +39,18 @@ pub struct Observer {
     pub log: Logger,
     pub metrics: WorkerMetrics,
     /// The role's in-flight cap (shared by its workers) and body deadline.
-    pub limits: Limits,
+    pub admission: Admission,
     /// The route label of a path, for a role whose handler labels its routes itself (the
     /// gateway's proxy): a request shed before it reaches the handler is still labelled.
     route_label: Option<fn(&str) -> Option<&'static str>>,
 }
 
 impl Observer {
-    pub fn new(log: Logger, metrics: &Metrics, limits: &Limits) -> Rc<Self> {
+    pub fn new(log: Logger, metrics: &Metrics, admission: &Admission) -> Rc<Self> {
         Rc::new(Self {
             log,
             metrics: metrics.worker(),
-            limits: limits.clone(),
+            admission: admission.clone(),
             route_label: None,
         })
     }
@@ -59,13 +59,13 @@ impl Observer {
     pub fn labelling(
         log: Logger,
         metrics: &Metrics,
-        limits: &Limits,
+        admission: &Admission,
         label: fn(&str) -> Option<&'static str>,
     ) -> Rc<Self> {
         Rc::new(Self {
             log,
             metrics: metrics.worker(),
-            limits: limits.clone(),
+            admission: admission.clone(),
             route_label: Some(label),
         })
     }
@@ -91,7 +91,7 @@ pub async fn observe(
     let path = req.path();
     let ops = path == "/health" || path.starts_with("/health/") || path == "/metrics";
     if !ops {
-        match serving.0.limits.admit() {
+        match serving.0.admission.admit() {
             true => serving.1 = true,
             false => {
                 serving.0.metrics.request_shed();
@@ -105,7 +105,7 @@ pub async fn observe(
     // the answer is a 408 whatever the handler made of the failed read.
     let expired = body::declared(req.headers()).map(|_| {
         let expired = Rc::new(Cell::new(false));
-        let deadline = tokio::time::Instant::from_std(started + serving.0.limits.body_timeout);
+        let deadline = tokio::time::Instant::from_std(started + serving.0.admission.body_timeout);
         let payload = Deadline::new(req.take_payload(), deadline, expired.clone());
         req.set_payload(Payload::Stream {
             payload: Box::pin(payload),
@@ -215,7 +215,7 @@ impl Drop for Serving {
     fn drop(&mut self) {
         self.0.metrics.request_ended();
         if self.1 {
-            self.0.limits.release();
+            self.0.admission.release();
         }
     }
 }

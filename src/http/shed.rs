@@ -41,15 +41,16 @@ pub fn body_timed_out() -> ApiError {
     )
 }
 
-/// One role's limits, shared by its workers (the in-flight count is one atomic per role).
+/// One role's admission of requests: its in-flight cap (one atomic per role, shared by its
+/// workers) and the time a request's body may take.
 #[derive(Clone)]
-pub struct Limits {
+pub struct Admission {
     in_flight: Arc<AtomicUsize>,
     max_in_flight: usize,
     pub body_timeout: Duration,
 }
 
-impl Limits {
+impl Admission {
     pub fn new(common: &CommonSettings) -> Self {
         Self {
             in_flight: Arc::default(),
@@ -141,16 +142,16 @@ mod tests {
 
     #[test]
     fn the_cap_admits_up_to_max_and_frees_places_on_release() {
-        let limits = Limits {
+        let admission = Admission {
             in_flight: Arc::default(),
             max_in_flight: 2,
             body_timeout: Duration::from_secs(1),
         };
-        assert!(limits.admit() && limits.admit());
-        assert!(!limits.admit(), "a third is refused");
-        limits.release();
-        assert!(limits.admit());
-        assert_eq!(limits.in_flight.load(Ordering::Relaxed), 2);
+        assert!(admission.admit() && admission.admit());
+        assert!(!admission.admit(), "a third is refused");
+        admission.release();
+        assert!(admission.admit());
+        assert_eq!(admission.in_flight.load(Ordering::Relaxed), 2);
     }
 
     #[actix_web::test]

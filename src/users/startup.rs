@@ -10,7 +10,7 @@ use crate::config::UsersSettings;
 use crate::http::error;
 use crate::http::observe::{Observer, observe};
 use crate::http::ops::{Draining, Ops, ReadinessCheck};
-use crate::http::shed::Limits;
+use crate::http::shed::Admission;
 use crate::server::{self, Application};
 use crate::telemetry::logging;
 use crate::telemetry::metrics::Metrics;
@@ -33,7 +33,7 @@ pub fn build(settings: &UsersSettings, log: Logger) -> anyhow::Result<Applicatio
     );
     let draining = Draining::default();
     // One in-flight count per role, shared by its workers.
-    let limits = Limits::new(&settings.common);
+    let admission = Admission::new(&settings.common);
     let (app_store, app_draining, app_log) = (store.clone(), draining.clone(), log.clone());
     let app = Application::start(listener, &settings.common, draining, log, move || {
         let (ready_store, count_store) = (app_store.clone(), app_store.clone());
@@ -48,7 +48,7 @@ pub fn build(settings: &UsersSettings, log: Logger) -> anyhow::Result<Applicatio
             });
         App::new()
             .app_data(web::Data::new(app_store.clone()))
-            .app_data(Observer::new(app_log.clone(), &metrics, &limits))
+            .app_data(Observer::new(app_log.clone(), &metrics, &admission))
             .wrap(from_fn(observe))
             .configure(|cfg| ops.configure(cfg))
             .configure(routes::configure)
