@@ -8,7 +8,9 @@ For each overlay (`kubectl kustomize k8s/overlays/<name>`):
    ranges and behaviour as the contract says; every env name is one the role's `--help` lists;
    every Secret key a pod reads is produced (Secret or ExternalSecret).
 2. Live: in a private network namespace (so the manifest's own ports and Service names can be
-   used as they are), it starts Redis with the StatefulSet's command line and redis.conf, then
+   used as they are), it starts each Redis (the store; the gateways' rate-limit cache) with its
+   workload's command line and config, checks each has the eviction and persistence its use
+   needs, then
    each Deployment's container `args` with exactly the env the manifest gives it (ConfigMaps,
    Secrets, values), probes the manifest's startup/readiness/liveness paths and ports and the
    Prometheus annotation's port/path, sends traffic through the gateway, and records which TCP
@@ -117,6 +119,67 @@ def role_env_names(binary: str, role: str) -> set[str]:
     return set(re.findall(r"\[env:\s+([A-Z_][A-Z0-9_]*)", role_help(binary, role)))  # help wraps lines
 
 
+def role_deployments(objs: list[dict]) -> dict[str, dict]:
+    """The Deployments that run the platform binary (a role as args[0]), not a Redis."""
+    return {n: d for n, d in by_kind(objs, "Deployment").items()
+            if "command" not in d["spec"]["template"]["spec"]["containers"][0]}
+
+
+def redis_workloads(objs: list[dict]) -> dict[str, dict]:
+    """Every workload (StatefulSet or Deployment) whose container runs redis-server."""
+    return {n: w for kind in ("StatefulSet", "Deployment") for n, w in by_kind(objs, kind).items()
+            if w["spec"]["template"]["spec"]["containers"][0].get("command", [""])[0] == "redis-server"}
+
+
+def start_redis(overlay: str, name: str, workload: dict, objs: list[dict], secrets: "Secrets", work: Path,
+                cache: bool) -> subprocess.Popen:
+    """Starts one Redis as its manifest does; checks the password, and the policy it is for:
+    the store never evicts and keeps an AOF; the rate-limit cache evicts by TTL and persists nothing."""
+    where = f"{overlay}/{name}"
+    pod = workload["spec"]["template"]["spec"]
+    (rc,) = pod["containers"]
+    renv = container_env(objs, rc, secrets, where)
+    conf_cm = next(v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v)
+    conf_mount = next(m["mountPath"] for m in rc["volumeMounts"] if m["name"] == "config")
+    conf = by_kind(objs, "ConfigMap")[conf_cm]["data"]["redis.conf"]
+    (work / name).mkdir(parents=True, exist_ok=True)
+    conf = re.sub(r"^dir .*$", f"dir {work / name}", conf, flags=re.M)
+    (work / name / "redis.conf").write_text(conf)
+    args = [expand(a, renv).replace(f"{conf_mount}/redis.conf", str(work / name / "redis.conf")) for a in rc["args"]]
+    proc = subprocess.Popen([shutil.which(rc["command"][0]) or rc["command"][0], *args],
+                            stdout=open(work / f"{name}.log", "w"), stderr=subprocess.STDOUT)
+    rport = named_port(rc, "redis")
+    auth_env = {"REDISCLI_AUTH": renv.get("REDISCLI_AUTH", ""), "PATH": os.environ["PATH"]}
+
+    def cli(*cmd: str, env: dict | None = auth_env) -> list[str]:
+        return subprocess.run(["redis-cli", "-p", str(rport), *cmd], capture_output=True, text=True, env=env).stdout.split()
+
+    for _ in range(100):
+        if cli("ping") == ["PONG"]:
+            break
+        time.sleep(0.05)
+    check(cli("ping") == ["PONG"], f"{where}: redis did not answer PING on its port {rport} with REDISCLI_AUTH (log: {work / (name + '.log')})")
+    # The readiness probe as the kubelet runs it (redis-cli with REDISCLI_AUTH, the right port).
+    probe = rc["readinessProbe"].get("exec", {}).get("command")
+    if probe:
+        ok = subprocess.run(probe, env=auth_env, capture_output=True).returncode == 0
+        check(ok, f"{where}: its readiness probe {probe} fails against it")
+    policy = cli("config", "get", "maxmemory-policy")[-1:]
+    aof = cli("config", "get", "appendonly")[-1:]
+    save = subprocess.run(["redis-cli", "-p", str(rport), "config", "get", "save"], capture_output=True, text=True, env=auth_env).stdout.splitlines()[1:]
+    if cache:
+        check(policy in (["volatile-ttl"], ["volatile-lru"], ["allkeys-lru"], ["volatile-lfu"], ["allkeys-lfu"]),
+              f"{where}: the rate-limit Redis has maxmemory-policy {policy}: it must evict, not refuse writes")
+        check(aof == ["no"] and save in ([""], []), f"{where}: the rate-limit Redis persists (appendonly {aof}, save {save})")
+    else:
+        check(policy == ["noeviction"], f"{where}: the store's maxmemory-policy is {policy}")
+        check(aof == ["yes"], f"{where}: the store's appendonly is {aof}")
+    check("NOAUTH" in " ".join(cli("ping", env=None)), f"{where}: redis answers without the password")
+    print(f"{where}: redis on :{rport} from the manifest's command line ({'rate-limit cache' if cache else 'store'}: "
+          f"maxmemory-policy {policy[0] if policy else '?'}, appendonly {aof[0] if aof else '?'})")
+    return proc
+
+
 # ---- the gateway's authentication -----------------------------------------------------------
 
 # Dev keeps the seeds' clients working without a token; prod requires one on every /api request.
@@ -220,7 +283,7 @@ EXPECTED_HPA = {
 
 
 def static_checks(overlay: str, objs: list[dict], binary: str) -> None:
-    deployments = by_kind(objs, "Deployment")
+    deployments = role_deployments(objs)
     hpas = by_kind(objs, "HorizontalPodAutoscaler")
     pdbs = by_kind(objs, "PodDisruptionBudget")
     uid = image_user()
@@ -585,7 +648,7 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
     work = Path(tempfile.mkdtemp(prefix=f"k8s-{overlay}-"))
     procs: list[subprocess.Popen] = []
     pids: dict[int, str] = {}
-    deployments = by_kind(objs, "Deployment")
+    deployments = role_deployments(objs)
     envs = {name: container_env(objs, d["spec"]["template"]["spec"]["containers"][0], secrets, f"{overlay}/Deployment/{name}")
             for name, d in deployments.items()}
     # Roles that fetch a JWKS from outside the cluster: a stand-in provider serves it here.
@@ -605,32 +668,13 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
             check(t.port not in service_ports, f"{overlay}/{name}: JWKS_URL port {t.port} is also a Service port (the sandbox cannot tell them apart)")
             stand_ins[name] = JwksStandIn(work / name, t, envs[name].get("JWT_ALGORITHMS", "ES256,EdDSA,RS256"))
 
-        # Redis with the StatefulSet's own command line and config (dir moved to a temp dir).
-        (sts,) = by_kind(objs, "StatefulSet").values()
-        (rc,) = sts["spec"]["template"]["spec"]["containers"]
-        renv = container_env(objs, rc, secrets, f"{overlay}/StatefulSet/redis")
-        conf_cm = next(v["configMap"]["name"] for v in sts["spec"]["template"]["spec"]["volumes"] if "configMap" in v)
-        conf_mount = next(m["mountPath"] for m in rc["volumeMounts"] if m["name"] == "config")
-        conf = by_kind(objs, "ConfigMap")[conf_cm]["data"]["redis.conf"]
-        conf = re.sub(r"^dir .*$", f"dir {work}", conf, flags=re.M)
-        (work / "redis.conf").write_text(conf)
-        args = [expand(a, renv).replace(f"{conf_mount}/redis.conf", str(work / "redis.conf")) for a in rc["args"]]
-        redis = subprocess.Popen([shutil.which(rc["command"][0]) or rc["command"][0], *args],
-                                 stdout=open(work / "redis.log", "w"), stderr=subprocess.STDOUT)
-        procs.append(redis)
-        rport = named_port(rc, rc["readinessProbe"].get("tcpSocket", {}).get("port", "redis"))
-        for _ in range(100):
-            r = subprocess.run(["redis-cli", "-p", str(rport), "ping"], capture_output=True, text=True,
-                               env={"REDISCLI_AUTH": renv.get("REDISCLI_AUTH", ""), "PATH": os.environ["PATH"]})
-            if r.stdout.strip() == "PONG":
-                break
-            time.sleep(0.05)
-        check(r.stdout.strip() == "PONG", f"{overlay}: redis from the StatefulSet did not answer PING with REDISCLI_AUTH ({r.stdout.strip()})")
-        info = subprocess.run(["redis-cli", "-p", str(rport), "config", "get", "maxmemory-policy"], capture_output=True, text=True,
-                              env={"REDISCLI_AUTH": renv.get("REDISCLI_AUTH", ""), "PATH": os.environ["PATH"]}).stdout.split()
-        check(info[-1:] == ["noeviction"], f"{overlay}: redis maxmemory-policy is {info}")
-        noauth = subprocess.run(["redis-cli", "-p", str(rport), "ping"], capture_output=True, text=True).stdout
-        check("NOAUTH" in noauth, f"{overlay}: redis answers without the password")
+        # Each Redis (the store, and the gateways' rate-limit cache) with its workload's own
+        # command line and config (dir moved to a temp dir).
+        limiter_hosts = {urlsplit(e["RATE_LIMIT_REDIS_URL"]).hostname for e in envs.values() if e.get("RATE_LIMIT_REDIS_URL")}
+        for rname, workload in redis_workloads(objs).items():
+            cache = any(selects({"matchLabels": services[h]["spec"]["selector"]}, workload["spec"]["template"]["metadata"]["labels"])
+                        for h in limiter_hosts if h in services)
+            procs.append(start_redis(overlay, rname, workload, objs, secrets, work, cache))
 
         # Users and auth first (the gateway's readiness depends on users, and with auth on on
         # the auth role's key set), then the gateway.
@@ -926,6 +970,10 @@ def policy_checks(overlay: str, objs: list[dict], seen: set[tuple[str, str, int]
         check(False, f"{overlay}: NetworkPolicies allow a flow nothing needs: {flow}")
     check(("gateway", "users", 3001) in {(a, b, p) for (a, b, p, _) in expected}, f"{overlay}: the gateway never connected to users")
     check(("users", "redis", 6379) in {(a, b, p) for (a, b, p, _) in expected}, f"{overlay}: users never connected to redis")
+    if envs.get("gateway", {}).get("RATE_LIMIT") == "redis":
+        limiter = urlsplit(envs["gateway"].get("RATE_LIMIT_REDIS_URL", "")).hostname
+        check(("gateway", service_to_workload.get(limiter, "?")) in {(a, b) for (a, b, _) in seen_by_workload(seen, service_to_workload)},
+              f"{overlay}: RATE_LIMIT=redis, but the gateway never connected to {limiter}")
     if "auth" in ours:
         check(("gateway", "auth", 3002) in {(a, b, p) for (a, b, p) in seen_by_workload(seen, service_to_workload)},
               f"{overlay}: the gateway never connected to auth")
