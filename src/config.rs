@@ -241,6 +241,8 @@ pub struct GatewaySettings {
     pub upstream: UpstreamSettings,
     #[command(flatten)]
     pub auth: AuthSettings,
+    #[command(flatten)]
+    pub limits: LimitSettings,
 }
 
 /// How the gateway talks to its upstream.
@@ -461,6 +463,130 @@ impl AuthSettings {
     }
 }
 
+/// Where rate limits are kept (`--rate-limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RateLimitMode {
+    /// No limits.
+    Off,
+    /// Every policy per pod.
+    Local,
+    /// The "ip" policy per pod, the "client" policy shared by every gateway in a Redis.
+    Redis,
+}
+
+/// What a rate-limit decision does when the shared Redis cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailureMode {
+    /// Decide with the per-pod table instead (counted as fail_open).
+    Open,
+    /// Refuse the request: 503 overloaded (counted as fail_closed).
+    Closed,
+}
+
+/// Which rate-limit headers answers carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RateLimitHeaders {
+    /// `RateLimit` and `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
+    Draft,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`.
+    Legacy,
+    Both,
+    None,
+}
+
+/// The client's address and the gateway's rate limits (AUTH.md §5).
+#[derive(Debug, Clone, Args)]
+pub struct LimitSettings {
+    /// Proxies whose X-Forwarded-For is believed, comma-separated CIDRs (a bare IP is one address).
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<crate::http::client::Cidr>,
+    /// Rate limits: off, local (per pod), redis (the client policy shared in --rate-limit-redis-url).
+    #[arg(long, env = "RATE_LIMIT", value_enum, default_value_t = RateLimitMode::Off)]
+    pub rate_limit: RateLimitMode,
+    /// Policy "ip": requests per --rate-limit-window per client address, per pod, checked before any token.
+    #[arg(long, env = "RATE_LIMIT_IP_REQUESTS")]
+    pub rate_limit_ip_requests: Option<u32>,
+    /// Policy "client": requests per --rate-limit-window per verified subject, else per address.
+    #[arg(long, env = "RATE_LIMIT_REQUESTS")]
+    pub rate_limit_requests: Option<u32>,
+    /// The window both policies' quotas are counted over.
+    #[arg(long, env = "RATE_LIMIT_WINDOW", default_value = "60s", value_parser = parse_positive_duration)]
+    pub rate_limit_window: Duration,
+    /// Requests the "client" policy admits at once (default: its quota).
+    #[arg(long, env = "RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// The Redis of the shared tier (its own: the users' Redis runs noeviction).
+    #[arg(long, env = "RATE_LIMIT_REDIS_URL", value_parser = parse_redis_url)]
+    pub rate_limit_redis_url: Option<Url>,
+    /// Upper bound of one shared-tier decision (connection wait included).
+    #[arg(long, env = "RATE_LIMIT_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_positive_duration)]
+    pub rate_limit_redis_timeout: Duration,
+    /// When the shared Redis fails: open (decide per pod) or closed (503).
+    #[arg(long, env = "RATE_LIMIT_FAILURE_MODE", value_enum, default_value_t = FailureMode::Open)]
+    pub rate_limit_failure_mode: FailureMode,
+    /// Rate-limit headers on answers: draft, legacy, both, none.
+    #[arg(long, env = "RATE_LIMIT_HEADERS", value_enum, default_value_t = RateLimitHeaders::Draft)]
+    pub rate_limit_headers: RateLimitHeaders,
+    /// Most keys each per-pod table holds (older ones are dropped first).
+    #[arg(long, env = "RATE_LIMIT_MAX_KEYS", default_value_t = 100_000)]
+    pub rate_limit_max_keys: usize,
+}
+
+fn parse_cidr(s: &str) -> Result<crate::http::client::Cidr, String> {
+    s.parse()
+}
+
+impl LimitSettings {
+    /// The quota of the "client" policy's burst.
+    pub fn burst(&self) -> Option<u32> {
+        self.rate_limit_burst.or(self.rate_limit_requests)
+    }
+
+    /// What a mode cannot run without, and bounds no sane setup exceeds.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = |n: Option<u32>| n.is_none_or(|n| (1..=1_000_000_000).contains(&n));
+        if !positive(self.rate_limit_ip_requests)
+            || !positive(self.rate_limit_requests)
+            || !positive(self.rate_limit_burst)
+        {
+            return Err(
+                "--rate-limit-ip-requests, --rate-limit-requests and --rate-limit-burst are 1 to 10^9"
+                    .into(),
+            );
+        }
+        if self.rate_limit_window > Duration::from_secs(24 * 3600)
+            || self.rate_limit_window < Duration::from_millis(1)
+        {
+            return Err("--rate-limit-window is 1ms to 24h".into());
+        }
+        if self.rate_limit_redis_timeout > Duration::from_secs(5) {
+            return Err("--rate-limit-redis-timeout is at most 5s".into());
+        }
+        if !(16..=100_000_000).contains(&self.rate_limit_max_keys) {
+            return Err("--rate-limit-max-keys is 16 to 10^8".into());
+        }
+        match self.rate_limit {
+            RateLimitMode::Off => Ok(()),
+            RateLimitMode::Local
+                if self.rate_limit_ip_requests.is_none() && self.rate_limit_requests.is_none() =>
+            {
+                Err(
+                    "--rate-limit local needs --rate-limit-ip-requests or --rate-limit-requests"
+                        .into(),
+                )
+            }
+            RateLimitMode::Local => Ok(()),
+            RateLimitMode::Redis if self.rate_limit_requests.is_none() => {
+                Err("--rate-limit redis needs --rate-limit-requests".into())
+            }
+            RateLimitMode::Redis if self.rate_limit_redis_url.is_none() => {
+                Err("--rate-limit redis needs --rate-limit-redis-url".into())
+            }
+            RateLimitMode::Redis => Ok(()),
+        }
+    }
+}
+
 /// Settings of `platform all`: both roles, the gateway pointed at the in-process users service.
 #[derive(Debug, Clone, Args)]
 pub struct AllSettings {
@@ -479,6 +605,8 @@ pub struct AllSettings {
     pub upstream: UpstreamSettings,
     #[command(flatten)]
     pub auth: AuthSettings,
+    #[command(flatten)]
+    pub limits: LimitSettings,
     #[command(flatten)]
     pub redis: RedisSettings,
     #[command(flatten)]
@@ -545,6 +673,7 @@ impl AllSettings {
             auth_url: url(auth_port, "/"),
             upstream: self.upstream.clone(),
             auth,
+            limits: self.limits.clone(),
         }
     }
 }

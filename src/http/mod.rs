@@ -1,6 +1,7 @@
 //! HTTP pieces every role shares: error body, request ids, health, the observing middleware.
 
 pub mod body;
+pub mod client;
 pub mod error;
 pub mod observe;
 pub mod ops;

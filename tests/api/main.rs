@@ -13,6 +13,7 @@ mod jwks;
 mod metrics;
 mod monitoring;
 mod process;
+mod rate_limit;
 mod reindex;
 mod request_id;
 mod routing;
