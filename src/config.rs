@@ -136,6 +136,9 @@ pub struct AuthRoleSettings {
     /// Port of the auth service.
     #[arg(long, env = "PORT", default_value_t = 3002, global = true)]
     pub port: u16,
+    /// Proxies whose X-Forwarded-For is believed (the gateway's addresses), comma-separated CIDRs.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr, global = true)]
+    pub trusted_proxies: Vec<crate::http::client::Cidr>,
     #[command(flatten)]
     pub redis: RedisSettings,
     #[command(flatten)]
@@ -622,15 +625,29 @@ impl AllSettings {
         }
     }
 
+    /// Where the roles reach each other: the listening host, loopback when it is unspecified.
+    fn loopback_host(&self) -> IpAddr {
+        match self.common.host {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        }
+    }
+
     /// The auth role's settings; its issuer defaults to the gateway's `/api/auth` on loopback.
     pub fn auth_role(&self) -> AuthRoleSettings {
         let mut tokens = self.tokens.clone();
         if tokens.issuer.is_none() {
             tokens.issuer = Some(format!("http://127.0.0.1:{}/api/auth", self.gateway_port));
         }
+        // The in-process gateway calls the auth role from the listening host: its
+        // X-Forwarded-For names the client the gateway resolved.
+        let mut trusted_proxies = self.limits.trusted_proxies.clone();
+        trusted_proxies.push(self.loopback_host().into());
         AuthRoleSettings {
             common: self.common.clone(),
             port: self.auth_port,
+            trusted_proxies,
             redis: self.redis.clone(),
             tokens,
         }
@@ -640,11 +657,7 @@ impl AllSettings {
     /// a key source of its own, and when the auth role has signing keys, the gateway verifies
     /// tokens against the in-process auth role's JWKS, issuer and audience.
     pub fn gateway(&self, users_port: u16, auth_port: u16) -> GatewaySettings {
-        let host = match self.common.host {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
+        let host = self.loopback_host();
         let url = |port: u16, path: &str| {
             Url::parse(&format!(
                 "http://{}{path}",

@@ -61,6 +61,16 @@ impl FromStr for Cidr {
     }
 }
 
+/// One address.
+impl From<IpAddr> for Cidr {
+    fn from(ip: IpAddr) -> Self {
+        Self {
+            net: bits(ip),
+            mask: u128::MAX,
+        }
+    }
+}
+
 /// An address as 128 bits, IPv4 as IPv4-mapped IPv6.
 fn bits(ip: IpAddr) -> u128 {
     match ip {
@@ -124,12 +134,17 @@ fn canonical(ip: IpAddr) -> IpAddr {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub IpAddr);
 
-/// The client address of `req`: the one its role resolved, else its TCP peer.
+/// The client address of `req`: the one its role resolved; else resolved with the app's
+/// `TrustedProxies` when it has some (the auth role's); else its TCP peer.
 pub fn address(req: &HttpRequest) -> Option<IpAddr> {
     if let Some(ClientAddr(ip)) = req.extensions().get::<ClientAddr>() {
         return Some(*ip);
     }
-    req.peer_addr().map(|a| canonical(a.ip()))
+    let peer = req.peer_addr()?.ip();
+    Some(match req.app_data::<TrustedProxies>() {
+        Some(trusted) => trusted.client(peer, req.headers()),
+        None => canonical(peer),
+    })
 }
 
 /// Resolves `req`'s client with `trusted` and returns it; kept in its extensions when it may
