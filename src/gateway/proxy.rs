@@ -68,11 +68,7 @@ pub async fn proxy(
     let limits = proxy.limits.as_deref();
     let admitted = request_filter::filter(&req, upstream.max_body, auth, (limits, client)).await?;
     let quota = admitted.quota;
-    // Every answer of a limited route tells its limits, an upstream's failure too.
-    let with_quota = |error: ApiError| match limits {
-        Some(limits) => limits.headers().annotate(error, &quota),
-        None => error,
-    };
+    let with_quota = |error| Limits::annotated(limits, &quota, error);
     let identity = admitted.identity.as_deref().map(|verified| {
         if let Some(subject) = &verified.subject {
             req.extensions_mut().insert(Subject(subject.clone()));
@@ -111,6 +107,7 @@ pub async fn proxy(
     };
     let response = match sent.and_then(|res| Ok((response_filter::filter(&res)?, res))) {
         Ok((mut out, res)) => {
+            // A success tells its limits too.
             if let Some(limits) = limits {
                 limits.headers().add(&quota, |name, value| {
                     out.insert_header((name, value));

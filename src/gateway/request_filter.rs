@@ -41,10 +41,7 @@ pub async fn filter(
     if let Some(limits) = limits {
         limits.check_ip(client, &mut quota)?;
     }
-    let with_quota = |error: ApiError| match limits {
-        Some(limits) => limits.headers().annotate(error, &quota),
-        None => error,
-    };
+    let with_quota = |error| Limits::annotated(limits, &quota, error);
     let declared = checked_head(req, max_body).map_err(with_quota)?;
     let identity = match auth {
         Some(auth) => auth.authenticate(req).await.map_err(with_quota)?,

@@ -182,6 +182,15 @@ impl Limits {
         &self.headers
     }
 
+    /// `error` with the headers of `quota` when limits are on: every answer of a limited
+    /// route tells its limits (a refused credential, an upstream's failure).
+    pub fn annotated(limits: Option<&Self>, quota: &Quota, error: ApiError) -> ApiError {
+        match limits {
+            Some(limits) => limits.headers.annotate(error, quota),
+            None => error,
+        }
+    }
+
     fn prune(&self) {
         for (table, counters) in self.ip.iter().chain(self.client.iter()) {
             counters.tracked.set(table.prune() as f64);
