@@ -85,15 +85,21 @@ impl Table {
     fn decide_at(&self, key: KeyRef<'_>, now: u64) -> Decision {
         let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-        let tat = map.get(&key).copied();
-        let (decision, next) = self.policy.decide(tat, now);
-        let Some(next) = next else {
+        // A known key (the usual case) is looked up once and updated in place.
+        if let Some(tat) = map.get_mut(&key) {
+            let (decision, next) = self.policy.decide(Some(*tat), now);
+            if let Some(next) = next {
+                *tat = next;
+            }
             return decision;
-        };
-        if tat.is_none() && map.len() >= self.per_shard {
-            make_room(&mut map, now);
         }
-        map.entry_ref(&key).insert(next);
+        let (decision, next) = self.policy.decide(None, now);
+        if let Some(next) = next {
+            if map.len() >= self.per_shard {
+                make_room(&mut map, now);
+            }
+            map.entry_ref(&key).insert(next);
+        }
         decision
     }
 
