@@ -966,6 +966,70 @@ mod tests {
         assert!(parse(&["gateway", "--upstream-timeout", "0s"]).is_err());
     }
 
+    fn limits(args: &[&str]) -> Result<LimitSettings, String> {
+        let args: Vec<&str> = ["gateway"].iter().chain(args).copied().collect();
+        match parse(&args) {
+            Ok(Cli {
+                role: Role::Gateway(gw),
+            }) => gw.limits.check().map(|()| gw.limits),
+            Ok(_) => Err("not the gateway".into()),
+            Err(e) => Err(format!("clap: {e}")),
+        }
+    }
+
+    #[test]
+    fn rate_limit_defaults_and_checks() {
+        let off = limits(&[]).expect("defaults");
+        assert_eq!(off.rate_limit, RateLimitMode::Off);
+        assert!(off.trusted_proxies.is_empty());
+        assert_eq!(off.rate_limit_window, Duration::from_secs(60));
+        assert_eq!(off.rate_limit_redis_timeout, Duration::from_millis(100));
+        assert_eq!(off.rate_limit_failure_mode, FailureMode::Open);
+        assert_eq!(off.rate_limit_headers, RateLimitHeaders::Draft);
+        assert_eq!(off.rate_limit_max_keys, 100_000);
+        let local =
+            limits(&["--rate-limit", "local", "--rate-limit-requests", "10"]).expect("local");
+        assert_eq!(local.burst(), Some(10));
+        let trusted = limits(&["--trusted-proxies", "10.0.0.0/8, ::1,192.0.2.1"]).expect("CIDRs");
+        assert_eq!(trusted.trusted_proxies.len(), 3);
+        for bad in [
+            &["--trusted-proxies", "10.0.0.0/33"][..],
+            &["--rate-limit", "local"],
+            &["--rate-limit", "redis", "--rate-limit-requests", "10"],
+            &[
+                "--rate-limit",
+                "redis",
+                "--rate-limit-redis-url",
+                "redis://r",
+            ],
+            &["--rate-limit-requests", "0"],
+            &["--rate-limit-window", "0s"],
+            &["--rate-limit-redis-timeout", "1m"],
+            &["--rate-limit-max-keys", "1"],
+            &["--rate-limit", "sometimes"],
+        ] {
+            assert!(limits(bad).is_err(), "{bad:?}");
+        }
+        let Ok(Cli {
+            role: Role::All(all),
+        }) = parse(&["all", "--trusted-proxies", "10.0.0.0/8"])
+        else {
+            panic!("all must parse");
+        };
+        let role = all.auth_role();
+        assert!(
+            role.trusted_proxies
+                .iter()
+                .any(|c| c.contains(IpAddr::from([127, 0, 0, 1])))
+        );
+        assert!(
+            role.trusted_proxies
+                .iter()
+                .any(|c| c.contains(IpAddr::from([10, 1, 2, 3])))
+        );
+        assert_eq!(all.gateway(1, 2).limits.trusted_proxies.len(), 1);
+    }
+
     #[test]
     fn reindex_is_a_users_subcommand_and_accepts_flags_after_it() {
         let Ok(Cli {
