@@ -536,3 +536,33 @@ async fn the_password_of_the_limiter_s_redis_never_reaches_a_log_line_or_an_erro
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("--rate-limit-requests"), "{err}");
 }
+
+#[actix_web::test]
+async fn a_frozen_shared_redis_costs_one_timeout_not_one_per_request() {
+    let echo = FakeUpstream::start(Behaviour::Echo);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let flags = [
+        "--rate-limit",
+        "redis",
+        "--rate-limit-requests",
+        "1000",
+        "--rate-limit-redis-url",
+        &url,
+        "--rate-limit-redis-timeout",
+        "300ms",
+    ];
+    let gw = spawn_gateway(&echo.url(), &flags).await;
+    assert_eq!(gw.get(ECHO).await.status, 200);
+    redis.pause();
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(gw.get(ECHO).await.status, 200);
+    }
+    let took = started.elapsed();
+    redis.resume();
+    // One request waits out the timeout; the back-off spares the others (20 × 300 ms = 6 s
+    // if each waited; a generous bound for a loaded machine).
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert!(decisions(&gw, "client", "fail_open").await >= Some(1.0));
+}
