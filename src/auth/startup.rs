@@ -81,7 +81,7 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
         "argon2_iterations" => tokens.argon2.argon2_iterations,
         "argon2_parallelism" => tokens.argon2.argon2_parallelism,
         "redis_url" => settings.redis.redacted_url(),
-        "trusted_proxies" => settings.trusted_proxies.len(),
+        "trusted_proxies" => TrustedProxies(settings.trusted_proxies.clone()).text(),
         "user_scope" => &tokens.accounts.user_scope,
         "refresh_token_ttl_s" => tokens.accounts.refresh_token_ttl.as_secs(),
         "login_max_failures" => tokens.accounts.login_max_failures,

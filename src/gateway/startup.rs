@@ -88,6 +88,7 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
         upstream("users", &settings.users_url)?,
         upstream("auth", &settings.auth_url)?,
     );
+    let l = &settings.limits;
     info!(log.new(slog::o!(settings.common.clone())), "starting";
         "port" => listener.local_addr()?.port(),
         "users_url" => crate::config::redact_url(&settings.users_url),
@@ -100,10 +101,7 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
         "jwks" => settings.auth.jwks_url.as_ref().map(crate::config::redact_url)
             .or_else(|| settings.auth.jwks_file.as_ref().map(|f| f.display().to_string()))
             .unwrap_or_default(),
-    );
-    let l = &settings.limits;
-    info!(log, "client address and rate limits";
-        "trusted_proxies" => l.trusted_proxies.len(),
+        "trusted_proxies" => trusted.text(),
         "rate_limit" => format!("{:?}", l.rate_limit).to_lowercase(),
         "rate_limit_ip_requests" => l.rate_limit_ip_requests.unwrap_or(0),
         "rate_limit_requests" => l.rate_limit_requests.unwrap_or(0),

@@ -61,6 +61,17 @@ impl FromStr for Cidr {
     }
 }
 
+/// `10.0.0.0/8`, `2001:db8::/32`: as it would be written in `--trusted-proxies`.
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = self.mask.count_ones();
+        match Ipv6Addr::from(self.net).to_ipv4_mapped() {
+            Some(v4) if len >= 96 => write!(f, "{v4}/{}", len - 96),
+            _ => write!(f, "{}/{len}", Ipv6Addr::from(self.net)),
+        }
+    }
+}
+
 /// One address.
 impl From<IpAddr> for Cidr {
     fn from(ip: IpAddr) -> Self {
@@ -84,6 +95,12 @@ fn bits(ip: IpAddr) -> u128 {
 pub struct TrustedProxies(pub Vec<Cidr>);
 
 impl TrustedProxies {
+    /// The list as `--trusted-proxies` takes it, for the start-up line.
+    pub fn text(&self) -> String {
+        let list: Vec<String> = self.0.iter().map(Cidr::to_string).collect();
+        list.join(",")
+    }
+
     pub fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|cidr| cidr.contains(ip))
     }
@@ -218,6 +235,15 @@ mod tests {
         let v6: Cidr = "2001:db8::/32".parse().expect("CIDR");
         assert!(v6.contains(ip("2001:db8:ffff::1")) && !v6.contains(ip("2001:db9::1")));
         assert!(!v6.contains(ip("10.0.0.1")));
+        assert_eq!(c.to_string(), "10.0.0.0/8");
+        assert_eq!(
+            "2001:db8::1/32".parse::<Cidr>().map(|c| c.to_string()),
+            Ok("2001:db8::/32".into())
+        );
+        assert_eq!(
+            "192.0.2.7".parse::<Cidr>().map(|c| c.to_string()),
+            Ok("192.0.2.7/32".into())
+        );
         let all: Cidr = "0.0.0.0/0".parse().expect("CIDR");
         assert!(all.contains(ip("8.8.8.8")) && !all.contains(ip("2001:db8::1")));
         let host6: Cidr = "::1".parse().expect("bare IPv6");

@@ -474,6 +474,13 @@ async fn behind_trusted_proxies_the_client_is_the_first_untrusted_hop_from_the_r
         remote_addrs(&gw),
         vec!["5.6.7.8", "5.6.7.8", "5.6.7.8", "5.6.7.9"]
     );
+    let starting = json_lines(&gw.logs)
+        .into_iter()
+        .find(|l| l["msg"] == "starting")
+        .expect("the start-up line");
+    assert_eq!(starting["trusted_proxies"], "127.0.0.0/8,10.0.0.0/8");
+    assert_eq!(starting["rate_limit"], "local");
+    assert_eq!(starting["rate_limit_ip_requests"], 2);
 }
 
 fn remote_addrs(gw: &TestGateway) -> Vec<String> {
