@@ -518,9 +518,13 @@ pub struct LimitSettings {
     /// Requests the "client" policy admits at once (default: its quota).
     #[arg(long, env = "RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
-    /// The Redis of the shared tier (its own: the users' Redis runs noeviction).
+    /// The Redis of the shared tier (its own: the users' Redis runs noeviction); keep the
+    /// password out of it and use --rate-limit-redis-password.
     #[arg(long, env = "RATE_LIMIT_REDIS_URL", value_parser = parse_redis_url)]
     pub rate_limit_redis_url: Option<Url>,
+    /// The shared tier's Redis password (AUTH), e.g. from a Kubernetes Secret.
+    #[arg(long, env = "RATE_LIMIT_REDIS_PASSWORD", hide_env_values = true)]
+    pub rate_limit_redis_password: Option<Secret>,
     /// Upper bound of one shared-tier decision (connection wait included).
     #[arg(long, env = "RATE_LIMIT_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_positive_duration)]
     pub rate_limit_redis_timeout: Duration,

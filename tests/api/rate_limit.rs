@@ -522,6 +522,38 @@ async fn the_password_of_the_limiter_s_redis_never_reaches_a_log_line_or_an_erro
     assert!(out.contains(":***@"), "{out}");
     assert!(!out.contains(SECRET), "{out}");
 
+    // The password apart from the URL, from the environment (a Kubernetes Secret).
+    let port = crate::helpers::free_port();
+    let port_text = port.to_string();
+    let plain = redis.url();
+    let args = [
+        "gateway",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port_text,
+        "--users-url",
+        &echo.url(),
+        "--rate-limit",
+        "redis",
+        "--rate-limit-requests",
+        "100",
+        "--rate-limit-redis-url",
+        &plain,
+    ];
+    let mut process = Process::spawn(&args, &[("RATE_LIMIT_REDIS_PASSWORD", SECRET)], port);
+    let http = Http::new(port);
+    assert_eq!(http.get(ECHO).await.status, 200);
+    assert_eq!(
+        decisions(&http, "client", "allowed").await,
+        Some(1.0),
+        "decided in Redis"
+    );
+    assert_eq!(decisions(&http, "client", "fail_open").await, Some(0.0));
+    process.sigterm();
+    process.wait_exit(DEADLINE);
+    assert!(!process.stdout().contains(SECRET));
+
     // A URL that does not parse, and a mode without what it needs: one line, no secret.
     let bad = format!("redis://:{SECRET}@");
     for (args, envs) in [
