@@ -525,7 +525,7 @@ pub struct LimitSettings {
     /// The shared tier's Redis password (AUTH), e.g. from a Kubernetes Secret.
     #[arg(long, env = "RATE_LIMIT_REDIS_PASSWORD", hide_env_values = true)]
     pub rate_limit_redis_password: Option<Secret>,
-    /// Upper bound of one shared-tier decision (connection wait included).
+    /// Upper bound of one shared-tier decision (connecting included).
     #[arg(long, env = "RATE_LIMIT_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_positive_duration)]
     pub rate_limit_redis_timeout: Duration,
     /// When the shared Redis fails: open (decide per pod) or closed (503).
@@ -534,7 +534,7 @@ pub struct LimitSettings {
     /// Rate-limit headers on answers: draft, legacy, both, none.
     #[arg(long, env = "RATE_LIMIT_HEADERS", value_enum, default_value_t = RateLimitHeaders::Draft)]
     pub rate_limit_headers: RateLimitHeaders,
-    /// Most keys each per-pod table holds (older ones are dropped first).
+    /// Most keys each per-pod table holds (when full: expired keys go, else those nearest to expiry).
     #[arg(long, env = "RATE_LIMIT_MAX_KEYS", default_value_t = 100_000)]
     pub rate_limit_max_keys: usize,
 }
