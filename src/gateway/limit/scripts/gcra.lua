@@ -1,5 +1,6 @@
-#!lua
--- One GCRA decision on one key with Redis' own clock (every gateway shares it).
+-- One GCRA decision on one key with Redis' own clock (every gateway shares it). No `#!lua`
+-- shebang (unlike the users' scripts): a limiter's Redis may be a managed 6.x, which reads it
+-- as a syntax error; since Redis 5 scripts replicate their effects, so TIME before SET is fine.
 -- KEYS[1]: the key. ARGV[1]: interval (µs per request). ARGV[2]: tolerance (burst × interval, µs).
 -- Returns {1, lead} when admitted (the key's TAT is now `lead` µs ahead), {0, lead} when not.
 local t = redis.call('TIME')
