@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
+use crate::auth::sample;
 use crate::helpers::{
     Http, Process, RedisServer, Reply, TestGateway, json_lines, poll_until, run_binary_with_env,
     spawn_gateway,
@@ -23,21 +24,6 @@ async fn get_with(gw: &Http, path: &str, headers: &[(&str, &str)]) -> Reply {
         req = req.append_header((*name, *value));
     }
     gw.send(req, None).await
-}
-
-/// The value of the sample of `name` with every pair of `labels`, in Prometheus text.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, pairs) = series.split_once('{').unwrap_or((series, ""));
-            let pairs: Vec<&str> = pairs.trim_end_matches('}').split(',').collect();
-            let all = labels
-                .iter()
-                .all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str()));
-            (metric == name && all).then(|| value.parse().ok())?
-        })
 }
 
 async fn decisions(gw: &Http, policy: &str, decision: &str) -> Option<f64> {
