@@ -43,6 +43,43 @@ fn retry_after(reply: &Reply) -> u64 {
         .unwrap_or_else(|_| panic!("Retry-After in seconds: {value:?}"))
 }
 
+/// A gateway in front of `upstream` whose "client" policy (1000 a minute) is shared in
+/// `redis`, with `extra` flags.
+async fn shared_gateway(upstream: &str, redis: &RedisServer, extra: &[&str]) -> TestGateway {
+    let url = redis.url();
+    let flags = [
+        "--rate-limit",
+        "redis",
+        "--rate-limit-requests",
+        "1000",
+        "--rate-limit-redis-url",
+        &url,
+    ];
+    spawn_gateway(upstream, &[&flags[..], extra].concat()).await
+}
+
+/// A gateway in front of `upstream` that needs a token from `jwks` on every request, with
+/// `extra` flags; returned once its key set has loaded.
+async fn verifying_gateway(upstream: &str, jwks: &JwksServer, extra: &[&str]) -> TestGateway {
+    let url = jwks.url();
+    let flags = [
+        "--auth-mode",
+        "all",
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-audiences",
+        AUDIENCE,
+        "--jwks-url",
+        &url,
+    ];
+    let gw = spawn_gateway(upstream, &[&flags[..], extra].concat()).await;
+    poll_until(DEADLINE, "the key set loads", async || {
+        gw.get("/health/ready").await.status == 200
+    })
+    .await;
+    gw
+}
+
 #[actix_web::test]
 async fn the_ip_limit_answers_429_with_the_contract_body_retry_after_and_the_draft_headers() {
     let echo = FakeUpstream::start(Behaviour::Echo);
@@ -235,18 +272,12 @@ async fn three_gateways_sharing_one_redis_admit_the_quota_once_not_three_times()
 async fn a_shared_redis_that_dies_falls_back_to_the_local_table_then_recovers() {
     let echo = FakeUpstream::start(Behaviour::Echo);
     let mut redis = RedisServer::start();
-    let url = redis.url();
-    let flags = [
-        "--rate-limit",
-        "redis",
-        "--rate-limit-requests",
-        "1000",
-        "--rate-limit-redis-url",
-        &url,
-        "--rate-limit-redis-timeout",
-        "100ms",
-    ];
-    let gw = spawn_gateway(&echo.url(), &flags).await;
+    let gw = shared_gateway(
+        &echo.url(),
+        &redis,
+        &["--rate-limit-redis-timeout", "100ms"],
+    )
+    .await;
     assert_eq!(gw.get(ECHO).await.status, 200);
     assert_eq!(decisions(&gw, "client", "allowed").await, Some(1.0));
     assert_eq!(decisions(&gw, "client", "fail_open").await, Some(0.0));
@@ -275,18 +306,12 @@ async fn a_shared_redis_that_dies_falls_back_to_the_local_table_then_recovers() 
 async fn in_closed_mode_a_dead_shared_redis_refuses_with_503() {
     let echo = FakeUpstream::start(Behaviour::Echo);
     let mut redis = RedisServer::start();
-    let url = redis.url();
-    let flags = [
-        "--rate-limit",
-        "redis",
-        "--rate-limit-requests",
-        "1000",
-        "--rate-limit-redis-url",
-        &url,
-        "--rate-limit-failure-mode",
-        "closed",
-    ];
-    let gw = spawn_gateway(&echo.url(), &flags).await;
+    let gw = shared_gateway(
+        &echo.url(),
+        &redis,
+        &["--rate-limit-failure-mode", "closed"],
+    )
+    .await;
     assert_eq!(gw.get(ECHO).await.status, 200);
     assert_eq!(decisions(&gw, "client", "fail_closed").await, Some(0.0));
     redis.kill();
@@ -305,26 +330,8 @@ async fn in_closed_mode_a_dead_shared_redis_refuses_with_503() {
 async fn a_flood_of_bad_tokens_is_limited_before_any_verification() {
     let echo = FakeUpstream::start(Behaviour::Echo);
     let jwks = JwksServer::http(&INITIAL_KEYS);
-    let url = jwks.url();
-    let flags = [
-        "--auth-mode",
-        "all",
-        "--jwt-issuer",
-        ISSUER,
-        "--jwt-audiences",
-        AUDIENCE,
-        "--jwks-url",
-        &url,
-        "--rate-limit",
-        "local",
-        "--rate-limit-ip-requests",
-        "5",
-    ];
-    let gw = spawn_gateway(&echo.url(), &flags).await;
-    poll_until(DEADLINE, "the key set loads", async || {
-        gw.get("/health/ready").await.status == 200
-    })
-    .await;
+    let flags = ["--rate-limit", "local", "--rate-limit-ip-requests", "5"];
+    let gw = verifying_gateway(&echo.url(), &jwks, &flags).await;
     let forged = format!("Bearer {}", Token::new(Key::Es256).sign_corrupted());
     let mut statuses = Vec::new();
     for _ in 0..20 {
@@ -350,16 +357,7 @@ async fn a_flood_of_bad_tokens_is_limited_before_any_verification() {
 async fn the_client_policy_counts_a_verified_subject_wherever_it_comes_from() {
     let echo = FakeUpstream::start(Behaviour::Echo);
     let jwks = JwksServer::http(&INITIAL_KEYS);
-    let url = jwks.url();
     let flags = [
-        "--auth-mode",
-        "all",
-        "--jwt-issuer",
-        ISSUER,
-        "--jwt-audiences",
-        AUDIENCE,
-        "--jwks-url",
-        &url,
         "--trusted-proxies",
         "127.0.0.1",
         "--rate-limit",
@@ -367,11 +365,7 @@ async fn the_client_policy_counts_a_verified_subject_wherever_it_comes_from() {
         "--rate-limit-requests",
         "2",
     ];
-    let gw = spawn_gateway(&echo.url(), &flags).await;
-    poll_until(DEADLINE, "the key set loads", async || {
-        gw.get("/health/ready").await.status == 200
-    })
-    .await;
+    let gw = verifying_gateway(&echo.url(), &jwks, &flags).await;
     let alice = format!("Bearer {}", Token::new(Key::Es256).sub("alice").sign());
     let bob = format!("Bearer {}", Token::new(Key::Es256).sub("bob").sign());
     // Alice from two addresses: one quota.
@@ -566,18 +560,12 @@ async fn the_password_of_the_limiter_s_redis_never_reaches_a_log_line_or_an_erro
 async fn a_frozen_shared_redis_costs_one_timeout_not_one_per_request() {
     let echo = FakeUpstream::start(Behaviour::Echo);
     let redis = RedisServer::start();
-    let url = redis.url();
-    let flags = [
-        "--rate-limit",
-        "redis",
-        "--rate-limit-requests",
-        "1000",
-        "--rate-limit-redis-url",
-        &url,
-        "--rate-limit-redis-timeout",
-        "300ms",
-    ];
-    let gw = spawn_gateway(&echo.url(), &flags).await;
+    let gw = shared_gateway(
+        &echo.url(),
+        &redis,
+        &["--rate-limit-redis-timeout", "300ms"],
+    )
+    .await;
     assert_eq!(gw.get(ECHO).await.status, 200);
     redis.pause();
     let started = Instant::now();
