@@ -14,6 +14,9 @@ use crate::http::client::ClientKey;
 const SHARDS: usize = 16;
 /// Entries looked at to pick one to evict when a shard is full of live ones.
 const EVICTION_SAMPLE: usize = 8;
+/// Least time between two sweeps of a full shard for expired entries (µs): a flood of new
+/// addresses must not buy a walk over the whole shard per request.
+const SWEEP_EVERY_US: u64 = 100_000;
 
 /// What a per-pod table counts by: an address (IPv6 by /64), or a verified subject.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -48,10 +51,17 @@ impl From<&KeyRef<'_>> for Key {
     }
 }
 
+/// One shard: its keys' TATs, and when it was last swept for expired ones.
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Key, u64>,
+    swept: u64,
+}
+
 /// One policy's TATs (µs since the table's start).
 pub struct Table {
     policy: Policy,
-    shards: Box<[Mutex<HashMap<Key, u64>>]>,
+    shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
     hasher: DefaultHashBuilder,
     start: Instant,
@@ -84,9 +94,9 @@ impl Table {
 
     fn decide_at(&self, key: KeyRef<'_>, now: u64) -> Decision {
         let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
         // A known key (the usual case) is looked up once and updated in place.
-        if let Some(tat) = map.get_mut(&key) {
+        if let Some(tat) = shard.map.get_mut(&key) {
             let (decision, next) = self.policy.decide(Some(*tat), now);
             if let Some(next) = next {
                 *tat = next;
@@ -95,10 +105,10 @@ impl Table {
         }
         let (decision, next) = self.policy.decide(None, now);
         if let Some(next) = next {
-            if map.len() >= self.per_shard {
-                make_room(&mut map, now);
+            if shard.map.len() >= self.per_shard {
+                shard.make_room(now);
             }
-            map.entry_ref(&key).insert(next);
+            shard.map.entry_ref(&key).insert(next);
         }
         decision
     }
@@ -112,9 +122,10 @@ impl Table {
         self.shards
             .iter()
             .map(|shard| {
-                let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-                map.retain(|_, tat| *tat > now);
-                map.len()
+                let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+                shard.map.retain(|_, tat| *tat > now);
+                shard.swept = now;
+                shard.map.len()
             })
             .sum()
     }
@@ -122,7 +133,7 @@ impl Table {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len())
             .sum()
     }
 
@@ -131,21 +142,28 @@ impl Table {
     }
 }
 
-/// Frees one place in a full shard: expired entries go; if none had, the entry nearest to
-/// expiring of a small sample (its owner loses the least).
-fn make_room(map: &mut HashMap<Key, u64>, now: u64) {
-    let before = map.len();
-    map.retain(|_, tat| *tat > now);
-    if map.len() < before {
-        return;
-    }
-    let victim = map
-        .iter()
-        .take(EVICTION_SAMPLE)
-        .min_by_key(|(_, tat)| **tat)
-        .map(|(key, _)| key.clone());
-    if let Some(victim) = victim {
-        map.remove(&victim);
+impl Shard {
+    /// Frees one place in a full shard: expired entries go (at most one sweep per
+    /// `SWEEP_EVERY_US`); else the entry nearest to expiry of a small sample (an expired one
+    /// when the sample has one; a live one's owner loses the least).
+    fn make_room(&mut self, now: u64) {
+        if now >= self.swept + SWEEP_EVERY_US {
+            self.swept = now;
+            let before = self.map.len();
+            self.map.retain(|_, tat| *tat > now);
+            if self.map.len() < before {
+                return;
+            }
+        }
+        let victim = self
+            .map
+            .iter()
+            .take(EVICTION_SAMPLE)
+            .min_by_key(|(_, tat)| **tat)
+            .map(|(key, _)| key.clone());
+        if let Some(victim) = victim {
+            self.map.remove(&victim);
+        }
     }
 }
 
