@@ -579,3 +579,29 @@ async fn a_frozen_shared_redis_costs_one_timeout_not_one_per_request() {
     assert!(took < Duration::from_secs(4), "{took:?}");
     assert!(decisions(&gw, "client", "fail_open").await >= Some(1.0));
 }
+
+#[actix_web::test]
+async fn ipv6_clients_share_the_quota_of_their_64() {
+    let echo = FakeUpstream::start(Behaviour::Echo);
+    let flags = [
+        "--trusted-proxies",
+        "127.0.0.1",
+        "--rate-limit",
+        "local",
+        "--rate-limit-ip-requests",
+        "2",
+    ];
+    let gw = spawn_gateway(&echo.url(), &flags).await;
+    for client in ["2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff"] {
+        let reply = get_with(&gw, ECHO, &[("X-Forwarded-For", client)]).await;
+        assert_eq!(reply.status, 200);
+    }
+    get_with(&gw, ECHO, &[("X-Forwarded-For", "2001:db8:1:2::abcd")])
+        .await
+        .assert_error(429, "rate_limited");
+    let next = get_with(&gw, ECHO, &[("X-Forwarded-For", "2001:db8:1:3::1")]).await;
+    assert_eq!(next.status, 200, "the next /64 is another client");
+    wait_for_remote_addrs(&gw, 4);
+    // The log keeps the whole address.
+    assert_eq!(remote_addrs(&gw)[1], "2001:db8:1:2:ffff:ffff:ffff:ffff");
+}
