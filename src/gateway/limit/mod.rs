@@ -89,6 +89,7 @@ impl Limits {
             FailureMode::Open => "fail_open",
             FailureMode::Closed => "fail_closed",
         };
+        // A policy left out never decides, so the stand-in's header is never sent.
         let headers = Headers::new(
             settings.rate_limit_headers,
             &ip.unwrap_or(Policy::new("ip", 1, window, 1)),
