@@ -11,10 +11,14 @@
 # (aa) is the same gateway with JWT authentication on (--auth-mode all, an ES256 key set from a
 # file) and wrk sending a few hundred distinct valid tokens in turn (BENCH_TOKENS, 300):
 # (aa)/(a) is what verifying tokens costs per request (BENCH_AUTH=off drops it).
+# (al) is the gateway with both rate-limit policies per pod (--rate-limit local) and (ar) with the
+# "client" policy shared in a Redis of its own (--rate-limit redis; that Redis' CPU is not in
+# the gateway's), quotas too large to refuse anything: (al)/(a) and (ar)/(a) are what deciding
+# costs per request (BENCH_LIMITS=off drops both).
 # BENCH_BASELINE_BIN=path adds (a0), the gateway of another build (e.g. the last release's
 # binary), measured in the same rounds: (a)/(a0) is a before/after with the control's spread.
 # Knobs: BENCH_SECONDS (5 per round), BENCH_ROUNDS (3), BENCH_CONNECTIONS (64),
-# BENCH_THREADS (2), BENCH_USERS (200), BENCH_NGINX_LOG (on), BENCH_CONTROL (on),
+# BENCH_THREADS (2), BENCH_USERS (200), BENCH_NGINX_LOG (on), BENCH_CONTROL (on), BENCH_LIMITS (on),
 # BENCH_BASELINE_BIN (none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,6 +78,24 @@ if [ "${BENCH_AUTH:-on}" != off ]; then
     --auth-mode all --jwt-issuer https://issuer.bench --jwt-audiences platform-api --jwks-file "$work/jwks.json" >/dev/null & pids+=($!)
   AUTH=(--target "aa|(aa) gateway, auth on|$AUTH_PORT|/api|$!|auth")
 fi
+LIMITS=()
+if [ "${BENCH_LIMITS:-on}" != off ]; then
+  # wrk comes from one address: quotas no run reaches, so every request is decided and admitted.
+  QUOTAS=(--rate-limit-ip-requests 1000000000 --rate-limit-requests 1000000000 --rate-limit-window 1s)
+  LOCAL_PORT=$(free_port); LIMIT_REDIS_PORT=$(free_port); SHARED_PORT=$(free_port)
+  # shellcheck disable=SC2086 # as above
+  "$BIN" gateway ${BENCH_GATEWAY_ARGS:-} --host 127.0.0.1 --port "$LOCAL_PORT" --users-url "http://127.0.0.1:$USERS_PORT" \
+    --rate-limit local "${QUOTAS[@]}" >/dev/null & pids+=($!)
+  LIMITS+=(--target "al|(al) gateway, local limits|$LOCAL_PORT|/api|$!")
+  mkdir -p "$work/limits"
+  redis-server --port "$LIMIT_REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work/limits" \
+    --maxmemory 64mb --maxmemory-policy volatile-ttl >/dev/null & pids+=($!)
+  for _ in $(seq 50); do redis-cli -p "$LIMIT_REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  # shellcheck disable=SC2086 # as above
+  "$BIN" gateway ${BENCH_GATEWAY_ARGS:-} --host 127.0.0.1 --port "$SHARED_PORT" --users-url "http://127.0.0.1:$USERS_PORT" \
+    --rate-limit redis "${QUOTAS[@]}" --rate-limit-redis-url "redis://127.0.0.1:$LIMIT_REDIS_PORT" >/dev/null & pids+=($!)
+  LIMITS+=(--target "ar|(ar) gateway, shared limits|$SHARED_PORT|/api|$!")
+fi
 BASELINE=()
 if [ -n "${BENCH_BASELINE_BIN:-}" ]; then
   BASELINE_PORT=$(free_port)
@@ -129,6 +151,8 @@ wait_port "$GATEWAY_PORT" /health/ready
 [ -z "${CONTROL_PORT:-}" ] || wait_port "$CONTROL_PORT" /health/ready
 [ -z "${BASELINE_PORT:-}" ] || wait_port "$BASELINE_PORT" /health/ready
 [ -z "${AUTH_PORT:-}" ] || wait_port "$AUTH_PORT" /health/ready
+[ -z "${LOCAL_PORT:-}" ] || wait_port "$LOCAL_PORT" /health/ready
+[ -z "${SHARED_PORT:-}" ] || wait_port "$SHARED_PORT" /health/ready
 wait_port "$NGINX_PORT" /api/users?limit=1
 
 echo "preloading $USERS users…"
@@ -163,7 +187,7 @@ python3 scripts/bench_measure.py --lua "$work/ids.lua" --threads "$THREADS" --co
   --target "a|(a) gateway → users|$GATEWAY_PORT|/api|$GATEWAY_PID" \
   --target "b|(b) users directly|$USERS_PORT||" \
   --target "c|(c) nginx → users|$NGINX_PORT|/api|$NGINX_PID" \
-  "${CONTROL[@]}" "${AUTH[@]}" "${BASELINE[@]}"
+  "${CONTROL[@]}" "${AUTH[@]}" "${LIMITS[@]}" "${BASELINE[@]}"
 if [ "${BENCH_NGINX_LOG:-on}" != off ] && [ ! -s "$work/nginx-access.log" ]; then
   echo "nginx wrote no access log: its configuration is not the one described above" >&2
   exit 1

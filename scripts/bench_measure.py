@@ -129,6 +129,10 @@ def main():
         cpu_ratio("a", "a2", "CPU per request, the same gateway twice (noise floor)")
     if "aa" in by_key:
         cpu_ratio("aa", "a", "CPU per request, auth on vs off (target <= 1.15)")
+    if "al" in by_key:
+        cpu_ratio("al", "a", "CPU per request, local limits on vs off (target <= 1.05)")
+    if "ar" in by_key:
+        cpu_ratio("ar", "a", "CPU per request, shared limits on vs off (gateway only)")
     if "a0" in by_key:
         cpu_ratio("a", "a0", "CPU per request, this build vs the baseline build")
 

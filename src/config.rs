@@ -148,6 +148,9 @@ pub struct AuthRoleSettings {
     /// Port of the auth service.
     #[arg(long, env = "PORT", default_value_t = 3002, global = true)]
     pub port: u16,
+    /// Proxies whose X-Forwarded-For is believed (the gateway's addresses), comma-separated CIDRs.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr, global = true)]
+    pub trusted_proxies: Vec<crate::http::client::Cidr>,
     #[command(flatten)]
     pub redis: RedisSettings,
     #[command(flatten)]
@@ -253,6 +256,8 @@ pub struct GatewaySettings {
     pub upstream: UpstreamSettings,
     #[command(flatten)]
     pub auth: AuthSettings,
+    #[command(flatten)]
+    pub limits: LimitSettings,
 }
 
 /// How the gateway talks to its upstream.
@@ -473,6 +478,134 @@ impl AuthSettings {
     }
 }
 
+/// Where rate limits are kept (`--rate-limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RateLimitMode {
+    /// No limits.
+    Off,
+    /// Every policy per pod.
+    Local,
+    /// The "ip" policy per pod, the "client" policy shared by every gateway in a Redis.
+    Redis,
+}
+
+/// What a rate-limit decision does when the shared Redis cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailureMode {
+    /// Decide with the per-pod table instead (counted as fail_open).
+    Open,
+    /// Refuse the request: 503 overloaded (counted as fail_closed).
+    Closed,
+}
+
+/// Which rate-limit headers answers carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RateLimitHeaders {
+    /// `RateLimit` and `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
+    Draft,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`.
+    Legacy,
+    Both,
+    None,
+}
+
+/// The client's address and the gateway's rate limits (AUTH.md §5).
+#[derive(Debug, Clone, Args)]
+pub struct LimitSettings {
+    /// Proxies whose X-Forwarded-For is believed, comma-separated CIDRs (a bare IP is one address).
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<crate::http::client::Cidr>,
+    /// Rate limits: off, local (per pod), redis (the client policy shared in --rate-limit-redis-url).
+    #[arg(long, env = "RATE_LIMIT", value_enum, default_value_t = RateLimitMode::Off)]
+    pub rate_limit: RateLimitMode,
+    /// Policy "ip": requests per --rate-limit-window per client address, per pod, checked before any token.
+    #[arg(long, env = "RATE_LIMIT_IP_REQUESTS")]
+    pub rate_limit_ip_requests: Option<u32>,
+    /// Policy "client": requests per --rate-limit-window per verified subject, else per address.
+    #[arg(long, env = "RATE_LIMIT_REQUESTS")]
+    pub rate_limit_requests: Option<u32>,
+    /// The window both policies' quotas are counted over.
+    #[arg(long, env = "RATE_LIMIT_WINDOW", default_value = "60s", value_parser = parse_positive_duration)]
+    pub rate_limit_window: Duration,
+    /// Requests the "client" policy admits at once (default: its quota).
+    #[arg(long, env = "RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// The Redis of the shared tier (its own: the users' Redis runs noeviction); keep the
+    /// password out of it and use --rate-limit-redis-password.
+    #[arg(long, env = "RATE_LIMIT_REDIS_URL", value_parser = parse_redis_url)]
+    pub rate_limit_redis_url: Option<Url>,
+    /// The shared tier's Redis password (AUTH), e.g. from a Kubernetes Secret.
+    #[arg(long, env = "RATE_LIMIT_REDIS_PASSWORD", hide_env_values = true)]
+    pub rate_limit_redis_password: Option<Secret>,
+    /// Upper bound of one shared-tier decision (connecting included).
+    #[arg(long, env = "RATE_LIMIT_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_positive_duration)]
+    pub rate_limit_redis_timeout: Duration,
+    /// When the shared Redis fails: open (decide per pod) or closed (503).
+    #[arg(long, env = "RATE_LIMIT_FAILURE_MODE", value_enum, default_value_t = FailureMode::Open)]
+    pub rate_limit_failure_mode: FailureMode,
+    /// Rate-limit headers on answers: draft, legacy, both, none.
+    #[arg(long, env = "RATE_LIMIT_HEADERS", value_enum, default_value_t = RateLimitHeaders::Draft)]
+    pub rate_limit_headers: RateLimitHeaders,
+    /// Most keys each per-pod table holds (when full: expired keys go, else those nearest to expiry).
+    #[arg(long, env = "RATE_LIMIT_MAX_KEYS", default_value_t = 100_000)]
+    pub rate_limit_max_keys: usize,
+}
+
+fn parse_cidr(s: &str) -> Result<crate::http::client::Cidr, String> {
+    s.parse()
+}
+
+impl LimitSettings {
+    /// The quota of the "client" policy's burst.
+    pub fn burst(&self) -> Option<u32> {
+        self.rate_limit_burst.or(self.rate_limit_requests)
+    }
+
+    /// What a mode cannot run without, and bounds no sane setup exceeds.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = |n: Option<u32>| n.is_none_or(|n| (1..=1_000_000_000).contains(&n));
+        if !positive(self.rate_limit_ip_requests)
+            || !positive(self.rate_limit_requests)
+            || !positive(self.rate_limit_burst)
+        {
+            return Err(
+                "--rate-limit-ip-requests, --rate-limit-requests and --rate-limit-burst are 1 to 10^9"
+                    .into(),
+            );
+        }
+        if self.rate_limit_window > Duration::from_secs(24 * 3600)
+            || self.rate_limit_window < Duration::from_millis(1)
+        {
+            return Err("--rate-limit-window is 1ms to 24h".into());
+        }
+        if self.rate_limit_redis_timeout > Duration::from_secs(5) {
+            return Err("--rate-limit-redis-timeout is at most 5s".into());
+        }
+        if !(16..=100_000_000).contains(&self.rate_limit_max_keys) {
+            return Err("--rate-limit-max-keys is 16 to 10^8".into());
+        }
+        match self.rate_limit {
+            RateLimitMode::Off => Ok(()),
+            RateLimitMode::Local
+                if self.rate_limit_ip_requests.is_none() && self.rate_limit_requests.is_none() =>
+            {
+                Err(
+                    "--rate-limit local needs --rate-limit-ip-requests or --rate-limit-requests"
+                        .into(),
+                )
+            }
+            RateLimitMode::Local => Ok(()),
+            RateLimitMode::Redis if self.rate_limit_requests.is_none() => {
+                Err("--rate-limit redis needs --rate-limit-requests".into())
+            }
+            RateLimitMode::Redis if self.rate_limit_redis_url.is_none() => {
+                Err("--rate-limit redis needs --rate-limit-redis-url".into())
+            }
+            RateLimitMode::Redis => Ok(()),
+        }
+    }
+}
+
 /// Settings of `platform all`: both roles, the gateway pointed at the in-process users service.
 #[derive(Debug, Clone, Args)]
 pub struct AllSettings {
@@ -492,6 +625,8 @@ pub struct AllSettings {
     #[command(flatten)]
     pub auth: AuthSettings,
     #[command(flatten)]
+    pub limits: LimitSettings,
+    #[command(flatten)]
     pub redis: RedisSettings,
     #[command(flatten)]
     pub tokens: TokenSettings,
@@ -506,15 +641,29 @@ impl AllSettings {
         }
     }
 
+    /// Where the roles reach each other: the listening host, loopback when it is unspecified.
+    fn loopback_host(&self) -> IpAddr {
+        match self.common.host {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        }
+    }
+
     /// The auth role's settings; its issuer defaults to the gateway's `/api/auth` on loopback.
     pub fn auth_role(&self) -> AuthRoleSettings {
         let mut tokens = self.tokens.clone();
         if tokens.issuer.is_none() {
             tokens.issuer = Some(format!("http://127.0.0.1:{}/api/auth", self.gateway_port));
         }
+        // The in-process gateway calls the auth role from the listening host: its
+        // X-Forwarded-For names the client the gateway resolved.
+        let mut trusted_proxies = self.limits.trusted_proxies.clone();
+        trusted_proxies.push(self.loopback_host().into());
         AuthRoleSettings {
             common: self.common.clone(),
             port: self.auth_port,
+            trusted_proxies,
             redis: self.redis.clone(),
             tokens,
         }
@@ -524,11 +673,7 @@ impl AllSettings {
     /// a key source of its own, and when the auth role has signing keys, the gateway verifies
     /// tokens against the in-process auth role's JWKS, issuer and audience.
     pub fn gateway(&self, users_port: u16, auth_port: u16) -> GatewaySettings {
-        let host = match self.common.host {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
+        let host = self.loopback_host();
         let url = |port: u16, path: &str| {
             Url::parse(&format!(
                 "http://{}{path}",
@@ -557,6 +702,7 @@ impl AllSettings {
             auth_url: url(auth_port, "/"),
             upstream: self.upstream.clone(),
             auth,
+            limits: self.limits.clone(),
         }
     }
 }
@@ -868,6 +1014,70 @@ mod tests {
             assert_eq!(common.max_in_flight, 8);
             assert_eq!(common.client_body_timeout, Duration::from_secs(2));
         }
+    }
+
+    fn limits(args: &[&str]) -> Result<LimitSettings, String> {
+        let args: Vec<&str> = ["gateway"].iter().chain(args).copied().collect();
+        match parse(&args) {
+            Ok(Cli {
+                role: Role::Gateway(gw),
+            }) => gw.limits.check().map(|()| gw.limits),
+            Ok(_) => Err("not the gateway".into()),
+            Err(e) => Err(format!("clap: {e}")),
+        }
+    }
+
+    #[test]
+    fn rate_limit_defaults_and_checks() {
+        let off = limits(&[]).expect("defaults");
+        assert_eq!(off.rate_limit, RateLimitMode::Off);
+        assert!(off.trusted_proxies.is_empty());
+        assert_eq!(off.rate_limit_window, Duration::from_secs(60));
+        assert_eq!(off.rate_limit_redis_timeout, Duration::from_millis(100));
+        assert_eq!(off.rate_limit_failure_mode, FailureMode::Open);
+        assert_eq!(off.rate_limit_headers, RateLimitHeaders::Draft);
+        assert_eq!(off.rate_limit_max_keys, 100_000);
+        let local =
+            limits(&["--rate-limit", "local", "--rate-limit-requests", "10"]).expect("local");
+        assert_eq!(local.burst(), Some(10));
+        let trusted = limits(&["--trusted-proxies", "10.0.0.0/8, ::1,192.0.2.1"]).expect("CIDRs");
+        assert_eq!(trusted.trusted_proxies.len(), 3);
+        for bad in [
+            &["--trusted-proxies", "10.0.0.0/33"][..],
+            &["--rate-limit", "local"],
+            &["--rate-limit", "redis", "--rate-limit-requests", "10"],
+            &[
+                "--rate-limit",
+                "redis",
+                "--rate-limit-redis-url",
+                "redis://r",
+            ],
+            &["--rate-limit-requests", "0"],
+            &["--rate-limit-window", "0s"],
+            &["--rate-limit-redis-timeout", "1m"],
+            &["--rate-limit-max-keys", "1"],
+            &["--rate-limit", "sometimes"],
+        ] {
+            assert!(limits(bad).is_err(), "{bad:?}");
+        }
+        let Ok(Cli {
+            role: Role::All(all),
+        }) = parse(&["all", "--trusted-proxies", "10.0.0.0/8"])
+        else {
+            panic!("all must parse");
+        };
+        let role = all.auth_role();
+        assert!(
+            role.trusted_proxies
+                .iter()
+                .any(|c| c.contains(IpAddr::from([127, 0, 0, 1])))
+        );
+        assert!(
+            role.trusted_proxies
+                .iter()
+                .any(|c| c.contains(IpAddr::from([10, 1, 2, 3])))
+        );
+        assert_eq!(all.gateway(1, 2).limits.trusted_proxies.len(), 1);
     }
 
     #[test]

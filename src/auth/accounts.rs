@@ -24,6 +24,7 @@ use crate::accounts::domain::NewUser;
 use crate::accounts::{credential_key, email_key};
 use crate::config::AccountSettings;
 use crate::http::body;
+use crate::http::client::{self, ClientKey};
 use crate::http::error::{ApiError, ErrorCode, FieldError};
 use crate::http::observe::Subject;
 
@@ -253,10 +254,10 @@ async fn login(
     let metrics = &accounts.metrics;
     let settings = &accounts.settings;
     let email = email.trim().to_lowercase();
-    // The peer: behind the gateway, the gateway's address (see ARCHITECTURE.md).
-    let ip = req
-        .peer_addr()
-        .map(|a| a.ip().to_string())
+    // The client address (--trusted-proxies: behind the gateway, the client it resolved),
+    // IPv6 by its /64 as the gateway's limits count it.
+    let ip = client::address(&req)
+        .map(|ip| ClientKey::of(ip).text())
         .unwrap_or_default();
     let (by_email, by_ip) = (
         format!("login_failures:email:{email}"),

@@ -15,6 +15,7 @@ use super::routes::{self, TokenService};
 use super::secrets::{self, Verifier};
 use super::token::{CLIENT_CREDENTIALS, Issuer, PASSWORD, REFRESH_TOKEN};
 use crate::config::AuthRoleSettings;
+use crate::http::client::TrustedProxies;
 use crate::http::error;
 use crate::http::observe::{Observer, observe};
 use crate::http::ops::{Draining, Ops, ReadinessCheck};
@@ -81,6 +82,7 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
         "argon2_iterations" => tokens.argon2.argon2_iterations,
         "argon2_parallelism" => tokens.argon2.argon2_parallelism,
         "redis_url" => settings.redis.redacted_url(),
+        "trusted_proxies" => TrustedProxies(settings.trusted_proxies.clone()).text(),
         "user_scope" => &tokens.accounts.user_scope,
         "refresh_token_ttl_s" => tokens.accounts.refresh_token_ttl.as_secs(),
         "login_max_failures" => tokens.accounts.login_max_failures,
@@ -121,6 +123,7 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
     let admission = Admission::new(&settings.common);
     let redis_timeout = settings.redis.redis_timeout;
     let (app_pool, app_draining, app_log) = (pool.clone(), draining.clone(), log.clone());
+    let trusted = TrustedProxies(settings.trusted_proxies.clone());
     let app = Application::start(listener, &settings.common, draining, log, move || {
         let (pool, ping_metrics, keys) = (app_pool.clone(), metrics.clone(), keys.clone());
         let ops = Ops::new(SERVICE, app_draining.clone(), metrics.clone())
@@ -140,6 +143,7 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
             }));
         App::new()
             .app_data(service.clone())
+            .app_data(trusted.clone())
             .app_data(Observer::new(app_log.clone(), &metrics, &admission))
             .wrap(from_fn(observe))
             .configure(|cfg| ops.configure(cfg))

@@ -5,6 +5,7 @@
 mod auth;
 mod body;
 pub mod headers;
+pub mod limit;
 mod proxy;
 mod readiness;
 mod request_filter;

@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::body::SizedStream;
@@ -14,10 +15,12 @@ use awc::{Client, ClientResponse};
 
 use super::auth::WorkerAuth;
 use super::body::{self, Exchange, Inbound, Outbound, UpstreamBody};
+use super::limit::Limits;
 use super::route::Service;
 use super::upstream::{Identity, Upstream};
 use super::{request_filter, response_filter, route};
 use crate::http::body::Declared;
+use crate::http::client::{self, TrustedProxies};
 use crate::http::error::ApiError;
 use crate::http::observe::{Observer, RouteLabel, Subject};
 use crate::http::request_id::RequestId;
@@ -32,6 +35,8 @@ pub struct Proxy {
     pub users: Upstream,
     pub auth_service: Upstream,
     pub auth: Option<WorkerAuth>,
+    pub trusted: Arc<TrustedProxies>,
+    pub limits: Option<Arc<Limits>>,
 }
 
 impl Proxy {
@@ -51,6 +56,7 @@ pub async fn proxy(
     id: RequestId,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
+    let client = client::resolve(&req, &proxy.trusted);
 
     let route = route::route(req.path())?;
     req.extensions_mut().insert(RouteLabel(route.label));
@@ -63,7 +69,10 @@ pub async fn proxy(
         Service::Users => proxy.auth.as_ref(),
         Service::Auth => None,
     };
-    let admitted = request_filter::filter(&req, upstream.max_body, auth).await?;
+    let limits = proxy.limits.as_deref();
+    let admitted = request_filter::filter(&req, upstream.max_body, auth, (limits, client)).await?;
+    let quota = admitted.quota;
+    let with_quota = |error| Limits::annotated(limits, &quota, error);
     let identity = admitted.identity.as_deref().map(|verified| {
         if let Some(subject) = &verified.subject {
             req.extensions_mut().insert(Subject(subject.clone()));
@@ -97,7 +106,7 @@ pub async fn proxy(
     );
     let sent = match admitted.declared {
         None => {
-            let target = upstream.target(req.uri())?;
+            let target = upstream.target(req.uri()).map_err(with_quota)?;
             let sent = upstream.send(
                 &req,
                 target,
@@ -115,10 +124,18 @@ pub async fn proxy(
         }
     };
     let response = match sent.and_then(|res| Ok((response_filter::filter(&res)?, res))) {
-        Ok(response) => response,
+        Ok((mut out, res)) => {
+            // A success tells its limits too.
+            if let Some(limits) = limits {
+                limits.headers().add(&quota, |name, value| {
+                    out.insert_header((name, value));
+                });
+            }
+            (out, res)
+        }
         Err(error) => {
             exchange.end(error.code.status().as_u16());
-            return Err(error);
+            return Err(with_quota(error));
         }
     };
     Ok(stream_back(&req, response, exchange, deadline))

@@ -1,6 +1,7 @@
 //! Stage 2, request filter: what a request must pass before the upstream is contacted. Checks
 //! that refuse a request at the edge (authentication, rate limits) belong here.
 
+use std::net::IpAddr;
 use std::rc::Rc;
 
 use actix_web::HttpRequest;
@@ -8,6 +9,8 @@ use actix_web::http::header::{self, HeaderMap};
 
 use super::auth::WorkerAuth;
 use super::auth::token::Verified;
+use super::limit::Limits;
+use super::limit::answer::Quota;
 use crate::http::body::{self, Declared};
 use crate::http::error::{ApiError, ErrorCode};
 
@@ -20,21 +23,39 @@ pub struct Admitted {
     pub declared: Option<Declared>,
     /// Its verified token, if it carried one.
     pub identity: Option<Rc<Verified>>,
+    /// What the rate limits decided for it (its answer's headers).
+    pub quota: Quota,
 }
 
-/// Refuses a request the gateway will not forward: an expectation it cannot meet, a declared
-/// body over `max_body`, a credential that fails (or is missing where the mode needs one).
+/// Refuses a request the gateway will not forward: over the "ip" limit (checked first, so a
+/// flood of bad tokens costs no verification), an expectation it cannot meet, a declared
+/// body over `max_body`, a credential that fails (or is missing where the mode needs one),
+/// over the "client" limit. A refusal after a limit was checked carries its headers.
 pub async fn filter(
     req: &HttpRequest,
     max_body: u64,
     auth: Option<&WorkerAuth>,
+    (limits, client): (Option<&Limits>, Option<IpAddr>),
 ) -> Result<Admitted, ApiError> {
-    let declared = checked_head(req, max_body)?;
+    let mut quota = Quota::default();
+    if let Some(limits) = limits {
+        limits.check_ip(client, &mut quota)?;
+    }
+    let with_quota = |error| Limits::annotated(limits, &quota, error);
+    let declared = checked_head(req, max_body).map_err(with_quota)?;
     let identity = match auth {
-        Some(auth) => auth.authenticate(req).await?,
+        Some(auth) => auth.authenticate(req).await.map_err(with_quota)?,
         None => None,
     };
-    Ok(Admitted { declared, identity })
+    if let Some(limits) = limits {
+        let subject = identity.as_ref().and_then(|v| v.subject.as_deref());
+        limits.check_client(subject, client, &mut quota).await?;
+    }
+    Ok(Admitted {
+        declared,
+        identity,
+        quota,
+    })
 }
 
 /// What the head alone decides: the expectation and the declared size.

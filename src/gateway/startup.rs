@@ -9,11 +9,13 @@ use slog::{Logger, info};
 
 use super::auth::keys::KeySet;
 use super::auth::{Auth, WorkerAuth};
+use super::limit::Limits;
 use super::proxy::{self, Proxy};
 use super::readiness::UpstreamReadiness;
 use super::route;
 use super::upstream::Upstream;
 use crate::config::GatewaySettings;
+use crate::http::client::TrustedProxies;
 use crate::http::observe::{Observer, observe};
 use crate::http::ops::{Draining, Ops, ReadinessCheck};
 use crate::http::shed::{self, Admission};
@@ -67,6 +69,8 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
     let log = logging::for_service(&log, SERVICE);
     let metrics = Metrics::new();
     let auth = auth(settings, &metrics, &log)?;
+    let limits = Limits::new(&settings.limits, &metrics)?;
+    let trusted = Arc::new(TrustedProxies(settings.limits.trusted_proxies.clone()));
     let reserved: Vec<_> = settings
         .auth
         .jwt_claim_headers
@@ -86,6 +90,7 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
         upstream("users", &settings.users_url)?,
         upstream("auth", &settings.auth_url)?,
     );
+    let l = &settings.limits;
     info!(log.new(slog::o!(settings.common.clone())), "starting";
         "port" => listener.local_addr()?.port(),
         "users_url" => crate::config::redact_url(&settings.users_url),
@@ -98,6 +103,17 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
         "jwks" => settings.auth.jwks_url.as_ref().map(crate::config::redact_url)
             .or_else(|| settings.auth.jwks_file.as_ref().map(|f| f.display().to_string()))
             .unwrap_or_default(),
+        "trusted_proxies" => trusted.text(),
+        "rate_limit" => format!("{:?}", l.rate_limit).to_lowercase(),
+        "rate_limit_ip_requests" => l.rate_limit_ip_requests.unwrap_or(0),
+        "rate_limit_requests" => l.rate_limit_requests.unwrap_or(0),
+        "rate_limit_window_ms" => l.rate_limit_window.as_millis() as u64,
+        "rate_limit_burst" => l.burst().unwrap_or(0),
+        "rate_limit_redis_url" => l.rate_limit_redis_url.as_ref().map(crate::config::redact_url).unwrap_or_default(),
+        "rate_limit_redis_timeout_ms" => l.rate_limit_redis_timeout.as_millis() as u64,
+        "rate_limit_failure_mode" => format!("{:?}", l.rate_limit_failure_mode).to_lowercase(),
+        "rate_limit_headers" => format!("{:?}", l.rate_limit_headers).to_lowercase(),
+        "rate_limit_max_keys" => l.rate_limit_max_keys,
     );
     // Ready while users is: the auth service is not a dependency of the users API (a gateway
     // taken out of rotation because auth is down would refuse users requests that need no
@@ -139,6 +155,8 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
                     users: users.clone(),
                     auth_service: auth_service.clone(),
                     auth: auth.clone().map(|auth| WorkerAuth::new(auth, &metrics)),
+                    trusted: trusted.clone(),
+                    limits: limits.clone(),
                 }))
                 .app_data(Observer::labelling(
                     app_log.clone(),

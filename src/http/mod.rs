@@ -2,6 +2,7 @@
 //! load shedding.
 
 pub mod body;
+pub mod client;
 pub mod error;
 pub mod observe;
 pub mod ops;

@@ -256,7 +256,7 @@ impl Access {
         if !log.is_enabled(level) {
             return;
         }
-        let remote_addr = req.peer_addr().map(|a| IpText::new(a.ip()));
+        let remote_addr = super::client::address(req).map(IpText::new);
         let user_agent = req
             .headers()
             .get(USER_AGENT)

@@ -27,6 +27,8 @@ pub const USERS_DELETED: &str = "users_deleted_total";
 pub const TOKENS_ISSUED: &str = "tokens_issued_total";
 pub const AUTHENTICATION_ATTEMPTS: &str = "authentication_attempts_total";
 pub const PASSWORD_HASH_DURATION: &str = "password_hash_duration_seconds";
+pub const RATE_LIMIT_DECISIONS: &str = "rate_limit_decisions_total";
+pub const RATE_LIMIT_TRACKED_KEYS: &str = "rate_limit_tracked_keys";
 
 /// Buckets of every latency histogram, 1 ms … 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -164,6 +166,14 @@ fn describe() {
     describe_counter!(USERS_CREATED, "Users created by this process");
     describe_counter!(USERS_DELETED, "Users deleted by this process");
     describe_counter!(TOKENS_ISSUED, "Access tokens issued, by grant type");
+    describe_counter!(
+        RATE_LIMIT_DECISIONS,
+        "Rate-limit decisions, by policy and decision (allowed, limited, fail_open, fail_closed)"
+    );
+    describe_gauge!(
+        RATE_LIMIT_TRACKED_KEYS,
+        "Keys a per-pod rate-limit table holds, by policy (set when it is pruned)"
+    );
     describe_histogram!(
         PASSWORD_HASH_DURATION,
         Unit::Seconds,

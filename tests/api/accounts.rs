@@ -541,3 +541,62 @@ async fn no_password_hash_or_token_reaches_a_log_or_an_error_body() {
         assert!(!bodies.contains(secret), "a secret in an answer: {secret}");
     }
 }
+
+/// `POST /auth/login` as a proxy sends it: `X-Forwarded-For` naming the client.
+async fn login_from(http: &Http, client: &str, email: &str) -> Reply {
+    let body = json!({"email": email, "password": "not the right password"}).to_string();
+    let req = http
+        .client
+        .post(http.url("/auth/login"))
+        .insert_header(("Content-Type", "application/json"))
+        .insert_header(("X-Forwarded-For", client));
+    http.send(req, Some(&body)).await
+}
+
+#[actix_web::test]
+async fn behind_a_trusted_proxy_the_login_throttle_counts_each_client_apart() {
+    let s = stack(&[
+        "--login-max-failures-per-ip",
+        "2",
+        "--trusted-proxies",
+        "127.0.0.1",
+    ])
+    .await;
+    for email in ["a@example.com", "b@example.com"] {
+        login_from(&s.auth, "198.51.100.1", email)
+            .await
+            .assert_error(401, "invalid_credentials");
+    }
+    login_from(&s.auth, "198.51.100.1", "c@example.com")
+        .await
+        .assert_error(429, "too_many_attempts");
+    // Another client behind the same proxy is not throttled with the first.
+    login_from(&s.auth, "198.51.100.2", "c@example.com")
+        .await
+        .assert_error(401, "invalid_credentials");
+    let lines = crate::helpers::json_lines(&s.auth.logs);
+    let addrs: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["msg"] == "request" && l["path"] == "/auth/login")
+        .filter_map(|l| l["remote_addr"].as_str())
+        .collect();
+    assert_eq!(
+        addrs,
+        [
+            "198.51.100.1",
+            "198.51.100.1",
+            "198.51.100.1",
+            "198.51.100.2"
+        ]
+    );
+    // Without the proxy trusted, the header changes nothing: one client, the peer.
+    let s = stack(&["--login-max-failures-per-ip", "2"]).await;
+    for client in ["198.51.100.1", "198.51.100.2"] {
+        login_from(&s.auth, client, "a@example.com")
+            .await
+            .assert_error(401, "invalid_credentials");
+    }
+    login_from(&s.auth, "198.51.100.3", "b@example.com")
+        .await
+        .assert_error(429, "too_many_attempts");
+}

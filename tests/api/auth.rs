@@ -161,7 +161,7 @@ fn assert_unavailable(reply: &Reply) {
 
 /// The value of the sample of `name` carrying every pair of `labels` (in any order, other
 /// labels allowed), in Prometheus text.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|line| {

@@ -14,6 +14,7 @@ mod metrics;
 mod monitoring;
 mod overload;
 mod process;
+mod rate_limit;
 mod reindex;
 mod request_id;
 mod routing;
