@@ -261,14 +261,22 @@ fn the_promql_extractor_finds_metric_names_only() {
 #[actix_web::test]
 async fn rules_and_dashboards_name_only_metrics_the_binary_exports() {
     let redis = RedisServer::start();
-    // Token verification on (a key set, no mode that needs tokens): its series exist too.
+    // Token verification on (a key set, no mode that needs tokens) and both rate-limit tiers (a
+    // quota no test reaches, the shared one in the test's Redis): their series exist too.
     let dir = tempfile::tempdir().expect("temp dir");
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, STATIC_JWKS).expect("write the key set");
     let jwks = jwks.to_string_lossy().into_owned();
     let (process, users_port) = Process::all_with(
         &redis.url(),
-        &[("JWT_ISSUER", "https://issuer.test"), ("JWKS_FILE", &jwks)],
+        &[
+            ("JWT_ISSUER", "https://issuer.test"),
+            ("JWKS_FILE", &jwks),
+            ("RATE_LIMIT", "redis"),
+            ("RATE_LIMIT_REDIS_URL", &redis.url()),
+            ("RATE_LIMIT_IP_REQUESTS", "1000000"),
+            ("RATE_LIMIT_REQUESTS", "1000000"),
+        ],
     );
     let (gateway, users) = (Http::new(process.port), Http::new(users_port));
     traffic(&gateway, &users, 0).await;
@@ -294,6 +302,9 @@ async fn rules_and_dashboards_name_only_metrics_the_binary_exports() {
         "jwks_refresh_total",
         "jwks_keys",
         "jwks_last_success_timestamp_seconds",
+        "rate_limit_decisions_total",
+        "rate_limit_tracked_keys",
+        "http_requests_shed_total",
     ] {
         assert!(
             known.contains(must),
@@ -307,7 +318,7 @@ async fn rules_and_dashboards_name_only_metrics_the_binary_exports() {
         .into_iter()
         .map(|e| ("alerts.yml".to_owned(), e))
         .collect();
-    assert_eq!(sources.len(), 10, "one expr per alert");
+    assert_eq!(sources.len(), 13, "one expr per alert");
     for (file, dashboard) in dashboards() {
         let exprs = dashboard_exprs(&dashboard);
         assert!(
@@ -365,7 +376,10 @@ fn every_alert_has_summary_description_and_a_runbook_section() {
             "RedisSlow",
             "JwksUnavailable",
             "JwksStale",
-            "HighTokenRejectionRate"
+            "HighTokenRejectionRate",
+            "RateLimitStoreUnavailable",
+            "HighRateLimiting",
+            "LoadShedding"
         ]
     );
     for (name, block) in names.iter().zip(&blocks) {
@@ -477,7 +491,7 @@ async fn a_real_prometheus_scrapes_platform_all_and_computes_p99() {
     let mut round = 0;
     let (mut up, mut not_found, mut unmatched, mut p99, mut rules) = (false, false, false, None, 0);
     while Instant::now() < deadline
-        && !(up && not_found && unmatched && p99.is_some() && rules == 10)
+        && !(up && not_found && unmatched && p99.is_some() && rules == 13)
     {
         round += 1;
         traffic(&gateway, &users, round).await;
@@ -524,7 +538,7 @@ async fn a_real_prometheus_scrapes_platform_all_and_computes_p99() {
     let p99 = p99.expect("no p99 computed from http_request_duration_seconds_bucket");
     assert!(p99 < 10.0, "p99 {p99} s is outside the buckets");
     assert_eq!(
-        rules, 10,
-        "Prometheus did not load all 10 alert rules healthy"
+        rules, 13,
+        "Prometheus did not load all 13 alert rules healthy"
     );
 }

@@ -750,8 +750,12 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
         check(status == 201, f"{overlay}: POST through the gateway answered {status} {body}")
         if status == 201:
             uid = json.loads(body)["id"]
-            status, _ = http("GET", f"http://gateway:{gw}/api/users/{uid}", headers=auth)
+            status, _, headers = http_with_headers("GET", f"http://gateway:{gw}/api/users/{uid}", headers=auth)
             check(status == 200, f"{overlay}: GET through the gateway answered {status}")
+            if envs["gateway"].get("RATE_LIMIT", "off") != "off":
+                policy = {k.lower(): v for k, v in headers.items()}.get("ratelimit-policy", "")
+                check('"ip"' in policy and '"client"' in policy,
+                      f"{overlay}: RATE_LIMIT={envs['gateway']['RATE_LIMIT']}, but the answer's RateLimit-Policy is {policy!r}")
         flows = established(pids)
 
         # Map the remote ports back to Services (or to the provider outside).
