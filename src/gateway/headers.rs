@@ -42,23 +42,6 @@ pub fn end_to_end<'a>(
     })
 }
 
-/// `X-Forwarded-For` with `peer` appended to what earlier proxies wrote.
-pub fn forwarded_for(headers: &HeaderMap, peer: Option<&str>) -> Option<String> {
-    let mut all = String::new();
-    let earlier = headers
-        .get_all(X_FORWARDED_FOR)
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty());
-    for value in earlier.chain(peer) {
-        if !all.is_empty() {
-            all.push_str(", ");
-        }
-        all.push_str(value);
-    }
-    (!all.is_empty()).then_some(all)
-}
-
 /// The scheme and host the client used, as `X-Forwarded-Proto`/`-Host` pass them on.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Origin<'a> {
@@ -144,27 +127,6 @@ mod tests {
                 ("set-cookie".into(), "b=2".into()),
                 ("x-kept".into(), "yes".into())
             ]
-        );
-    }
-
-    #[test]
-    fn forwarded_for_appends_the_peer() {
-        assert_eq!(
-            forwarded_for(&map(&[]), Some("10.0.0.1")),
-            Some("10.0.0.1".into())
-        );
-        let h = map(&[
-            ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
-            ("x-forwarded-for", "3.3.3.3"),
-        ]);
-        assert_eq!(
-            forwarded_for(&h, Some("10.0.0.1")),
-            Some("1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1".into())
-        );
-        assert_eq!(forwarded_for(&map(&[]), None), None);
-        assert_eq!(
-            forwarded_for(&map(&[("x-forwarded-for", " ")]), Some("10.0.0.1")),
-            Some("10.0.0.1".into())
         );
     }
 

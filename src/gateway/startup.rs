@@ -85,6 +85,7 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
             settings.upstream.max_body,
             &reserved,
         )
+        .map(|upstream| upstream.trusting(trusted.clone()))
     };
     let (users, auth_service) = (
         upstream("users", &settings.users_url)?,

@@ -1,6 +1,7 @@
 //! Stage 3, upstream request: where an upstream service (users, auth) is, the request it is
 //! sent, when a request is sent again, and what a failure to get an answer means for the client.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::HttpRequest;
@@ -16,8 +17,8 @@ use super::headers::{
     self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PREFIX, X_FORWARDED_PROTO,
 };
 use super::route::PREFIX;
+use crate::http::client::TrustedProxies;
 use crate::http::error::{ApiError, ErrorCode};
-use crate::http::peer::IpText;
 use crate::http::request_id::{self, RequestId};
 
 /// Where and how to reach one upstream service; shared by every worker.
@@ -39,6 +40,8 @@ pub struct Upstream {
     /// token may set; with `Authorization` too, for a request whose token was used.
     skip: Vec<HeaderName>,
     skip_with_token: Vec<HeaderName>,
+    /// Whose `X-Forwarded-For` is believed: what is sent on starts at the client it names.
+    trusted: Arc<TrustedProxies>,
 }
 
 /// What a verified token adds to the upstream request.
@@ -88,7 +91,13 @@ impl Upstream {
             base,
             timeout,
             max_body,
+            trusted: Arc::default(),
         })
+    }
+
+    /// The same upstream, sent `X-Forwarded-For` as `trusted` resolves the client.
+    pub fn trusting(self, trusted: Arc<TrustedProxies>) -> Self {
+        Self { trusted, ..self }
     }
 
     /// `{base-url}/users…?query` for a request to `/api/users…?query` (`/auth…` likewise).
@@ -142,12 +151,11 @@ impl Upstream {
             without_cookie(out, name);
         }
         out.insert(header::HOST, self.host.clone());
-        let peer = req.peer_addr().map(|a| IpText::new(a.ip()));
-        let peer = peer.as_ref().map(IpText::as_str);
-        // Every value below is made of visible ASCII (other headers' values, an IP, the
+        // Every value below is made of visible ASCII (IPs, other headers' values, the
         // server's host name), which a header value always accepts.
-        if let Some(xff) = headers::forwarded_for(req.headers(), peer)
-            .and_then(|xff| HeaderValue::try_from(xff).ok())
+        if let Some(peer) = req.peer_addr()
+            && let Ok(xff) =
+                HeaderValue::try_from(self.trusted.forwarded_for(peer.ip(), req.headers()))
         {
             out.insert(X_FORWARDED_FOR, xff);
         }

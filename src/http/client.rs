@@ -9,6 +9,8 @@ use std::str::FromStr;
 use actix_web::http::header::{HeaderMap, HeaderName};
 use actix_web::{HttpMessage, HttpRequest};
 
+use super::peer::IpText;
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// One CIDR block, `10.0.0.0/8` or `2001:db8::/32`; a bare address is a /32 or /128. Written
@@ -107,36 +109,63 @@ impl TrustedProxies {
 
     /// The client of a request from `peer` with `headers`: the peer when it is not trusted;
     /// else the rightmost `X-Forwarded-For` entry that is not trusted. Every entry trusted: the
-    /// leftmost (the farthest hop a trusted proxy saw). An entry that is not an address ends the
-    /// walk at the last trusted hop: what is left of it was written by no proxy we trust.
+    /// leftmost (the farthest hop a trusted proxy saw). An entry that is not an address, or a
+    /// header value that is not visible ASCII, ends the walk at the last trusted hop: what is
+    /// left of it was written by no proxy we trust.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        self.walk(peer, headers, |_| {})
+    }
+
+    /// The `X-Forwarded-For` this hop sends on: the client and the trusted hops after it, as
+    /// the walk believed them, then `peer`. Whatever a client wrote before that is not passed
+    /// on, so a next hop that trusts this one (the auth role) finds the same client.
+    pub fn forwarded_for(&self, peer: IpAddr, headers: &HeaderMap) -> String {
+        let mut hops = Vec::new();
+        self.walk(peer, headers, |ip| hops.push(ip));
+        let mut out = String::new();
+        for ip in hops.iter().rev().copied().chain([canonical(peer)]) {
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            out.push_str(IpText::new(ip).as_str());
+        }
+        out
+    }
+
+    /// Walks `X-Forwarded-For` from the right while the hops are trusted, calling `hop` with
+    /// each entry believed; returns the client.
+    fn walk(&self, peer: IpAddr, headers: &HeaderMap, mut hop: impl FnMut(IpAddr)) -> IpAddr {
         let mut client = canonical(peer);
         if self.0.is_empty() || !self.trusts(client) {
             return client;
         }
-        let entries = headers
-            .get_all(X_FORWARDED_FOR)
-            .rev()
-            .flat_map(|value| value.to_str().unwrap_or("").rsplit(','))
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty());
-        for entry in entries {
-            let Some(ip) = parse_entry(entry) else {
+        for value in headers.get_all(X_FORWARDED_FOR).rev() {
+            let Ok(text) = value.to_str() else {
                 return client;
             };
-            client = canonical(ip);
-            if !self.trusts(client) {
-                return client;
+            for entry in text.rsplit(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let Some(ip) = parse_entry(entry) else {
+                    return client;
+                };
+                client = canonical(ip);
+                hop(client);
+                if !self.trusts(client) {
+                    return client;
+                }
             }
         }
         client
     }
 }
 
-/// An `X-Forwarded-For` entry: an address, or one with a port (`1.2.3.4:80`, `[::1]:80`).
+/// An `X-Forwarded-For` entry: an address, or one with a port (`1.2.3.4:80`, `[::1]:80`), or
+/// a bracketed IPv6 one (`[::1]`).
 fn parse_entry(entry: &str) -> Option<IpAddr> {
-    entry
-        .parse()
+    let bare = entry
+        .strip_prefix('[')
+        .and_then(|e| e.strip_suffix(']'))
+        .unwrap_or(entry);
+    bare.parse()
         .ok()
         .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
@@ -297,6 +326,42 @@ mod tests {
         assert_eq!(
             t.client(ip("::ffff:127.0.0.1"), &xff(&["9.9.9.9"])),
             ip("9.9.9.9")
+        );
+        assert_eq!(t.client(peer, &xff(&["[2001:db8::2]"])), ip("2001:db8::2"));
+    }
+
+    #[test]
+    fn a_header_line_that_is_not_ascii_ends_the_walk_rather_than_being_skipped() {
+        let t = trusted(&["127.0.0.0/8"]);
+        let mut h = xff(&["5.5.5.5"]);
+        let garbage =
+            HeaderValue::from_bytes(b"\xff, 127.0.0.2").expect("obs-text is a valid value");
+        h.append(X_FORWARDED_FOR, garbage);
+        // The line the proxy appended to cannot be read: the walk stops at the peer, never
+        // reaching the client-written 5.5.5.5 before it.
+        assert_eq!(t.client(ip("127.0.0.1"), &h), ip("127.0.0.1"));
+        assert_eq!(t.forwarded_for(ip("127.0.0.1"), &h), "127.0.0.1");
+    }
+
+    #[test]
+    fn what_is_forwarded_is_the_client_and_the_trusted_hops_after_it() {
+        let t = trusted(&["127.0.0.0/8", "10.0.0.0/8"]);
+        let peer = ip("127.0.0.1");
+        // Everything left of the client is the client's own writing: not passed on.
+        assert_eq!(
+            t.forwarded_for(peer, &xff(&["6.6.6.6, 5.6.7.8, 10.0.0.1"])),
+            "5.6.7.8, 10.0.0.1, 127.0.0.1"
+        );
+        assert_eq!(t.forwarded_for(peer, &HeaderMap::new()), "127.0.0.1");
+        // An untrusted peer is the client: what it claims is dropped.
+        assert_eq!(
+            t.forwarded_for(ip("203.0.113.5"), &xff(&["1.2.3.4"])),
+            "203.0.113.5"
+        );
+        let none = TrustedProxies::default();
+        assert_eq!(
+            none.forwarded_for(ip("::ffff:203.0.113.5"), &xff(&["1.2.3.4"])),
+            "203.0.113.5"
         );
     }
 
