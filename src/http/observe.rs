@@ -1,7 +1,6 @@
 //! The middleware around every route: in-flight cap, body deadline, request id, error body with
 //! that id, metrics, access log.
 
-use std::cell::Cell;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -21,7 +20,7 @@ use super::body;
 use super::error::{ApiError, ErrorCode};
 use super::peer::IpText;
 use super::request_id::{self, RequestId};
-use super::shed::{self, Admission, Deadline};
+use super::shed::{self, Admission, BodyWatch, Deadline};
 use crate::telemetry::metrics::{Metrics, WorkerMetrics};
 
 /// The route label a handler chose itself (set in request extensions); saves observe from
@@ -87,12 +86,14 @@ pub async fn observe(
     req.extensions_mut().insert(id.clone());
 
     // Shedding comes first, before routing and authentication; probes and scrapes are never
-    // shed (nor counted against the cap).
+    // shed (nor counted against the cap). A request with a body takes its place once the body
+    // is whole (`BodyWatch`): a client still sending holds none.
     let path = req.path();
     let ops = path == "/health" || path.starts_with("/health/") || path == "/metrics";
-    if !ops {
+    let declared = body::declared(req.headers()).is_some();
+    if !ops && !declared {
         match serving.0.admission.admit() {
-            true => serving.1 = true,
+            true => serving.1 = Holding::Place,
             false => {
                 serving.0.metrics.request_shed();
                 label_unrouted(&req, &serving.0);
@@ -103,21 +104,29 @@ pub async fn observe(
     }
     // The body must arrive within --client-body-timeout, whoever reads it; when it does not,
     // the answer is a 408 whatever the handler made of the failed read.
-    let expired = body::declared(req.headers()).map(|_| {
-        let expired = Rc::new(Cell::new(false));
+    if declared {
+        let watch = BodyWatch::new(&serving.0.admission);
         let deadline = tokio::time::Instant::from_std(started + serving.0.admission.body_timeout);
-        let payload = Deadline::new(req.take_payload(), deadline, expired.clone());
+        let payload = Deadline::new(req.take_payload(), deadline, watch.clone());
         req.set_payload(Payload::Stream {
             payload: Box::pin(payload),
         });
-        expired
-    });
+        // Probes and scrapes with a body are not counted either: the place goes back at once.
+        serving.1 = if ops {
+            Holding::Nothing
+        } else {
+            Holding::Body(watch)
+        };
+    }
 
     let res = next.call(req).await?.map_into_boxed_body();
-    let res = if expired.is_some_and(|e| e.get()) {
-        res.error_response(shed::body_timed_out())
-    } else {
-        res
+    let res = match &serving.1 {
+        Holding::Body(watch) if watch.expired() => res.error_response(shed::body_timed_out()),
+        Holding::Body(watch) if watch.refused() => {
+            serving.0.metrics.request_shed();
+            res.error_response(shed::overloaded("the service is overloaded; retry later"))
+        }
+        _ => res,
     };
     Ok(respond(res, id, started, serving))
 }
@@ -202,20 +211,31 @@ struct Access {
 
 /// A request in `http_requests_in_flight` until dropped, and whether it holds a place under
 /// the role's cap (never a probe or a scrape).
-struct Serving(Rc<Observer>, bool);
+struct Serving(Rc<Observer>, Holding);
+
+/// What place among those in flight a request holds until it ends.
+enum Holding {
+    Nothing,
+    /// Taken at its head (a request without a body).
+    Place,
+    /// Taken, if at all, when its body was whole.
+    Body(Rc<BodyWatch>),
+}
 
 impl Serving {
     fn start(observer: Rc<Observer>) -> Self {
         observer.metrics.request_started();
-        Self(observer, false)
+        Self(observer, Holding::Nothing)
     }
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
         self.0.metrics.request_ended();
-        if self.1 {
-            self.0.admission.release();
+        match &self.1 {
+            Holding::Nothing => {}
+            Holding::Place => self.0.admission.release(),
+            Holding::Body(watch) => watch.release(),
         }
     }
 }

@@ -81,26 +81,84 @@ impl Admission {
 #[error("the request body did not arrive within --client-body-timeout")]
 pub struct BodyTimedOut;
 
+/// The error a whole request body ends with when no place was free for its request.
+#[derive(Debug, thiserror::Error)]
+#[error("the body arrived, but the service is at its in-flight cap")]
+pub struct NoPlace;
+
 /// Whether a body read failed because the client was too slow (see [`Deadline`]).
 pub fn is_body_timeout(e: &PayloadError) -> bool {
     matches!(e, PayloadError::Io(io) if io.get_ref().is_some_and(|inner| inner.is::<BodyTimedOut>()))
 }
 
-/// A request body that fails with [`BodyTimedOut`] when its deadline passes before its end;
-/// `expired` tells the middleware, which answers 408 whatever the handler made of the error.
+/// A request body on its way in, as the middleware and the body's stream both see it: whether
+/// its deadline passed, and whether its request took a place among those in flight. A request
+/// with a body takes its place once the body is whole, not at its head: a client still sending
+/// (a trickled body) holds no place, so no number of them can shed the requests that are ready.
+pub struct BodyWatch {
+    admission: Admission,
+    expired: Cell<bool>,
+    refused: Cell<bool>,
+    held: Cell<bool>,
+}
+
+impl BodyWatch {
+    pub fn new(admission: &Admission) -> Rc<Self> {
+        Rc::new(Self {
+            admission: admission.clone(),
+            expired: Cell::new(false),
+            refused: Cell::new(false),
+            held: Cell::new(false),
+        })
+    }
+
+    /// The body did not arrive within `--client-body-timeout`: the answer is a 408.
+    pub fn expired(&self) -> bool {
+        self.expired.get()
+    }
+
+    /// The body arrived but no place was free: the answer is a 503 `overloaded`.
+    pub fn refused(&self) -> bool {
+        self.refused.get()
+    }
+
+    fn admit(&self) -> bool {
+        let admitted = self.admission.admit();
+        self.held.set(admitted);
+        self.refused.set(!admitted);
+        admitted
+    }
+
+    /// Gives back the request's place, if it took one (at most once).
+    pub fn release(&self) {
+        if self.held.replace(false) {
+            self.admission.release();
+        }
+    }
+}
+
+impl Drop for BodyWatch {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A request body that fails with [`BodyTimedOut`] when its deadline passes before its end,
+/// and takes its request's place once whole (failing with [`NoPlace`] when none is free).
+/// `watch` tells the middleware, which answers 408 or 503 whatever the handler made of it.
 pub struct Deadline<S> {
     body: S,
     sleep: Pin<Box<Sleep>>,
-    expired: Rc<Cell<bool>>,
+    watch: Rc<BodyWatch>,
     done: bool,
 }
 
 impl<S> Deadline<S> {
-    pub fn new(body: S, deadline: Instant, expired: Rc<Cell<bool>>) -> Self {
+    pub fn new(body: S, deadline: Instant, watch: Rc<BodyWatch>) -> Self {
         Self {
             body,
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
-            expired,
+            watch,
             done: false,
         }
     }
@@ -120,13 +178,18 @@ where
         match Pin::new(&mut this.body).poll_next(cx) {
             Poll::Ready(None) => {
                 this.done = true;
-                Poll::Ready(None)
+                if this.watch.admit() {
+                    Poll::Ready(None)
+                } else {
+                    let e = std::io::Error::other(NoPlace);
+                    Poll::Ready(Some(Err(PayloadError::Io(e))))
+                }
             }
             Poll::Ready(item) => Poll::Ready(item),
             Poll::Pending => match this.sleep.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     this.done = true;
-                    this.expired.set(true);
+                    this.watch.expired.set(true);
                     let e = std::io::Error::new(std::io::ErrorKind::TimedOut, BodyTimedOut);
                     Poll::Ready(Some(Err(PayloadError::Io(e))))
                 }
@@ -142,11 +205,7 @@ mod tests {
 
     #[test]
     fn the_cap_admits_up_to_max_and_frees_places_on_release() {
-        let admission = Admission {
-            in_flight: Arc::default(),
-            max_in_flight: 2,
-            body_timeout: Duration::from_secs(1),
-        };
+        let admission = admission(2);
         assert!(admission.admit() && admission.admit());
         assert!(!admission.admit(), "a third is refused");
         admission.release();
@@ -154,16 +213,54 @@ mod tests {
         assert_eq!(admission.in_flight.load(Ordering::Relaxed), 2);
     }
 
+    fn admission(max: usize) -> Admission {
+        Admission {
+            in_flight: Arc::default(),
+            max_in_flight: max,
+            body_timeout: Duration::from_secs(1),
+        }
+    }
+
     #[actix_web::test]
-    async fn a_stalled_body_fails_with_the_timeout_error() {
+    async fn a_stalled_body_fails_with_the_timeout_error_and_takes_no_place() {
         use futures_util::StreamExt;
-        let expired = Rc::new(Cell::new(false));
+        let admission = admission(1);
+        let watch = BodyWatch::new(&admission);
         let stalled = futures_util::stream::pending::<Result<Bytes, PayloadError>>();
         let deadline = Instant::now() + Duration::from_millis(20);
-        let mut body = Deadline::new(stalled, deadline, expired.clone());
+        let mut body = Deadline::new(stalled, deadline, watch.clone());
         let next = body.next().await;
         assert!(matches!(next, Some(Err(ref e)) if is_body_timeout(e)));
-        assert!(expired.get());
+        assert!(watch.expired() && !watch.refused());
         assert!(body.next().await.is_none());
+        assert_eq!(admission.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[actix_web::test]
+    async fn a_whole_body_takes_its_place_at_its_end_or_fails_when_none_is_free() {
+        use futures_util::StreamExt;
+        let admission = admission(1);
+        let chunks = || futures_util::stream::iter([Ok::<_, PayloadError>(Bytes::from("{}"))]);
+        let far = Instant::now() + Duration::from_secs(60);
+        let (first, second) = (BodyWatch::new(&admission), BodyWatch::new(&admission));
+        let mut body = Deadline::new(chunks(), far, first.clone());
+        assert!(matches!(body.next().await, Some(Ok(_))));
+        assert_eq!(
+            admission.in_flight.load(Ordering::Relaxed),
+            0,
+            "not while sending"
+        );
+        assert!(body.next().await.is_none());
+        assert_eq!(admission.in_flight.load(Ordering::Relaxed), 1);
+        // The cap is reached: the next whole body ends with an error instead.
+        let mut other = Deadline::new(chunks(), far, second.clone());
+        assert!(matches!(other.next().await, Some(Ok(_))));
+        assert!(matches!(other.next().await, Some(Err(_))));
+        assert!(second.refused() && !second.expired());
+        // The place goes back once, whoever lets go last.
+        first.release();
+        drop(body);
+        drop(first);
+        assert_eq!(admission.in_flight.load(Ordering::Relaxed), 0);
     }
 }

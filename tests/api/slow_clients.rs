@@ -113,6 +113,38 @@ async fn bodies_trickled_past_the_deadline_get_408_while_others_are_served() {
     assert_eq!(app.stored_counts(), (0, 0, 0, 0));
 }
 
+/// A request takes its place among those in flight once its body is whole: clients still
+/// trickling theirs, however many, cannot fill `--max-in-flight` and shed the ready ones.
+#[actix_web::test]
+async fn trickled_bodies_hold_no_place_under_the_in_flight_cap() {
+    let flags = ["--client-body-timeout", "2s", "--max-in-flight", "2"];
+    let app = spawn_app_with(RedisServer::start(), &flags).await;
+    let port = app.port;
+    let slow: Vec<_> = (0..20)
+        .map(|_| {
+            std::thread::spawn(move || {
+                trickle(port, &slow_post("/users"), Duration::from_millis(200))
+            })
+        })
+        .collect();
+    // Every GET is served (none shed) while 20 bodies are on their way, 10× the cap.
+    served_meanwhile(&app.http, "/users?limit=1", || {
+        slow.iter().all(|t| t.is_finished())
+    })
+    .await;
+    for outcome in slow {
+        let outcome = outcome.join().expect("slow client");
+        assert_eq!(outcome.status, 408, "{}", outcome.text);
+    }
+    // A whole body is then admitted as usual, and nothing was shed.
+    app.create_user("Ready", "ready@example.com").await;
+    let metrics = app.get("/metrics").await.text;
+    assert!(
+        metrics.contains(r#"http_requests_shed_total{reason="in_flight"} 0"#),
+        "{metrics}"
+    );
+}
+
 #[actix_web::test]
 async fn a_head_trickled_a_byte_a_second_is_cut_off_while_others_are_served() {
     let app = spawn_app().await;
