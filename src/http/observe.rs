@@ -105,7 +105,12 @@ pub async fn observe(
     // The body must arrive within --client-body-timeout, whoever reads it; when it does not,
     // the answer is a 408 whatever the handler made of the failed read.
     if declared {
-        let watch = BodyWatch::new(&serving.0.admission);
+        let Some(watch) = BodyWatch::start(&serving.0.admission) else {
+            serving.0.metrics.body_shed();
+            label_unrouted(&req, &serving.0);
+            let err = shed::overloaded("too many request bodies on their way in; retry later");
+            return Ok(respond(req.error_response(err), id, started, serving));
+        };
         let deadline = tokio::time::Instant::from_std(started + serving.0.admission.body_timeout);
         let payload = Deadline::new(req.take_payload(), deadline, watch.clone());
         req.set_payload(Payload::Stream {

@@ -20,6 +20,8 @@ use crate::config::CommonSettings;
 
 /// The `reason` label of `http_requests_shed_total`: the role's in-flight cap.
 pub const IN_FLIGHT: &str = "in_flight";
+/// As many request bodies as the in-flight cap were already on their way in.
+pub const BODIES: &str = "bodies";
 /// The users role's Redis pool had no connection free within `--redis-pool-wait`.
 pub const STORE_POOL: &str = "store_pool";
 /// The gateway's cap on streamed uploads holding upstream connections.
@@ -41,38 +43,63 @@ pub fn body_timed_out() -> ApiError {
     )
 }
 
-/// One role's admission of requests: its in-flight cap (one atomic per role, shared by its
-/// workers) and the time a request's body may take.
+/// One role's admission of requests (shared by its workers): its places for requests in
+/// flight, its places for request bodies on their way in (as many again: a body takes its
+/// request's place only once whole), and the time a request's body may take.
 #[derive(Clone)]
 pub struct Admission {
-    in_flight: Arc<AtomicUsize>,
-    max_in_flight: usize,
+    in_flight: Places,
+    receiving: Places,
     pub body_timeout: Duration,
 }
 
-impl Admission {
-    pub fn new(common: &CommonSettings) -> Self {
+/// A count of places, at most `max` taken: one atomic add to take one, one sub to give it back.
+#[derive(Clone)]
+struct Places {
+    taken: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl Places {
+    fn new(max: usize) -> Self {
         Self {
-            in_flight: Arc::default(),
-            max_in_flight: common.max_in_flight as usize,
-            body_timeout: common.client_body_timeout,
+            taken: Arc::default(),
+            max,
         }
     }
 
-    /// Takes a place among the requests in flight; `false` when all are taken. One atomic
-    /// add here, one sub in `release` (or at once when refused).
-    pub fn admit(&self) -> bool {
-        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        if before >= self.max_in_flight {
-            self.release();
+    fn take(&self) -> bool {
+        let before = self.taken.fetch_add(1, Ordering::Relaxed);
+        if before >= self.max {
+            self.give();
             return false;
         }
         true
     }
 
+    fn give(&self) {
+        self.taken.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Admission {
+    pub fn new(common: &CommonSettings) -> Self {
+        let max = common.max_in_flight as usize;
+        Self {
+            in_flight: Places::new(max),
+            receiving: Places::new(max),
+            body_timeout: common.client_body_timeout,
+        }
+    }
+
+    /// Takes a place among the requests in flight; `false` when all are taken.
+    pub fn admit(&self) -> bool {
+        self.in_flight.take()
+    }
+
     /// Gives back a place `admit` took.
     pub fn release(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.in_flight.give();
     }
 }
 
@@ -94,21 +121,29 @@ pub fn is_body_timeout(e: &PayloadError) -> bool {
 /// A request body on its way in, as the middleware and the body's stream both see it: whether
 /// its deadline passed, and whether its request took a place among those in flight. A request
 /// with a body takes its place once the body is whole, not at its head: a client still sending
-/// (a trickled body) holds no place, so no number of them can shed the requests that are ready.
+/// (a trickled body) holds no such place, so no number of them can shed the requests that are
+/// ready. While it sends, it holds one of as many places for bodies on their way in (what
+/// bounds the memory of bodies read ahead, and the work of slow clients).
 pub struct BodyWatch {
     admission: Admission,
     expired: Cell<bool>,
     refused: Cell<bool>,
+    receiving: Cell<bool>,
     held: Cell<bool>,
 }
 
 impl BodyWatch {
-    pub fn new(admission: &Admission) -> Rc<Self> {
-        Rc::new(Self {
-            admission: admission.clone(),
-            expired: Cell::new(false),
-            refused: Cell::new(false),
-            held: Cell::new(false),
+    /// The watch of a body that starts arriving now; `None` when as many bodies as the cap
+    /// are already on their way in (the request is then shed at once).
+    pub fn start(admission: &Admission) -> Option<Rc<Self>> {
+        admission.receiving.take().then(|| {
+            Rc::new(Self {
+                admission: admission.clone(),
+                expired: Cell::new(false),
+                refused: Cell::new(false),
+                receiving: Cell::new(true),
+                held: Cell::new(false),
+            })
         })
     }
 
@@ -122,15 +157,24 @@ impl BodyWatch {
         self.refused.get()
     }
 
+    /// The body has stopped arriving (whole, failed or abandoned).
+    fn received(&self) {
+        if self.receiving.replace(false) {
+            self.admission.receiving.give();
+        }
+    }
+
     fn admit(&self) -> bool {
+        self.received();
         let admitted = self.admission.admit();
         self.held.set(admitted);
         self.refused.set(!admitted);
         admitted
     }
 
-    /// Gives back the request's place, if it took one (at most once).
+    /// Gives back the places the request holds (each at most once).
     pub fn release(&self) {
+        self.received();
         if self.held.replace(false) {
             self.admission.release();
         }
@@ -185,11 +229,17 @@ where
                     Poll::Ready(Some(Err(PayloadError::Io(e))))
                 }
             }
+            Poll::Ready(Some(Err(e))) => {
+                this.done = true;
+                this.watch.received();
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(item) => Poll::Ready(item),
             Poll::Pending => match this.sleep.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     this.done = true;
                     this.watch.expired.set(true);
+                    this.watch.received();
                     let e = std::io::Error::new(std::io::ErrorKind::TimedOut, BodyTimedOut);
                     Poll::Ready(Some(Err(PayloadError::Io(e))))
                 }
@@ -210,13 +260,13 @@ mod tests {
         assert!(!admission.admit(), "a third is refused");
         admission.release();
         assert!(admission.admit());
-        assert_eq!(admission.in_flight.load(Ordering::Relaxed), 2);
+        assert_eq!(admission.in_flight.taken.load(Ordering::Relaxed), 2);
     }
 
     fn admission(max: usize) -> Admission {
         Admission {
-            in_flight: Arc::default(),
-            max_in_flight: max,
+            in_flight: Places::new(max),
+            receiving: Places::new(max),
             body_timeout: Duration::from_secs(1),
         }
     }
@@ -225,7 +275,7 @@ mod tests {
     async fn a_stalled_body_fails_with_the_timeout_error_and_takes_no_place() {
         use futures_util::StreamExt;
         let admission = admission(1);
-        let watch = BodyWatch::new(&admission);
+        let watch = BodyWatch::start(&admission).expect("a receiving place");
         let stalled = futures_util::stream::pending::<Result<Bytes, PayloadError>>();
         let deadline = Instant::now() + Duration::from_millis(20);
         let mut body = Deadline::new(stalled, deadline, watch.clone());
@@ -233,7 +283,8 @@ mod tests {
         assert!(matches!(next, Some(Err(ref e)) if is_body_timeout(e)));
         assert!(watch.expired() && !watch.refused());
         assert!(body.next().await.is_none());
-        assert_eq!(admission.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(admission.in_flight.taken.load(Ordering::Relaxed), 0);
+        assert_eq!(admission.receiving.taken.load(Ordering::Relaxed), 0);
     }
 
     #[actix_web::test]
@@ -242,16 +293,19 @@ mod tests {
         let admission = admission(1);
         let chunks = || futures_util::stream::iter([Ok::<_, PayloadError>(Bytes::from("{}"))]);
         let far = Instant::now() + Duration::from_secs(60);
-        let (first, second) = (BodyWatch::new(&admission), BodyWatch::new(&admission));
+        let first = BodyWatch::start(&admission).expect("a receiving place");
+        assert!(
+            BodyWatch::start(&admission).is_none(),
+            "one body on its way at a time"
+        );
         let mut body = Deadline::new(chunks(), far, first.clone());
         assert!(matches!(body.next().await, Some(Ok(_))));
-        assert_eq!(
-            admission.in_flight.load(Ordering::Relaxed),
-            0,
-            "not while sending"
-        );
+        let taken = |places: &Places| places.taken.load(Ordering::Relaxed);
+        assert_eq!(taken(&admission.in_flight), 0, "not while sending");
         assert!(body.next().await.is_none());
-        assert_eq!(admission.in_flight.load(Ordering::Relaxed), 1);
+        assert_eq!(taken(&admission.in_flight), 1);
+        assert_eq!(taken(&admission.receiving), 0);
+        let second = BodyWatch::start(&admission).expect("the receiving place is free again");
         // The cap is reached: the next whole body ends with an error instead.
         let mut other = Deadline::new(chunks(), far, second.clone());
         assert!(matches!(other.next().await, Some(Ok(_))));
@@ -261,6 +315,6 @@ mod tests {
         first.release();
         drop(body);
         drop(first);
-        assert_eq!(admission.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(admission.in_flight.taken.load(Ordering::Relaxed), 0);
     }
 }

@@ -49,6 +49,7 @@ struct Registry {
     process: metrics_process::Collector,
     in_flight: Gauge,
     shed_in_flight: Counter,
+    shed_bodies: Counter,
 }
 
 impl Default for Metrics {
@@ -59,7 +60,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A new registry with every metric described, `http_requests_in_flight` and
-    /// `http_requests_shed_total{reason="in_flight"}` at 0, and an upkeep thread that ends when
+    /// `http_requests_shed_total{reason="in_flight"|"bodies"}` at 0, and an upkeep thread that ends when
     /// the last clone is dropped.
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
@@ -68,12 +69,13 @@ impl Metrics {
             .build_recorder();
         let handle = recorder.handle();
         let process = metrics_process::Collector::default();
-        let (in_flight, shed_in_flight) = with_local_recorder(&recorder, || {
+        let (in_flight, shed_in_flight, shed_bodies) = with_local_recorder(&recorder, || {
             process.describe();
             describe();
             (
                 gauge!(HTTP_IN_FLIGHT),
                 counter!(HTTP_SHED, "reason" => crate::http::shed::IN_FLIGHT),
+                counter!(HTTP_SHED, "reason" => crate::http::shed::BODIES),
             )
         });
         let registry = Arc::new(Registry {
@@ -82,6 +84,7 @@ impl Metrics {
             process,
             in_flight,
             shed_in_flight,
+            shed_bodies,
         });
         spawn_upkeep(Arc::downgrade(&registry));
         Self(registry)
@@ -341,6 +344,11 @@ impl WorkerMetrics {
     /// One request refused by the role's in-flight cap.
     pub fn request_shed(&self) {
         self.metrics.0.shed_in_flight.increment(1);
+    }
+
+    /// One request refused because as many bodies as the cap were already on their way in.
+    pub fn body_shed(&self) {
+        self.metrics.0.shed_bodies.increment(1);
     }
 }
 
