@@ -578,6 +578,18 @@ impl LimitSettings {
         {
             return Err("--rate-limit-window is 1ms to 24h".into());
         }
+        // The time a full burst stands for (burst × window / requests, in µs) must stay far from
+        // u64 and exact in the Lua script's doubles (2^48 µs is about 9 years).
+        if let (Some(burst), Some(requests)) = (self.burst(), self.rate_limit_requests) {
+            let span =
+                u128::from(burst) * self.rate_limit_window.as_micros() / u128::from(requests);
+            if span > 1 << 48 {
+                return Err(
+                    "--rate-limit-burst × --rate-limit-window / --rate-limit-requests is at most 2^48 µs (about 9 years)"
+                        .into(),
+                );
+            }
+        }
         if self.rate_limit_redis_timeout > Duration::from_secs(5) {
             return Err("--rate-limit-redis-timeout is at most 5s".into());
         }
@@ -1057,6 +1069,15 @@ mod tests {
             &["--rate-limit-redis-timeout", "1m"],
             &["--rate-limit-max-keys", "1"],
             &["--rate-limit", "sometimes"],
+            // A burst worth 10^9 days cannot be counted in µs.
+            &[
+                "--rate-limit-requests",
+                "1",
+                "--rate-limit-burst",
+                "1000000000",
+                "--rate-limit-window",
+                "24h",
+            ],
         ] {
             assert!(limits(bad).is_err(), "{bad:?}");
         }

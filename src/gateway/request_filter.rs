@@ -29,8 +29,9 @@ pub struct Admitted {
 
 /// Refuses a request the gateway will not forward: over the "ip" limit (checked first, so a
 /// flood of bad tokens costs no verification), an expectation it cannot meet, a declared
-/// body over `max_body`, a credential that fails (or is missing where the mode needs one),
-/// over the "client" limit. A refusal after a limit was checked carries its headers.
+/// body over `max_body`, a credential that fails (or is missing where the mode needs one;
+/// charged to its address' "client" quota), over the "client" limit. A refusal after a limit
+/// was checked carries its headers.
 pub async fn filter(
     req: &HttpRequest,
     max_body: u64,
@@ -41,10 +42,19 @@ pub async fn filter(
     if let Some(limits) = limits {
         limits.check_ip(client, &mut quota)?;
     }
-    let with_quota = |error| Limits::annotated(limits, &quota, error);
-    let declared = checked_head(req, max_body).map_err(with_quota)?;
+    let declared = checked_head(req, max_body).map_err(|e| Limits::annotated(limits, &quota, e))?;
     let identity = match auth {
-        Some(auth) => auth.authenticate(req).await.map_err(with_quota)?,
+        Some(auth) => match auth.authenticate(req).await {
+            Ok(identity) => identity,
+            Err(refused) => {
+                // A failed credential counts against its address' "client" quota too, shared
+                // by every pod: bad tokens are limited across the fleet, not per pod only.
+                if let Some(limits) = limits {
+                    limits.check_client(None, client, &mut quota).await?;
+                }
+                return Err(Limits::annotated(limits, &quota, refused));
+            }
+        },
         None => None,
     };
     if let Some(limits) = limits {

@@ -150,6 +150,9 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
                 }));
             }
             App::new()
+                // For the access line of a request answered before the proxy resolves its
+                // client (shed by `observe`): the same address.
+                .app_data((*trusted).clone())
                 .app_data(web::Data::new(Proxy {
                     client,
                     uploads: super::body::Uploads::new(metrics.shed(shed::UPLOADS)),

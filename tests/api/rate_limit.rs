@@ -353,6 +353,38 @@ async fn a_flood_of_bad_tokens_is_limited_before_any_verification() {
     assert_eq!(verified, Some(5.0), "only 5 tokens were verified");
 }
 
+/// Refused credentials are charged to their address' shared "client" quota: two gateways
+/// sharing one Redis limit a flood of bad tokens together, with no per-pod "ip" policy at all.
+#[actix_web::test]
+async fn bad_tokens_count_against_the_shared_client_quota_of_their_address() {
+    let echo = FakeUpstream::start(Behaviour::Echo);
+    let jwks = JwksServer::http(&INITIAL_KEYS);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let flags = [
+        "--rate-limit",
+        "redis",
+        "--rate-limit-requests",
+        "4",
+        "--rate-limit-redis-url",
+        &url,
+    ];
+    let (a, b) = (
+        verifying_gateway(&echo.url(), &jwks, &flags).await,
+        verifying_gateway(&echo.url(), &jwks, &flags).await,
+    );
+    let forged = format!("Bearer {}", Token::new(Key::Es256).sign_corrupted());
+    let mut statuses = Vec::new();
+    for gw in [&a, &b, &a, &b, &a, &b] {
+        statuses.push(
+            get_with(gw, ECHO, &[("Authorization", &forged)])
+                .await
+                .status,
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
+}
+
 #[actix_web::test]
 async fn the_client_policy_counts_a_verified_subject_wherever_it_comes_from() {
     let echo = FakeUpstream::start(Behaviour::Echo);

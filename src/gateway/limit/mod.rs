@@ -134,7 +134,7 @@ impl Limits {
             return Ok(());
         };
         let key = match (subject, client) {
-            (Some(subject), _) => KeyRef::Subject(subject),
+            (Some(subject), _) => KeyRef::Subject(bounded(subject)),
             (None, Some(ip)) => KeyRef::Client(ClientKey::of(ip)),
             (None, None) => return Ok(()),
         };
@@ -218,5 +218,33 @@ async fn prune(limits: Weak<Limits>) {
             Some(limits) => limits.prune(),
             None => return,
         }
+    }
+}
+
+/// Longest part of a `sub` a limit keys by: a signed token may carry a subject of any length,
+/// and each one is a key of the per-pod table and of the shared store.
+const MAX_SUBJECT_KEY: usize = 256;
+
+/// `subject` cut to at most `MAX_SUBJECT_KEY` bytes, at a character boundary (subjects that
+/// share so long a prefix share a quota: the safe side).
+fn bounded(subject: &str) -> &str {
+    let mut end = subject.len().min(MAX_SUBJECT_KEY);
+    while !subject.is_char_boundary(end) {
+        end -= 1;
+    }
+    &subject[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_keyed_by_at_most_256_bytes_cut_at_a_character() {
+        assert_eq!(bounded("alice"), "alice");
+        let long = "é".repeat(200); // 400 bytes
+        let key = bounded(&long);
+        assert!(key.len() <= MAX_SUBJECT_KEY && key.len() >= MAX_SUBJECT_KEY - 1);
+        assert!(long.starts_with(key));
     }
 }
