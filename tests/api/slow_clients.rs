@@ -206,7 +206,7 @@ async fn slow_bodies_through_the_gateway_never_take_the_upstream_from_gets() {
     let slow_answers = std::thread::spawn(move || {
         let mut statuses = Vec::new();
         for mut conn in slow {
-            conn.set_read_timeout(Some(Duration::from_secs(10)))
+            conn.set_read_timeout(Some(Duration::from_secs(15)))
                 .expect("timeout");
             let mut raw = Vec::new();
             let _ = conn.read_to_end(&mut raw);
@@ -251,7 +251,9 @@ async fn trickled_large_uploads_are_capped_so_gets_still_find_an_upstream_connec
     let sink = FakeUpstream::start(Behaviour::CountBody);
     let gw = spawn_gateway(
         &users.address,
-        &["--auth-url", &sink.url(), "--client-body-timeout", "3s"],
+        // Long enough that all 300 heads are in before the first places are freed, however
+        // slowly this machine accepts them.
+        &["--auth-url", &sink.url(), "--client-body-timeout", "6s"],
     )
     .await;
     let port = gw.port;
