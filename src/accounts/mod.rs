@@ -13,6 +13,10 @@ use domain::{NewUser, User};
 
 pub const INDEX: &str = "users:index";
 pub const BY_CREATED: &str = "users:by_created";
+/// Every user of `users:by_created` as the member [`ordered_member`] at score 0: ordered
+/// lexicographically by (creation ms, id), so a page starts inside a group of equal times in
+/// O(log n) (`ZRANGE … BYLEX`).
+pub const BY_CREATED_LEX: &str = "users:by_created_lex";
 
 /// Creates a user, its index entries and (when given) its credential, or nothing.
 pub static CREATE: LazyLock<Script> =
@@ -38,6 +42,35 @@ pub fn credential_key(id: &str) -> String {
 /// The sort key of a user in `users:by_created`: its creation time in ms (0 if unreadable).
 pub fn created_score(user: &User) -> i64 {
     crate::timestamp::parse_millis(&user.created_at).unwrap_or(0)
+}
+
+/// Digits of a member's time: enough for every four-digit year (CONTRACT §2 timestamps).
+const TIME_DIGITS: i64 = 1_000_000_000_000_000;
+
+/// A user's member in `users:by_created_lex`: the creation ms zero-padded to 15 digits (before
+/// 1970: `-` and 10^15 + ms, which sorts first and oldest first), `:`, the id. Byte order is
+/// (ms, id) order, the order of `users:by_created`. Times beyond ±10^15 ms (only a forged
+/// cursor has them) are clamped.
+pub fn ordered_member(score: i64, id: &str) -> String {
+    if score >= 0 {
+        format!("{:015}:{id}", score.min(TIME_DIGITS - 1))
+    } else {
+        format!("-{:015}:{id}", (TIME_DIGITS + score).max(0))
+    }
+}
+
+/// The (ms, id) of a member of `users:by_created_lex`, if it is one.
+pub fn parse_ordered_member(member: &str) -> Option<(i64, &str)> {
+    let (time, id) = member.split_once(':')?;
+    let (negative, digits) = match time.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, time),
+    };
+    if digits.len() != 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: i64 = digits.parse().ok()?;
+    Some((if negative { n - TIME_DIGITS } else { n }, id))
 }
 
 pub fn to_json(user: &User) -> String {
@@ -69,15 +102,53 @@ pub async fn create(
         .key(INDEX)
         .key(BY_CREATED)
         .key(credential_key(&user.id))
+        .key(BY_CREATED_LEX)
         .arg(&user.id)
         .arg(to_json(&user))
         .arg(created_score(&user))
         .arg(credential.unwrap_or(""))
+        .arg(ordered_member(created_score(&user), &user.id))
         .invoke_async(conn)
         .await?;
     match outcome.as_str() {
         "ok" => Ok(Some(user)),
         "taken" => Ok(None),
         other => Err(unexpected("create", other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordered_members_sort_as_time_then_id_and_parse_back() {
+        let id = "5b0d7c1e-8f7a-4a8e-9a55-1f2b3c4d5e6f";
+        let times = [
+            -62_167_219_200_000,
+            -5,
+            -1,
+            0,
+            1,
+            1_767_225_600_000,
+            253_402_300_799_999,
+        ];
+        let members: Vec<String> = times.iter().map(|t| ordered_member(*t, id)).collect();
+        let mut sorted = members.clone();
+        sorted.sort();
+        assert_eq!(members, sorted);
+        for (t, m) in times.iter().zip(&members) {
+            assert_eq!(parse_ordered_member(m), Some((*t, id)), "{m}");
+        }
+        assert_eq!(ordered_member(1_767_225_600_000, "a"), "001767225600000:a");
+        assert!(ordered_member(7, "a") < ordered_member(7, "b"));
+        assert_eq!(
+            ordered_member(i64::MAX, "a"),
+            ordered_member(TIME_DIGITS - 1, "a")
+        );
+        assert_eq!(ordered_member(i64::MIN, "a"), "-000000000000000:a");
+        for bad in ["", "12:a", "x00000000000000:a", "001767225600000"] {
+            assert_eq!(parse_ordered_member(bad), None, "{bad}");
+        }
     }
 }

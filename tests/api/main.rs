@@ -24,5 +24,6 @@ mod upstream;
 mod users_create;
 mod users_delete;
 mod users_list;
+mod users_pages;
 mod users_read;
 mod users_update;
