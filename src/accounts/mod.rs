@@ -88,6 +88,47 @@ pub async fn create(
     new: &NewUser,
     credential: Option<&str>,
 ) -> anyhow::Result<Option<User>> {
+    match create_recorded(conn, new, credential, None).await? {
+        Created::User(user) => Ok(Some(user)),
+        Created::EmailTaken => Ok(None),
+        other => Err(anyhow::anyhow!(
+            "create script answered {other:?} without a record"
+        )),
+    }
+}
+
+/// Where a create is recorded for retries that carry the same key: `idempotency:users:<key>`
+/// (a hash: fingerprint, status, id, body), kept `ttl`.
+#[derive(Debug)]
+pub struct Record<'a> {
+    pub key: &'a str,
+    pub fingerprint: &'a str,
+    pub ttl: std::time::Duration,
+}
+
+/// What a create did.
+#[derive(Debug)]
+pub enum Created {
+    User(User),
+    EmailTaken,
+    /// The record's key was used before for a request with another fingerprint.
+    KeyReused,
+    /// The record's key was used before for this request: its answer, as first given.
+    Replay {
+        status: u16,
+        id: String,
+        body: String,
+    },
+}
+
+/// `create`, and with a `record` the answer of an earlier request under its key, or the new
+/// user recorded under it, in the same script.
+pub async fn create_recorded(
+    conn: &mut deadpool_redis::Connection,
+    new: &NewUser,
+    credential: Option<&str>,
+    record: Option<&Record<'_>>,
+) -> anyhow::Result<Created> {
     let now = crate::timestamp::now();
     let user = User {
         id: Uuid::new_v4().to_string(),
@@ -96,7 +137,8 @@ pub async fn create(
         created_at: now.clone(),
         updated_at: Some(now),
     };
-    let outcome: String = CREATE
+    let mut script = CREATE.prepare_invoke();
+    script
         .key(user_key(&user.id))
         .key(email_key(&user.email))
         .key(INDEX)
@@ -107,13 +149,31 @@ pub async fn create(
         .arg(to_json(&user))
         .arg(created_score(&user))
         .arg(credential.unwrap_or(""))
-        .arg(ordered_member(created_score(&user), &user.id))
-        .invoke_async(conn)
-        .await?;
-    match outcome.as_str() {
-        "ok" => Ok(Some(user)),
-        "taken" => Ok(None),
-        other => Err(unexpected("create", other)),
+        .arg(ordered_member(created_score(&user), &user.id));
+    if let Some(record) = record {
+        let ttl_ms = u64::try_from(record.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        script.key(record.key).arg(record.fingerprint).arg(ttl_ms);
+    }
+    let outcome: Vec<String> = script.invoke_async(conn).await?;
+    match outcome
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["ok"] => Ok(Created::User(user)),
+        ["taken"] => Ok(Created::EmailTaken),
+        ["reused"] => Ok(Created::KeyReused),
+        ["replay", status, id, body] => Ok(Created::Replay {
+            status: status
+                .parse()
+                .map_err(|_| unexpected("create", &outcome.join(" ")))?,
+            id: (*id).to_owned(),
+            body: (*body).to_owned(),
+        }),
+        _ => Err(unexpected("create", &outcome.join(" "))),
     }
 }
 

@@ -22,7 +22,8 @@ pub fn build(settings: &UsersSettings, log: Logger) -> anyhow::Result<Applicatio
     let listener = server::bind(settings.common.host, settings.port)?;
     let log = logging::for_service(&log, SERVICE);
     let metrics = Metrics::new();
-    let store = UserStore::new(&settings.redis, &metrics)?;
+    let store = UserStore::new(&settings.redis, &metrics)?
+        .with_idempotency_ttl(settings.idempotency.idempotency_ttl);
     info!(log.new(slog::o!(settings.common.clone())), "starting";
         "port" => listener.local_addr()?.port(),
         "redis_url" => settings.redis.redacted_url(),

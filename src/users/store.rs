@@ -41,6 +41,8 @@ pub enum StoreError {
     DuplicateEmail,
     #[error("the user kept changing during the update")]
     Conflict,
+    #[error("the idempotency key was used for another request")]
+    IdempotencyKeyReused,
     #[error("redis is unavailable")]
     Unavailable(#[source] anyhow::Error),
     /// No pooled connection came free within `--redis-pool-wait`: too many requests at once.
@@ -91,6 +93,19 @@ pub struct UserStore {
     metrics: StoreMetrics,
     /// When a list last synced the ordered indexes; held while one does.
     last_sync: std::sync::Arc<tokio::sync::Mutex<Option<Instant>>>,
+    /// How long a create's `Idempotency-Key` record is kept.
+    idempotency_ttl: Duration,
+}
+
+/// What a create answers: a new user, or the first answer given under its idempotency key.
+#[derive(Debug)]
+pub enum Creation {
+    Created(User),
+    Replayed {
+        status: u16,
+        id: String,
+        body: String,
+    },
 }
 
 /// The users role's store metrics. Counters and the ping outcomes that alerts use exist at 0
@@ -137,7 +152,14 @@ impl UserStore {
             timeout,
             metrics: StoreMetrics::new(metrics),
             last_sync: Default::default(),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
         })
+    }
+
+    /// Keeps a create's `Idempotency-Key` record for `ttl` (`--idempotency-ttl`).
+    pub fn with_idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.idempotency_ttl = ttl;
+        self
     }
 
     /// Runs `op` on a pooled connection within the timeout, and times it. A connection is
@@ -183,7 +205,12 @@ impl UserStore {
             ))),
         };
         let status = match &result {
-            Ok(_) | Err(StoreError::DuplicateEmail | StoreError::Conflict) => "ok",
+            Ok(_)
+            | Err(
+                StoreError::DuplicateEmail
+                | StoreError::Conflict
+                | StoreError::IdempotencyKeyReused,
+            ) => "ok",
             Err(StoreError::NotFound) => "miss",
             Err(StoreError::Unavailable(_) | StoreError::Corrupt { .. }) => "error",
             Err(StoreError::Busy) => {
@@ -221,16 +248,32 @@ impl UserStore {
         }
     }
 
-    pub async fn create(&self, new: &NewUser) -> Result<User, StoreError> {
+    /// Creates `new`; with an idempotency key (`idempotency:users:<key>` and the request's
+    /// fingerprint) the first answer under that key instead, recorded by the same script.
+    pub async fn create(
+        &self,
+        new: &NewUser,
+        key: Option<(&str, &str)>,
+    ) -> Result<Creation, StoreError> {
         let created = &self.metrics.created;
+        let record = key.map(|(key, fingerprint)| crate::accounts::Record {
+            key,
+            fingerprint,
+            ttl: self.idempotency_ttl,
+        });
         self.run("create", |mut conn| async move {
-            let outcome = crate::accounts::create(&mut conn, new, None).await;
+            let outcome =
+                crate::accounts::create_recorded(&mut conn, new, None, record.as_ref()).await;
             match outcome.map_err(StoreError::Unavailable)? {
-                Some(user) => {
+                crate::accounts::Created::User(user) => {
                     created.increment(1);
-                    Ok(user)
+                    Ok(Creation::Created(user))
                 }
-                None => Err(StoreError::DuplicateEmail),
+                crate::accounts::Created::EmailTaken => Err(StoreError::DuplicateEmail),
+                crate::accounts::Created::KeyReused => Err(StoreError::IdempotencyKeyReused),
+                crate::accounts::Created::Replay { status, id, body } => {
+                    Ok(Creation::Replayed { status, id, body })
+                }
             }
         })
         .await
