@@ -32,6 +32,8 @@ pub fn build(settings: &UsersSettings, log: Logger) -> anyhow::Result<Applicatio
         "redis_timeout_ms" => settings.redis.redis_timeout.as_millis() as u64,
         "redis_pool_wait_ms" => settings.redis.redis_pool_wait.as_millis() as u64,
     );
+    // A Redis an older version wrote gets users:by_created_lex now, not at the first list.
+    actix_web::rt::spawn(store.clone().sync_at_start());
     let draining = Draining::default();
     // One in-flight count per role, shared by its workers.
     let admission = Admission::new(&settings.common);

@@ -435,6 +435,39 @@ impl UserStore {
         .await
     }
 
+    /// At start: syncs the ordered indexes when they differ in size (a Redis an older version
+    /// wrote), so the first list after an upgrade need not; retried each second while Redis
+    /// does not answer, done after the first success.
+    pub async fn sync_at_start(self) {
+        loop {
+            // Held so a list waits for this sync instead of running its own; not marked as a
+            // list's sync, so a list that still finds the indexes apart syncs them again.
+            let last = self.last_sync.lock().await;
+            let done = match self.ordered_sizes().await {
+                Ok((lex, old)) if lex == old => true,
+                Ok(_) => self.sync_ordered_index().await.is_ok(),
+                Err(_) => false,
+            };
+            drop(last);
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// The sizes of `users:by_created_lex` and `users:by_created`.
+    async fn ordered_sizes(&self) -> Result<(u64, u64), StoreError> {
+        let mut conn = self.connection().await?;
+        self.bounded(
+            redis::pipe()
+                .zcard(BY_CREATED_LEX)
+                .zcard(BY_CREATED)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
     /// Makes `users:by_created_lex` mirror `users:by_created` (idempotent; a start-up after an
     /// upgrade, a list that finds them apart, and `platform users reindex` run it): adds an
     /// entry for every id of `users:by_created`, then removes entries it does not hold. Steps of

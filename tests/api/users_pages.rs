@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use deadpool_redis::redis;
 use serde_json::Value;
 
-use crate::helpers::{RedisServer, TestApp, run_binary, spawn_app};
+use crate::helpers::{RedisServer, TestApp, poll_until, run_binary, spawn_app, spawn_app_with};
 
 const GROUP_MS: i64 = 1_767_225_600_000;
 const GROUP_AT: &str = "2026-01-01T00:00:00.000Z";
@@ -249,4 +249,25 @@ async fn a_sync_removes_what_an_older_version_deleted_and_reindex_rebuilds_the_i
     assert!(!members.contains(gone.as_str()));
     let first = members.lines().next().expect("a member");
     assert_eq!(first, format!("00{}:{}", GROUP_MS, users[0].0));
+}
+
+#[actix_web::test]
+async fn a_redis_an_older_version_wrote_gets_the_index_when_the_role_starts() {
+    let redis = RedisServer::start();
+    let mut users: Vec<(String, &str, i64)> = (0..1000)
+        .map(|i| (uuid::Uuid::new_v4().to_string(), GROUP_AT, GROUP_MS + i % 3))
+        .collect();
+    write_old_layout(&redis, &users);
+    let app = spawn_app_with(redis, &[]).await;
+    poll_until(
+        Duration::from_secs(10),
+        "the index is built at start",
+        async || app.redis.cli(&["ZCARD", "users:by_created_lex"]) == "1000",
+    )
+    .await;
+    users.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
+    let (seen, pages) = walk(&app, "/users?limit=100").await;
+    assert_eq!(pages, 10);
+    let expected: Vec<String> = users.into_iter().map(|(id, ..)| id).collect();
+    assert_eq!(ids(&Value::Array(seen)), expected);
 }
