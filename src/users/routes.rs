@@ -60,14 +60,10 @@ async fn create_user(
             HttpResponse::build(status)
                 .insert_header((header::LOCATION, location(&id)))
                 .insert_header(("Idempotent-Replayed", "true"))
-                .content_type(mime_json())
+                .content_type("application/json")
                 .body(body)
         }
     })
-}
-
-fn mime_json() -> HeaderValue {
-    HeaderValue::from_static("application/json")
 }
 
 async fn list_users(
