@@ -138,6 +138,16 @@ pub struct UsersSettings {
     pub port: u16,
     #[command(flatten)]
     pub redis: RedisSettings,
+    #[command(flatten)]
+    pub idempotency: IdempotencySettings,
+}
+
+/// How long the users role remembers a create's `Idempotency-Key`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct IdempotencySettings {
+    /// How long a POST /users answer is kept for retries with the same Idempotency-Key.
+    #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_positive_duration, global = true)]
+    pub idempotency_ttl: Duration,
 }
 
 /// Settings of the auth role (`platform auth`); `AuthSettings` is the gateway's verification.
@@ -641,6 +651,8 @@ pub struct AllSettings {
     #[command(flatten)]
     pub redis: RedisSettings,
     #[command(flatten)]
+    pub idempotency: IdempotencySettings,
+    #[command(flatten)]
     pub tokens: TokenSettings,
 }
 
@@ -650,6 +662,7 @@ impl AllSettings {
             common: self.common.clone(),
             port: self.users_port,
             redis: self.redis.clone(),
+            idempotency: self.idempotency,
         }
     }
 

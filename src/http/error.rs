@@ -28,6 +28,7 @@ pub enum ErrorCode {
     RateLimited,
     RequestTimeout,
     Conflict,
+    IdempotencyKeyReused,
     StoreUnavailable,
     AuthUnavailable,
     UpstreamUnavailable,
@@ -59,6 +60,7 @@ impl ErrorCode {
             Self::Overloaded => "overloaded",
             Self::AuthUnavailable => "auth_unavailable",
             Self::Conflict => "conflict",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::StoreUnavailable => "store_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -80,6 +82,7 @@ impl ErrorCode {
             Self::UserNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::DuplicateEmail | Self::Conflict => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
@@ -122,6 +125,7 @@ impl ErrorCode {
             | Self::InvalidCredentials
             | Self::TooManyAttempts
             | Self::Conflict
+            | Self::IdempotencyKeyReused
             | Self::StoreUnavailable
             | Self::UpstreamUnavailable
             | Self::UpstreamTimeout

@@ -1,4 +1,4 @@
-//! The opaque list cursor: where the previous page ended in `users:by_created`.
+//! The opaque list cursor: where the previous page ended (its member of `users:by_created_lex`).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

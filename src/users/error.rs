@@ -16,6 +16,10 @@ impl From<StoreError> for ApiError {
                 ErrorCode::Conflict,
                 "the user was changed concurrently; retry the request",
             ),
+            StoreError::IdempotencyKeyReused => ApiError::new(
+                ErrorCode::IdempotencyKeyReused,
+                "this Idempotency-Key was already used for a request with another body",
+            ),
             StoreError::Unavailable(cause) => ApiError::with_cause(
                 ErrorCode::StoreUnavailable,
                 "the user store is unavailable; retry later",

@@ -6,7 +6,7 @@ use deadpool_redis::redis::{self, AsyncCommands, Script, Value};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::store::{self, BY_CREATED, INDEX, StoreError, UserStore};
+use super::store::{self, BY_CREATED, BY_CREATED_LEX, INDEX, StoreError, UserStore};
 use crate::accounts::domain::User;
 use crate::telemetry::metrics::Metrics;
 
@@ -64,9 +64,11 @@ pub async fn reindex(store: &UserStore) -> Result<Report, StoreError> {
             .key(store::email_key(&user.email))
             .key(INDEX)
             .key(BY_CREATED)
+            .key(BY_CREATED_LEX)
             .arg(&user.id)
             .arg(raw)
             .arg(store::created_score(user))
+            .arg(store::ordered_member(store::created_score(user), &user.id))
             .invoke_async(&mut conn)
             .await?;
         let Ok((indexed, ordered, email)) = redis::from_redis_value::<(u64, u64, String)>(outcome)
@@ -101,6 +103,8 @@ pub async fn reindex(store: &UserStore) -> Result<Report, StoreError> {
             report.dangling_ids_removed += u64::from(srem + zrem > 0);
         }
     }
+    // users:by_created_lex mirrors users:by_created, whatever was fixed above.
+    store.sync_ordered_index().await?;
     Ok(report)
 }
 

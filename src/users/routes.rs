@@ -5,7 +5,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use uuid::Uuid;
 
 use super::cursor::Cursor;
-use super::store::UserStore;
+use super::idempotency::{self, IdempotencyKey};
+use super::store::{Creation, UserStore};
 use crate::accounts::domain::{NewUser, UserPatch};
 use crate::http::body;
 use crate::http::error::{self, ApiError};
@@ -38,12 +39,31 @@ async fn create_user(
     store: web::Data<UserStore>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body::json_object(&req, payload, MAX_BODY).await?;
+    let key = IdempotencyKey::from_request(&req)?;
     let new = NewUser::parse(&body).map_err(ApiError::validation)?;
-    let user = store.create(&new).await?;
-    let location = format!("{}/users/{}", forwarded_prefix(&req), user.id);
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, location))
-        .json(user))
+    let key = key.map(|key| (key.redis_key(), idempotency::fingerprint(&body)));
+    let key = key.as_ref().map(|(k, f)| (k.as_str(), f.as_str()));
+    let location = |id: &str| format!("{}/users/{id}", forwarded_prefix(&req));
+    Ok(match store.create(&new, key).await? {
+        Creation::Created(user) => HttpResponse::Created()
+            .insert_header((header::LOCATION, location(&user.id)))
+            .json(user),
+        // The first answer under this key, as it was given (the user may have changed since).
+        Creation::Replayed { status, id, body } => {
+            let status = actix_web::http::StatusCode::from_u16(status).map_err(|e| {
+                ApiError::with_cause(
+                    crate::http::error::ErrorCode::InternalServerError,
+                    "internal server error",
+                    e.into(),
+                )
+            })?;
+            HttpResponse::build(status)
+                .insert_header((header::LOCATION, location(&id)))
+                .insert_header(("Idempotent-Replayed", "true"))
+                .content_type("application/json")
+                .body(body)
+        }
+    })
 }
 
 async fn list_users(

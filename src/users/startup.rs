@@ -22,7 +22,8 @@ pub fn build(settings: &UsersSettings, log: Logger) -> anyhow::Result<Applicatio
     let listener = server::bind(settings.common.host, settings.port)?;
     let log = logging::for_service(&log, SERVICE);
     let metrics = Metrics::new();
-    let store = UserStore::new(&settings.redis, &metrics)?;
+    let store = UserStore::new(&settings.redis, &metrics)?
+        .with_idempotency_ttl(settings.idempotency.idempotency_ttl);
     info!(log.new(slog::o!(settings.common.clone())), "starting";
         "port" => listener.local_addr()?.port(),
         "redis_url" => settings.redis.redacted_url(),
@@ -31,6 +32,8 @@ pub fn build(settings: &UsersSettings, log: Logger) -> anyhow::Result<Applicatio
         "redis_timeout_ms" => settings.redis.redis_timeout.as_millis() as u64,
         "redis_pool_wait_ms" => settings.redis.redis_pool_wait.as_millis() as u64,
     );
+    // A Redis an older version wrote gets users:by_created_lex now, not at the first list.
+    actix_web::rt::spawn(store.clone().sync_at_start());
     let draining = Draining::default();
     // One in-flight count per role, shared by its workers.
     let admission = Admission::new(&settings.common);

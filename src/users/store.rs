@@ -13,14 +13,25 @@ use crate::accounts::domain::{NewUser, User, UserPatch};
 use crate::config::RedisSettings;
 use crate::telemetry::metrics::{self, Metrics};
 
-pub use crate::accounts::{BY_CREATED, INDEX, created_score, email_key, user_key};
-use crate::accounts::{credential_key, to_json};
+pub use crate::accounts::{
+    BY_CREATED, BY_CREATED_LEX, INDEX, created_score, email_key, ordered_member, user_key,
+};
+use crate::accounts::{credential_key, parse_ordered_member, to_json};
 
 /// How often an update or delete retries when the user changed under it.
 const CAS_ATTEMPTS: usize = 5;
 
 static UPDATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/update.lua")));
-static PAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/page.lua")));
+static ORDERED_ADD: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/ordered_add.lua")));
+static ORDERED_PRUNE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/ordered_prune.lua")));
+
+/// Entries per step of a sync of `users:by_created_lex`: each step is one short script.
+const SYNC_BATCH: usize = 500;
+/// A list that finds the two ordered indexes apart syncs them at most this often per process
+/// (a version that writes only `users:by_created` may still run during a rolling update).
+const SYNC_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,6 +41,8 @@ pub enum StoreError {
     DuplicateEmail,
     #[error("the user kept changing during the update")]
     Conflict,
+    #[error("the idempotency key was used for another request")]
+    IdempotencyKeyReused,
     #[error("redis is unavailable")]
     Unavailable(#[source] anyhow::Error),
     /// No pooled connection came free within `--redis-pool-wait`: too many requests at once.
@@ -66,11 +79,33 @@ pub struct Page {
     pub total: u64,
 }
 
+/// What a sync of `users:by_created_lex` with `users:by_created` changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    pub added: u64,
+    pub removed: u64,
+}
+
 #[derive(Clone)]
 pub struct UserStore {
     pool: Pool,
     timeout: Duration,
     metrics: StoreMetrics,
+    /// When a list last synced the ordered indexes; held while one does.
+    last_sync: std::sync::Arc<tokio::sync::Mutex<Option<Instant>>>,
+    /// How long a create's `Idempotency-Key` record is kept.
+    idempotency_ttl: Duration,
+}
+
+/// What a create answers: a new user, or the first answer given under its idempotency key.
+#[derive(Debug)]
+pub enum Creation {
+    Created(User),
+    Replayed {
+        status: u16,
+        id: String,
+        body: String,
+    },
 }
 
 /// The users role's store metrics. Counters and the ping outcomes that alerts use exist at 0
@@ -116,7 +151,15 @@ impl UserStore {
             pool,
             timeout,
             metrics: StoreMetrics::new(metrics),
+            last_sync: Default::default(),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
         })
+    }
+
+    /// Keeps a create's `Idempotency-Key` record for `ttl` (`--idempotency-ttl`).
+    pub fn with_idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.idempotency_ttl = ttl;
+        self
     }
 
     /// Runs `op` on a pooled connection within the timeout, and times it. A connection is
@@ -162,7 +205,12 @@ impl UserStore {
             ))),
         };
         let status = match &result {
-            Ok(_) | Err(StoreError::DuplicateEmail | StoreError::Conflict) => "ok",
+            Ok(_)
+            | Err(
+                StoreError::DuplicateEmail
+                | StoreError::Conflict
+                | StoreError::IdempotencyKeyReused,
+            ) => "ok",
             Err(StoreError::NotFound) => "miss",
             Err(StoreError::Unavailable(_) | StoreError::Corrupt { .. }) => "error",
             Err(StoreError::Busy) => {
@@ -200,16 +248,32 @@ impl UserStore {
         }
     }
 
-    pub async fn create(&self, new: &NewUser) -> Result<User, StoreError> {
+    /// Creates `new`; with an idempotency key (`idempotency:users:<key>` and the request's
+    /// fingerprint) the first answer under that key instead, recorded by the same script.
+    pub async fn create(
+        &self,
+        new: &NewUser,
+        key: Option<(&str, &str)>,
+    ) -> Result<Creation, StoreError> {
         let created = &self.metrics.created;
+        let record = key.map(|(key, fingerprint)| crate::accounts::Record {
+            key,
+            fingerprint,
+            ttl: self.idempotency_ttl,
+        });
         self.run("create", |mut conn| async move {
-            let outcome = crate::accounts::create(&mut conn, new, None).await;
+            let outcome =
+                crate::accounts::create_recorded(&mut conn, new, None, record.as_ref()).await;
             match outcome.map_err(StoreError::Unavailable)? {
-                Some(user) => {
+                crate::accounts::Created::User(user) => {
                     created.increment(1);
-                    Ok(user)
+                    Ok(Creation::Created(user))
                 }
-                None => Err(StoreError::DuplicateEmail),
+                crate::accounts::Created::EmailTaken => Err(StoreError::DuplicateEmail),
+                crate::accounts::Created::KeyReused => Err(StoreError::IdempotencyKeyReused),
+                crate::accounts::Created::Replay { status, id, body } => {
+                    Ok(Creation::Replayed { status, id, body })
+                }
             }
         })
         .await
@@ -236,10 +300,12 @@ impl UserStore {
                     .key(email_key(&updated.email))
                     .key(INDEX)
                     .key(BY_CREATED)
+                    .key(BY_CREATED_LEX)
                     .arg(&current.id)
                     .arg(&raw)
                     .arg(to_json(&updated))
                     .arg(created_score(&updated))
+                    .arg(ordered_member(created_score(&updated), &updated.id))
                     .invoke_async(&mut conn)
                     .await?;
                 match outcome.as_str() {
@@ -266,8 +332,10 @@ impl UserStore {
                     .key(INDEX)
                     .key(BY_CREATED)
                     .key(credential_key(&current.id))
+                    .key(BY_CREATED_LEX)
                     .arg(&current.id)
                     .arg(&raw)
+                    .arg(ordered_member(created_score(&current), &current.id))
                     .invoke_async(&mut conn)
                     .await?;
                 match outcome.as_str() {
@@ -285,54 +353,221 @@ impl UserStore {
         .await
     }
 
-    /// Up to `limit` users after `after`, oldest first, with the total count.
+    /// Up to `limit` users after `after`, oldest first, with the total count: a range of
+    /// `users:by_created_lex` that starts right after the cursor, O(log n + limit) whatever the
+    /// data and the cursor. Two round trips, as before the index: the range (with both ordered
+    /// indexes' sizes and the total), then the users.
+    ///
+    /// When the two ordered indexes differ in size (a Redis an older version wrote, or one it
+    /// still writes to during a rolling update), the first list of a process, and then at most
+    /// one every `SYNC_INTERVAL`, syncs them before answering.
     pub async fn page(&self, after: Option<Cursor>, limit: usize) -> Result<Page, StoreError> {
+        let (page, in_step) = self.page_once(after, limit).await?;
+        if in_step {
+            return Ok(page);
+        }
+        {
+            let mut last = self.last_sync.lock().await;
+            if last.is_some_and(|at| at.elapsed() < SYNC_INTERVAL) {
+                return Ok(page);
+            }
+            // Tried at most once per interval, failed or not (a Redis at maxmemory refuses
+            // the sync's scripts): the page already read is still an answer.
+            *last = Some(Instant::now());
+            if self.sync_ordered_index().await.is_err() {
+                return Ok(page);
+            }
+        }
+        Ok(self.page_once(after, limit).await?.0)
+    }
+
+    /// One page, and whether both ordered indexes have the same size.
+    async fn page_once(
+        &self,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<(Page, bool), StoreError> {
         self.run("list", |mut conn| async move {
-            let (from, after_id) = match after {
-                Some(c) => (c.score.to_string(), c.id.hyphenated().to_string()),
-                None => ("-inf".to_owned(), String::new()),
+            let start = match after {
+                Some(c) => format!(
+                    "({}",
+                    ordered_member(c.score, &c.id.hyphenated().to_string())
+                ),
+                None => "-".to_owned(),
             };
-            let entries: Vec<(String, f64)> = PAGE
-                .key(BY_CREATED)
-                .arg(from)
-                .arg(after_id)
-                .arg(limit)
-                .invoke_async(&mut conn)
+            let (lex, old, total, members): (u64, u64, u64, Vec<String>) = redis::pipe()
+                .zcard(BY_CREATED_LEX)
+                .zcard(BY_CREATED)
+                .scard(INDEX)
+                .zrangebylex_limit(BY_CREATED_LEX, start, "+", 0, limit as isize + 1)
+                .query_async(&mut conn)
                 .await?;
-            let more = entries.len() > limit;
-            let entries = &entries[..entries.len().min(limit)];
+            let more = members.len() > limit;
+            let entries: Vec<(i64, &str)> = members[..members.len().min(limit)]
+                .iter()
+                .filter_map(|m| parse_ordered_member(m))
+                .collect();
             let next = if more {
-                entries.last().and_then(|(id, score)| {
+                entries.last().and_then(|(score, id)| {
                     Some(Cursor {
-                        score: *score as i64,
+                        score: *score,
                         id: Uuid::try_parse(id).ok()?,
                     })
                 })
             } else {
                 None
             };
-            let mut pipe = redis::pipe();
-            pipe.scard(INDEX);
-            if !entries.is_empty() {
-                let keys: Vec<String> = entries.iter().map(|(id, _)| user_key(id)).collect();
-                pipe.mget(keys);
-            }
-            let (total, raws): (u64, Vec<Option<String>>) = if entries.is_empty() {
-                let (total,): (u64,) = pipe.query_async(&mut conn).await?;
-                (total, Vec::new())
+            let raws: Vec<Option<String>> = if entries.is_empty() {
+                Vec::new()
             } else {
-                pipe.query_async(&mut conn).await?
+                let keys: Vec<String> = entries.iter().map(|(_, id)| user_key(id)).collect();
+                redis::cmd("MGET").arg(keys).query_async(&mut conn).await?
             };
             let mut users = Vec::with_capacity(raws.len());
             // A user deleted between the two calls is simply not on the page.
-            for (raw, (id, _)) in raws.into_iter().zip(entries) {
+            for (raw, (_, id)) in raws.into_iter().zip(&entries) {
                 if let Some(raw) = raw {
                     users.push(parse(id, &raw)?);
                 }
             }
-            Ok(Page { users, next, total })
+            Ok((Page { users, next, total }, lex == old))
         })
         .await
+    }
+
+    /// At start: syncs the ordered indexes when they differ in size (a Redis an older version
+    /// wrote), so the first list after an upgrade need not; retried each second while Redis
+    /// does not answer, done after the first success.
+    pub async fn sync_at_start(self) {
+        loop {
+            // Held so a list waits for this sync instead of running its own; not marked as a
+            // list's sync, so a list that still finds the indexes apart syncs them again.
+            let last = self.last_sync.lock().await;
+            let done = match self.ordered_sizes().await {
+                Ok((lex, old)) if lex == old => true,
+                Ok(_) => self.sync_ordered_index().await.is_ok(),
+                Err(_) => false,
+            };
+            drop(last);
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// The sizes of `users:by_created_lex` and `users:by_created`.
+    async fn ordered_sizes(&self) -> Result<(u64, u64), StoreError> {
+        let mut conn = self.connection().await?;
+        self.bounded(
+            redis::pipe()
+                .zcard(BY_CREATED_LEX)
+                .zcard(BY_CREATED)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    /// Makes `users:by_created_lex` mirror `users:by_created` (idempotent; a start-up after an
+    /// upgrade, a list that finds them apart, and `platform users reindex` run it): adds an
+    /// entry for every id of `users:by_created`, then removes entries it does not hold. Steps of
+    /// `SYNC_BATCH` entries, each one short script that rechecks what it read, so Redis is never
+    /// blocked for long and a concurrent create or delete is never undone.
+    pub async fn sync_ordered_index(&self) -> Result<SyncReport, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut report = SyncReport::default();
+        let mut cursor = 0u64;
+        loop {
+            let (next, flat): (u64, Vec<String>) = self
+                .bounded(
+                    redis::cmd("ZSCAN")
+                        .arg(BY_CREATED)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(SYNC_BATCH)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let mut add = ORDERED_ADD.prepare_invoke();
+            add.key(BY_CREATED).key(BY_CREATED_LEX);
+            for pair in flat.chunks_exact(2) {
+                let (id, score) = (&pair[0], &pair[1]);
+                add.arg(id)
+                    .arg(score)
+                    .arg(ordered_member(score_ms(score), id));
+            }
+            if flat.len() >= 2 {
+                let added: u64 = self.bounded(add.invoke_async(&mut conn)).await?;
+                report.added += added;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        loop {
+            let (next, flat): (u64, Vec<String>) = self
+                .bounded(
+                    redis::cmd("ZSCAN")
+                        .arg(BY_CREATED_LEX)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(SYNC_BATCH)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let members: Vec<&String> = flat.iter().step_by(2).collect();
+            let ids: Vec<&str> = members
+                .iter()
+                .map(|m| parse_ordered_member(m).map_or("", |(_, id)| id))
+                .collect();
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.zscore(BY_CREATED, *id);
+            }
+            let scores: Vec<Option<String>> = match ids.is_empty() {
+                true => Vec::new(),
+                false => self.bounded(pipe.query_async(&mut conn)).await?,
+            };
+            let mut prune = ORDERED_PRUNE.prepare_invoke();
+            prune.key(BY_CREATED).key(BY_CREATED_LEX);
+            let mut stale = 0;
+            for ((member, id), score) in members.iter().zip(&ids).zip(&scores) {
+                let held = score
+                    .as_deref()
+                    .is_some_and(|s| !id.is_empty() && ordered_member(score_ms(s), id) == **member);
+                if !held {
+                    prune
+                        .arg(*member)
+                        .arg(*id)
+                        .arg(score.as_deref().unwrap_or(""));
+                    stale += 1;
+                }
+            }
+            if stale > 0 {
+                let removed: u64 = self.bounded(prune.invoke_async(&mut conn)).await?;
+                report.removed += removed;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// `op` within the Redis timeout.
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
+                "redis did not answer within {:?}",
+                self.timeout
+            ))),
+        }
     }
 
     /// A pooled connection for maintenance tasks (reindex), bounded by the pool's timeouts.
@@ -361,6 +596,11 @@ fn parse(id: &str, raw: &str) -> Result<User, StoreError> {
         key: user_key(id),
         source,
     })
+}
+
+/// A score as Redis prints it, as whole ms (what our scripts write; anything else truncated).
+fn score_ms(score: &str) -> i64 {
+    score.parse::<f64>().map_or(0, |s| s as i64)
 }
 
 fn unexpected(script: &str, outcome: &str) -> StoreError {

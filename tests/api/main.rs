@@ -23,6 +23,8 @@ mod slow_clients;
 mod upstream;
 mod users_create;
 mod users_delete;
+mod users_idempotency;
 mod users_list;
+mod users_pages;
 mod users_read;
 mod users_update;

@@ -1,7 +1,8 @@
 #!lua
 -- Replaces a user if it still is what the caller read (compare-and-set), moving its email guard.
--- KEYS: user:<id>, users:email:<old email>, users:email:<new email>, users:index, users:by_created
--- ARGV: id, JSON the caller read, new JSON, created_at in ms
+-- KEYS: user:<id>, users:email:<old email>, users:email:<new email>, users:index, users:by_created,
+--       users:by_created_lex
+-- ARGV: id, JSON the caller read, new JSON, created_at in ms, member in users:by_created_lex
 local current = redis.call('GET', KEYS[1])
 if not current then
   return 'missing'
@@ -19,5 +20,7 @@ end
 redis.call('SET', KEYS[3], ARGV[1])
 redis.call('SET', KEYS[1], ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('ZADD', KEYS[5], 'NX', ARGV[4], ARGV[1])
+if redis.call('ZADD', KEYS[5], 'NX', ARGV[4], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[6], 0, ARGV[5])
+end
 return 'ok'
