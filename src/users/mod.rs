@@ -2,6 +2,7 @@
 
 pub mod cursor;
 mod error;
+pub mod reconcile;
 pub mod reindex;
 pub mod routes;
 pub mod startup;

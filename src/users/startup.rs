@@ -31,6 +31,9 @@ pub fn build(settings: &UsersSettings, log: Logger) -> anyhow::Result<Applicatio
         "redis_timeout_ms" => settings.redis.redis_timeout.as_millis() as u64,
         "redis_pool_wait_ms" => settings.redis.redis_pool_wait.as_millis() as u64,
     );
+    // Users the seeds' service writes (before or during a migration) are indexed without a
+    // manual step.
+    let reconciler = super::reconcile::spawn(store.clone(), log.clone());
     let draining = Draining::default();
     // One in-flight count per role, shared by its workers.
     let admission = Admission::new(&settings.common);
@@ -54,5 +57,8 @@ pub fn build(settings: &UsersSettings, log: Logger) -> anyhow::Result<Applicatio
             .configure(routes::configure)
             .default_service(web::to(error::not_found))
     })?;
-    Ok(app.on_stop(move || store.close()))
+    Ok(app.on_stop(move || {
+        reconciler.abort();
+        store.close()
+    }))
 }
