@@ -1,5 +1,6 @@
 //! The users role: user CRUD over Redis (`platform users`).
 
+pub mod backup;
 pub mod cursor;
 mod error;
 pub mod reconcile;
