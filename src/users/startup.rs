@@ -32,8 +32,13 @@ pub fn build(settings: &UsersSettings, log: Logger) -> anyhow::Result<Applicatio
         "redis_pool_wait_ms" => settings.redis.redis_pool_wait.as_millis() as u64,
     );
     // Users the seeds' service writes (before or during a migration) are indexed without a
-    // manual step.
-    let reconciler = super::reconcile::spawn(store.clone(), log.clone());
+    // manual step, over a connection of its own: it never takes one from the requests' pool.
+    let own = crate::config::RedisSettings {
+        redis_pool_size: 1,
+        ..settings.redis.clone()
+    };
+    let reconciler_store = UserStore::new(&own, &Metrics::new())?;
+    let reconciler = super::reconcile::spawn(reconciler_store.clone(), log.clone());
     let draining = Draining::default();
     // One in-flight count per role, shared by its workers.
     let admission = Admission::new(&settings.common);
@@ -59,6 +64,7 @@ pub fn build(settings: &UsersSettings, log: Logger) -> anyhow::Result<Applicatio
     })?;
     Ok(app.on_stop(move || {
         reconciler.abort();
+        reconciler_store.close();
         store.close()
     }))
 }
