@@ -20,8 +20,11 @@ const BUDGET: Duration = Duration::from_millis(200);
 struct State {
     /// The scan in progress: `None` when none is.
     pass: Option<Pass>,
-    /// The counts a finished pass left unequal (e.g. an unreadable record): no new pass until
-    /// they change, so a difference nobody can fix does not cost a sweep every second.
+    /// The counts when the pass in progress started.
+    started_with: Option<(u64, u64)>,
+    /// The counts a finished pass left unequal although nothing was written during it (e.g.
+    /// an unreadable record): no new pass until they change, so a difference nobody can fix
+    /// does not cost a sweep every second.
     settled: Option<(u64, u64)>,
 }
 
@@ -93,6 +96,7 @@ async fn tick(
                 }
                 return Ok(true);
             }
+            state.started_with = Some(counts);
             Pass::Missing(0)
         }
     };
@@ -154,10 +158,13 @@ async fn tick(
             return Ok(false);
         }
     }
-    // A whole pass is done: what is still unequal stays so until the data changes.
+    // A whole pass is done. Unequal counts that nobody changed during it stay so until the
+    // data changes; if someone wrote meanwhile (ids added behind the scan), the next tick
+    // starts another pass.
     state.pass = None;
     let counts = counts(&mut conn).await?;
-    state.settled = (counts.0 != counts.1).then_some(counts);
+    let quiet = state.started_with.take() == Some(counts);
+    state.settled = (counts.0 != counts.1 && quiet).then_some(counts);
     Ok(true)
 }
 

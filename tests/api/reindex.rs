@@ -240,7 +240,7 @@ async fn users_the_seed_service_writes_are_listed_and_guarded_without_a_manual_s
     let more = seed_many(&app.redis.url(), 1500, "side").await;
     let expected = 2 + more.len();
     poll_until(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         "list and count agree",
         async || {
             let page = app.get("/users?limit=1000").await;
@@ -266,7 +266,7 @@ async fn users_the_seed_service_writes_are_listed_and_guarded_without_a_manual_s
     app.redis.cli(&["DEL", &format!("user:{during}")]);
     app.redis.cli(&["SREM", "users:index", &during]);
     poll_until(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         "deleted seed user unlisted",
         async || {
             let page = app.get("/users?limit=2").await;
