@@ -51,6 +51,10 @@ monitor: ## Run Prometheus (with the alert rules) against `make run`'s platform;
 bench: ## Benchmark gateway vs users vs nginx on GET /api/users/{id} (wrk; bounded time)
 	./scripts/bench.sh
 
+.PHONY: bench-scale
+bench-scale: ## Reindex/export/import users/s and Redis bytes per user at 10k/100k/1M seed users (release build; bounded)
+	./scripts/bench-scale.sh
+
 .PHONY: build
 build: ## Release build of the platform binary
 	$(CARGO) build --release --locked

@@ -62,6 +62,38 @@ pub struct UsersCommand {
 pub enum UsersTask {
     /// Build `users:by_created` and `users:email:*` for users written by the seeds' services.
     Reindex,
+    /// Dump every user as JSON lines: a header, one user per line (oldest first), a footer
+    /// with the count (a file without it is truncated).
+    Export(ExportArgs),
+    /// Restore users from an export file: keeps ids and timestamps, skips identical users,
+    /// reports (and does not write) a user whose email or id belongs to another user.
+    Import {
+        /// The export file to read (`-` for stdin).
+        file: std::path::PathBuf,
+    },
+}
+
+/// Where `platform users export` writes, and from where it resumes.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Write to this file (replaced atomically when complete).
+    #[arg(
+        long,
+        env = "EXPORT_OUTPUT",
+        required_unless_present = "dir",
+        conflicts_with = "dir"
+    )]
+    pub output: Option<std::path::PathBuf>,
+    /// Write `users-<UTC time>.jsonl` into this directory (atomically: temp file + rename).
+    #[arg(long, env = "BACKUP_DIR")]
+    pub dir: Option<std::path::PathBuf>,
+    /// With --dir: keep only the newest N exports there, deleting older ones.
+    #[arg(long, env = "BACKUP_KEEP", requires = "dir", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: Option<u32>,
+    /// Resume: export only users after this one (the id on the last user line of a broken
+    /// export), in the export's order.
+    #[arg(long, env = "EXPORT_AFTER")]
+    pub after: Option<uuid::Uuid>,
 }
 
 /// Settings every role shares.

@@ -33,6 +33,12 @@ async fn main() -> ExitCode {
                 Err(e) => Err(e),
             },
             Some(UsersTask::Reindex) => users::reindex::run(&cmd.settings, &log).await,
+            Some(UsersTask::Export(args)) => {
+                users::backup::export(&cmd.settings, &args, &log).await
+            }
+            Some(UsersTask::Import { file }) => {
+                users::backup::import(&cmd.settings, &file, &log).await
+            }
         },
         Role::Auth(cmd) => match cmd.task {
             None => match auth::build(&cmd.settings, log) {

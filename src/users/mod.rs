@@ -1,8 +1,10 @@
 //! The users role: user CRUD over Redis (`platform users`).
 
+pub mod backup;
 pub mod cursor;
 mod error;
 pub mod idempotency;
+pub mod reconcile;
 pub mod reindex;
 pub mod routes;
 pub mod startup;

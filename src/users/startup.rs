@@ -34,6 +34,14 @@ pub fn build(settings: &UsersSettings, log: Logger) -> anyhow::Result<Applicatio
     );
     // A Redis an older version wrote gets users:by_created_lex now, not at the first list.
     actix_web::rt::spawn(store.clone().sync_at_start());
+    // Users the seeds' service writes (before or during a migration) are indexed without a
+    // manual step, over a connection of its own: it never takes one from the requests' pool.
+    let own = crate::config::RedisSettings {
+        redis_pool_size: 1,
+        ..settings.redis.clone()
+    };
+    let reconciler_store = UserStore::new(&own, &Metrics::new())?;
+    let reconciler = super::reconcile::spawn(reconciler_store.clone(), log.clone());
     let draining = Draining::default();
     // One in-flight count per role, shared by its workers.
     let admission = Admission::new(&settings.common);
@@ -57,5 +65,9 @@ pub fn build(settings: &UsersSettings, log: Logger) -> anyhow::Result<Applicatio
             .configure(routes::configure)
             .default_service(web::to(error::not_found))
     })?;
-    Ok(app.on_stop(move || store.close()))
+    Ok(app.on_stop(move || {
+        reconciler.abort();
+        reconciler_store.close();
+        store.close()
+    }))
 }

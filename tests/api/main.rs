@@ -3,6 +3,7 @@
 mod accounts;
 mod auth;
 mod auth_role;
+mod backup;
 mod concurrency;
 mod faults;
 mod gateway;

@@ -3,7 +3,9 @@
 
 For each overlay (`kubectl kustomize k8s/overlays/<name>`):
 
-1. Static agreement: no `replicas` where an HPA owns the Deployment; grace period above
+1. Static agreement (CronJobs of the binary too: env names against `platform <args> --help`,
+   restricted security context, Forbid concurrency, claimed PVCs rendered): no `replicas`
+   where an HPA owns the Deployment; grace period above
    preStop sleep + SHUTDOWN_TIMEOUT; the pods' runAsUser is the image's non-root USER; HPA
    ranges and behaviour as the contract says; every env name is one the role's `--help` lists;
    every Secret key a pod reads is produced (Secret or ExternalSecret).
@@ -14,7 +16,8 @@ For each overlay (`kubectl kustomize k8s/overlays/<name>`):
    each Deployment's container `args` with exactly the env the manifest gives it (ConfigMaps,
    Secrets, values), probes the manifest's startup/readiness/liveness paths and ports and the
    Prometheus annotation's port/path, sends traffic through the gateway, and records which TCP
-   connections the roles open.
+   connections the roles open; then runs each CronJob's container once to completion (its
+   volumes as temp dirs) and records its connections too.
 3. NetworkPolicies: evaluates every policy over the namespace's pods plus the outside peers
    (kube-dns, Prometheus in `monitoring`, the ingress controller, strangers) and asserts that
    the allowed flows are exactly: the connections seen in step 2, DNS for the roles that
@@ -123,6 +126,87 @@ def role_deployments(objs: list[dict]) -> dict[str, dict]:
     """The Deployments that run the platform binary (a role as args[0]), not a Redis."""
     return {n: d for n, d in by_kind(objs, "Deployment").items()
             if "command" not in d["spec"]["template"]["spec"]["containers"][0]}
+
+
+def role_cronjobs(objs: list[dict]) -> dict[str, dict]:
+    """The CronJobs that run the platform binary (a role and its task as args), by name: their
+    pod template."""
+    return {n: j["spec"]["jobTemplate"]["spec"]["template"] for n, j in by_kind(objs, "CronJob").items()
+            if "command" not in j["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]}
+
+
+def task_env_names(binary: str, args: list[str]) -> set[str]:
+    """The env names `platform ARGS… --help` lists (a task's own flags and the role's)."""
+    out = subprocess.run([binary, *args, "--help"], check=True, capture_output=True, text=True).stdout
+    return set(re.findall(r"\[env:\s+([A-Z_][A-Z0-9_]*)", out))
+
+
+def cronjob_static_checks(overlay: str, objs: list[dict], binary: str, uid: int, secrets: "Secrets") -> None:
+    claims = by_kind(objs, "PersistentVolumeClaim")
+    for name, tmpl in role_cronjobs(objs).items():
+        where = f"{overlay}/CronJob/{name}"
+        job = by_kind(objs, "CronJob")[name]["spec"]
+        check(job.get("concurrencyPolicy") == "Forbid", f"{where}: concurrencyPolicy must be Forbid (one export at a time)")
+        pod = tmpl["spec"]
+        check(pod.get("securityContext", {}).get("runAsUser") == uid, f"{where}: runAsUser is not the image's uid {uid}")
+        check(pod.get("securityContext", {}).get("runAsNonRoot") is True, f"{where}: runAsNonRoot missing")
+        (c,) = pod["containers"]
+        sc = c.get("securityContext", {})
+        check(sc.get("allowPrivilegeEscalation") is False and sc.get("readOnlyRootFilesystem") is True and sc.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: container securityContext is not restricted")
+        env = container_env(objs, c, secrets, where)
+        accepted = task_env_names(binary, c["args"])
+        unknown = sorted(set(env) - accepted)
+        check(not unknown, f"{where}: env {unknown} is not read by `platform {' '.join(c['args'])}` (it lists {sorted(accepted)})")
+        for v in pod.get("volumes", []):
+            if "persistentVolumeClaim" in v:
+                claim = v["persistentVolumeClaim"]["claimName"]
+                check(claim in claims, f"{where}: volume {v['name']} claims {claim}, which is not rendered")
+
+
+def run_cronjobs(overlay: str, objs: list[dict], binary: str, secrets: "Secrets", work: Path,
+                 services: dict[str, dict]) -> set[tuple[str, str, int]]:
+    """Runs each CronJob's container once to completion with its env, its volumes as temp dirs;
+    returns the flows it made (its Redis URL's Service, once the run proved it read the store)."""
+    seen = set()
+    for name, tmpl in role_cronjobs(objs).items():
+        where = f"{overlay}/CronJob/{name}"
+        (c,) = tmpl["spec"]["containers"]
+        env = container_env(objs, c, secrets, where)
+        root = work / name / "root"
+        mounts = c.get("volumeMounts", [])
+        for m in mounts:
+            (root / m["mountPath"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+        for k, val in list(env.items()):
+            for m in mounts:
+                mp = m["mountPath"].rstrip("/")
+                if val == mp or val.startswith(mp + "/"):
+                    env[k] = str(root) + val
+        env["PATH"] = "/usr/bin:/bin"
+        argv = [binary, *[expand(a, env) for a in c["args"]]]
+        log = work / f"{name}.log"
+        p = subprocess.Popen(argv, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        observed: set[tuple[str, int]] = set()
+        deadline = time.monotonic() + 60
+        while p.poll() is None and time.monotonic() < deadline:
+            observed |= established({p.pid: name})
+            time.sleep(0.005)
+        if p.poll() is None:
+            p.kill()
+        code = p.wait()
+        check(code == 0, f"{where}: exit code {code} (log: {log})")
+        dumps = sorted(root.rglob("users-*.jsonl"))
+        check(len(dumps) == 1, f"{where}: expected one users-*.jsonl, found {[d.name for d in dumps]} (log: {log})")
+        if code == 0 and dumps:
+            footer = json.loads(dumps[0].read_text().splitlines()[-1])
+            check(footer.get("users", 0) >= 1, f"{where}: the export holds no user (footer {footer})")
+            url = urlsplit(env.get("REDIS_URL", ""))
+            seen.add((name, url.hostname, url.port or 6379))
+        port_to_service = {p["port"]: s for s, svc in services.items() if svc["spec"].get("clusterIP") != "None" for p in svc["spec"]["ports"]}
+        for role, port in observed:
+            check(port in port_to_service, f"{overlay}: {role} connected to port {port}, which is no Service")
+            seen.add((role, port_to_service.get(port, "?"), port))
+        print(f"{where}: ran `platform {' '.join(c['args'])}` once: exit {code}, {[d.name for d in dumps]}")
+    return seen
 
 
 def redis_workloads(objs: list[dict]) -> dict[str, dict]:
@@ -335,6 +419,7 @@ def static_checks(overlay: str, objs: list[dict], binary: str) -> None:
         check(sc.get("allowPrivilegeEscalation") is False and sc.get("readOnlyRootFilesystem") is True and sc.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: container securityContext is not restricted")
         live = c["livenessProbe"]["httpGet"]["path"]
         check(live == "/health/live", f"{where}: liveness must not check dependencies (path {live})")
+    cronjob_static_checks(overlay, objs, binary, uid, secrets)
     check(bool(shared), f"{overlay}: no ConfigMaps rendered")
     ns = by_kind(objs, "Namespace")
     check(len(ns) == 1, f"{overlay}: expected one Namespace")
@@ -757,6 +842,7 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
                 check('"ip"' in policy and '"client"' in policy,
                       f"{overlay}: RATE_LIMIT={envs['gateway']['RATE_LIMIT']}, but the answer's RateLimit-Policy is {policy!r}")
         flows = established(pids)
+        jobs_seen = run_cronjobs(overlay, objs, binary, secrets, work, services)
 
         # Map the remote ports back to Services (or to the provider outside).
         port_to_service = {p["port"]: name for name, s in services.items() if s["spec"].get("clusterIP") != "None" for p in s["spec"]["ports"]}
@@ -773,7 +859,7 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
                 seen.add((pids.get(pid, "?"), INTERNET, stand_in.target.port))
             print(f"{overlay}/{name}: JWKS fetched {len(stand_in.fetched_by)}x from the stand-in for {stand_in.target.url} "
                   f"({stand_in.alg}); tokens signed with it were used for the traffic")
-        return seen
+        return seen | jobs_seen
     finally:
         for stand_in in stand_ins.values():
             stand_in.close()
@@ -900,6 +986,8 @@ def policy_checks(overlay: str, objs: list[dict], seen: set[tuple[str, str, int]
             tmpl = w["spec"]["template"]
             ports = tuple((p.get("name"), p["containerPort"], p.get("protocol", "TCP")) for c in tmpl["spec"]["containers"] for p in c.get("ports", []))
             ours[name] = Peer(name, ns, tuple(sorted(tmpl["metadata"]["labels"].items())), tuple(sorted(ns_labels.items())), ports, next(pod_ips))
+    for name, tmpl in role_cronjobs(objs).items():
+        ours[name] = Peer(name, ns, tuple(sorted(tmpl["metadata"]["labels"].items())), tuple(sorted(ns_labels.items())), (), next(pod_ips))
 
     def outside(name, namespace, labels, ports=(), ip=None):
         return Peer(name, namespace, tuple(sorted(labels.items())), (("kubernetes.io/metadata.name", namespace),), ports, ip or next(pod_ips))
@@ -923,6 +1011,8 @@ def policy_checks(overlay: str, objs: list[dict], seen: set[tuple[str, str, int]
     secrets = Secrets.from_objects(objs)
     envs = {name: container_env(objs, w["spec"]["template"]["spec"]["containers"][0], secrets, f"{overlay}/{name}")
             for name, w in by_kind(objs, "Deployment").items()}
+    envs |= {name: container_env(objs, t["spec"]["containers"][0], secrets, f"{overlay}/CronJob/{name}")
+             for name, t in role_cronjobs(objs).items()}
     jwks = {name: t for name, e in envs.items() if (t := jwks_target(e, services, ns))}
     candidate_ports = sorted({(p, pr) for peer in peers for (_, p, pr) in peer.ports}
                              | {(53, "UDP"), (53, "TCP"), (80, "TCP"), (443, "TCP")}
