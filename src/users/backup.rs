@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::cursor::Cursor;
 use super::reindex::BATCH;
-use super::store::{self, BY_CREATED, INDEX, UserStore};
+use super::store::{self, BY_CREATED, BY_CREATED_LEX, INDEX, UserStore};
 use crate::accounts::domain::User;
 use crate::accounts::{CREATE, credential_key, to_json};
 use crate::config::{ExportArgs, UsersSettings};
@@ -340,16 +340,19 @@ async fn import_batch(
                 .key(INDEX)
                 .key(BY_CREATED)
                 .key(credential_key(&user.id))
+                .key(BY_CREATED_LEX)
                 .arg(&user.id)
                 .arg(to_json(user))
                 .arg(store::created_score(user))
-                .arg(""),
+                .arg("")
+                .arg(store::ordered_member(store::created_score(user), &user.id)),
         );
     }
-    let outcomes: Vec<String> = pipe.query_async(conn).await?;
+    // Each outcome is the script's table: {'ok'} | {'taken'} | {'exists'} (no idempotency key).
+    let outcomes: Vec<Vec<String>> = pipe.query_async(conn).await?;
     let mut taken = Vec::new();
     for (outcome, user) in outcomes.iter().zip(&fresh) {
-        match outcome.as_str() {
+        match outcome.first().map_or("", String::as_str) {
             "ok" => report.imported += 1,
             "taken" => taken.push(*user),
             // Written meanwhile (or twice in the file): not ours to overwrite.
