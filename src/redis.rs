@@ -1,23 +1,33 @@
 //! The Redis connection pool every role that keeps state builds the same way.
 
-use deadpool_redis::redis::{AsyncConnectionConfig, IntoConnectionInfo};
+use deadpool_redis::redis::{AsyncConnectionConfig, ConnectionInfo, IntoConnectionInfo};
 use deadpool_redis::{Manager, Pool, PoolConfig, Runtime, Timeouts};
 
-use crate::config::RedisSettings;
+use crate::config::{RedisSettings, Secret};
 
-/// Builds the pool; connections are made on first use, so Redis may be down at start. A
-/// request waits at most `--redis-pool-wait` for a free connection: beyond it, the pool is
-/// the bottleneck and the request is shed rather than stacked (`PoolError::Timeout(Wait)`).
-pub fn pool(settings: &RedisSettings) -> anyhow::Result<Pool> {
-    settings.check().map_err(anyhow::Error::msg)?;
-    let mut info = settings.redis_url.as_str().into_connection_info()?;
-    if let Some(password) = &settings.redis_password {
+/// Where and as whom to connect: `url`, with `password` (a setting of its own, kept out of
+/// the URL) when given.
+pub fn connection_info(
+    url: &url::Url,
+    password: Option<&Secret>,
+) -> deadpool_redis::redis::RedisResult<ConnectionInfo> {
+    let mut info = url.as_str().into_connection_info()?;
+    if let Some(password) = password {
         let redis = info
             .redis_settings()
             .clone()
             .set_password(password.expose());
         info = info.set_redis_settings(redis);
     }
+    Ok(info)
+}
+
+/// Builds the pool; connections are made on first use, so Redis may be down at start. A
+/// request waits at most `--redis-pool-wait` for a free connection: beyond it, the pool is
+/// the bottleneck and the request is shed rather than stacked (`PoolError::Timeout(Wait)`).
+pub fn pool(settings: &RedisSettings) -> anyhow::Result<Pool> {
+    settings.check().map_err(anyhow::Error::msg)?;
+    let info = connection_info(&settings.redis_url, settings.redis_password.as_ref())?;
     let timeout = settings.redis_timeout;
     // Without a config of its own redis-rs gives up on a reply after 0.5 s and on a connect
     // after 1 s, whatever --redis-timeout says; it must be the one bound (and it also bounds

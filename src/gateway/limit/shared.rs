@@ -8,7 +8,7 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Script};
+use deadpool_redis::redis::{AsyncConnectionConfig, Client, Script};
 
 use super::gcra::{Decision, Policy};
 use crate::config::LimitSettings;
@@ -44,17 +44,8 @@ impl Shared {
         };
         // An error names no part of the URL: it may hold a password.
         let unusable = || anyhow::anyhow!("--rate-limit-redis-url is not a usable Redis URL");
-        let mut info = url
-            .as_str()
-            .into_connection_info()
+        let info = crate::redis::connection_info(url, settings.rate_limit_redis_password.as_ref())
             .map_err(|_| unusable())?;
-        if let Some(password) = &settings.rate_limit_redis_password {
-            let redis = info
-                .redis_settings()
-                .clone()
-                .set_password(password.expose());
-            info = info.set_redis_settings(redis);
-        }
         let client = Client::open(info).map_err(|_| unusable())?;
         let timeout = settings.rate_limit_redis_timeout;
         // redis-rs' own connect (1 s) and reply (0.5 s) bounds would outlast ours.
