@@ -111,6 +111,10 @@ pub struct CommonSettings {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_timeout: Duration,
+    /// Part of --shutdown-timeout during which, after SIGTERM, requests on open connections are
+    /// still served, each answered with `Connection: close`, before idle connections are closed.
+    #[arg(long, env = "DRAIN_TIME", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub drain_time: Duration,
     /// HTTP worker threads (default: one per CPU).
     #[arg(long, env = "WORKERS", global = true)]
     pub workers: Option<usize>,
@@ -124,6 +128,15 @@ pub struct CommonSettings {
 }
 
 impl CommonSettings {
+    /// Values that contradict each other.
+    pub fn check(&self) -> Result<(), String> {
+        // Part of the shutdown timeout, leaving in-flight requests the rest.
+        if self.drain_time >= self.shutdown_timeout {
+            return Err("--drain-time must be shorter than --shutdown-timeout".into());
+        }
+        Ok(())
+    }
+
     /// Worker threads the server really starts (the flag, or one per available CPU).
     pub fn effective_workers(&self) -> usize {
         self.workers
@@ -150,6 +163,7 @@ impl slog::KV for CommonSettings {
             "client_body_timeout_s",
             self.client_body_timeout.as_secs_f64(),
         )?;
+        s.emit_f64("drain_time_s", self.drain_time.as_secs_f64())?;
         s.emit_f64("shutdown_timeout_s", self.shutdown_timeout.as_secs_f64())
     }
 }

@@ -20,6 +20,10 @@ async fn main() -> ExitCode {
         Role::Auth(cmd) => (auth::SERVICE, &cmd.settings.common),
         Role::All(s) => ("all", &s.common),
     };
+    if let Err(e) = common.check() {
+        eprintln!("platform: {e}");
+        return ExitCode::from(2);
+    }
     // Dropped at the end of main: flushes the last log lines.
     let (log, _guard) = logging::init(process, common.log_format, common.log_level);
     let result = match cli.role {

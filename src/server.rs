@@ -2,12 +2,14 @@
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix_http::Request;
 use actix_service::{IntoServiceFactory, ServiceFactory};
 use actix_web::body::MessageBody;
-use actix_web::dev::{AppConfig, Response, Server};
+use actix_web::dev::{AppConfig, Extensions, Response, Server, ServerHandle};
 use actix_web::{Error, HttpServer};
 use anyhow::Context;
 use slog::{Logger, info, warn};
@@ -34,6 +36,27 @@ pub struct Application {
     draining: Draining,
     log: Logger,
     on_stop: Vec<Box<dyn FnOnce()>>,
+    /// The listening socket (a duplicate of the server's), closed when the drain starts.
+    listener: TcpListener,
+    /// Connections open now.
+    open: Arc<AtomicUsize>,
+    drain_time: Duration,
+}
+
+/// Counts a connection as open until actix drops its data (when the connection ends).
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        Self(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Application {
@@ -58,12 +81,23 @@ impl Application {
         B: MessageBody + 'static,
     {
         let port = listener.local_addr()?.port();
+        // The drain is part of the shutdown timeout (`CommonSettings::check`): what is left of
+        // it is the in-flight requests' (actix counts it from `stop`).
+        let in_flight_time = common.shutdown_timeout.saturating_sub(common.drain_time);
+        let open = Arc::new(AtomicUsize::new(0));
+        let counted = open.clone();
+        let own = listener
+            .try_clone()
+            .context("failed to duplicate the listening socket")?;
         let server = HttpServer::new(factory)
             .disable_signals()
             .keep_alive(KEEP_ALIVE)
             .client_request_timeout(REQUEST_HEAD_TIMEOUT)
-            .shutdown_timeout(common.shutdown_timeout.as_secs_f64().ceil() as u64)
+            .shutdown_timeout(in_flight_time.as_secs_f64().ceil() as u64)
             .workers(common.effective_workers())
+            .on_connect(move |_, data: &mut Extensions| {
+                data.insert(OpenConnection::new(&counted));
+            })
             .listen(listener)
             .context("failed to start the HTTP server")?
             .run();
@@ -73,6 +107,9 @@ impl Application {
             draining,
             log,
             on_stop: Vec::new(),
+            listener: own,
+            open,
+            drain_time: common.drain_time,
         })
     }
 
@@ -92,22 +129,34 @@ impl Application {
     }
 }
 
-/// Serves every application until SIGTERM/SIGINT. Then none is ready any more, and they stop
-/// one after the other in list order, each draining its in-flight requests before the next
-/// stops: list a role before the roles it calls. Each closes what it holds and logs `stopped`.
+/// Serves every application until SIGTERM/SIGINT. Then none is ready any more, every answer
+/// carries `Connection: close` (the `observe` middleware), and they stop one after the other in
+/// list order (list a role before the roles it calls): each closes its listening socket (new
+/// connections are refused), serves what arrives on its open connections until none is left or
+/// the drain time since the signal is over, then stops (idle connections closed, in-flight
+/// requests finished within the rest of the shutdown timeout), closes what it holds and logs
+/// `stopped`.
 pub async fn run_until_stopped(apps: Vec<Application>) -> anyhow::Result<()> {
     let stopping: Vec<_> = apps
         .iter()
-        .map(|app| (app.server.handle(), app.draining.clone(), app.log.clone()))
+        .map(|app| Stopping {
+            handle: app.server.handle(),
+            draining: app.draining.clone(),
+            log: app.log.clone(),
+            listener: app.listener.try_clone(),
+            open: app.open.clone(),
+            drain_time: app.drain_time,
+        })
         .collect();
     actix_web::rt::spawn(async move {
         let signal = wait_for_signal().await;
-        for (_, draining, log) in &stopping {
-            info!(log, "shutting down: draining in-flight requests"; "signal" => signal);
-            draining.start();
+        let since = tokio::time::Instant::now();
+        for role in &stopping {
+            info!(role.log, "shutting down: draining in-flight requests"; "signal" => signal);
+            role.draining.start();
         }
-        for (handle, _, _) in &stopping {
-            handle.stop(true).await;
+        for role in &stopping {
+            role.stop(since).await;
         }
     });
     // Every server runs only while polled: all are awaited together.
@@ -124,6 +173,42 @@ pub async fn run_until_stopped(apps: Vec<Application>) -> anyhow::Result<()> {
     }))
     .await;
     served.into_iter().collect()
+}
+
+/// What stopping one application needs.
+struct Stopping {
+    handle: ServerHandle,
+    draining: Draining,
+    log: Logger,
+    listener: std::io::Result<TcpListener>,
+    open: Arc<AtomicUsize>,
+    drain_time: Duration,
+}
+
+impl Stopping {
+    /// Refuses new connections, drains the open ones until `since` + the drain time, stops.
+    async fn stop(&self, since: tokio::time::Instant) {
+        // The accept thread lets go of the socket first (else it would spin on its error),
+        // then the socket stops listening: connects are refused at once (nothing was sent, a
+        // client tries another pod), instead of waiting in the backlog until the exit.
+        self.handle.pause().await;
+        let closed = self
+            .listener
+            .as_ref()
+            .map_err(|e| e.kind().into())
+            .and_then(|l| socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read));
+        if let Err(e) = closed {
+            warn!(self.log, "the listening socket stays open until the stop"; "error" => e.to_string());
+        }
+        // Clients on open connections get their answers, each with `Connection: close`, and
+        // reconnect elsewhere; a connection with nothing to send is closed by the stop below.
+        let until = since + self.drain_time;
+        while self.open.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        info!(self.log, "drained"; "open_connections" => self.open.load(Ordering::SeqCst));
+        self.handle.stop(true).await;
+    }
 }
 
 async fn wait_for_signal() -> &'static str {

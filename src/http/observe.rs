@@ -18,6 +18,7 @@ use slog::{Drain, Logger, debug, error, info, warn};
 
 use super::body;
 use super::error::{ApiError, ErrorCode};
+use super::ops::Ops;
 use super::peer::IpText;
 use super::request_id::{self, RequestId};
 use super::shed::{self, Admission, BodyWatch, Deadline};
@@ -153,6 +154,18 @@ fn respond(
     let mut res = with_error_body(res, &id, &serving.0.log);
     res.headers_mut()
         .insert(request_id::HEADER, id.header_value().clone());
+    // Shutting down: the client learns from this answer that the connection ends after it
+    // (what it sends next goes on a new connection, to another pod), rather than finding its
+    // kept-alive connection closed under its next request (`server::run_until_stopped`).
+    if res
+        .request()
+        .app_data::<web::Data<Ops>>()
+        .is_some_and(|ops| ops.is_draining())
+    {
+        res.response_mut()
+            .head_mut()
+            .set_connection_type(ConnectionType::Close);
+    }
     let access = Access {
         req: res.request().clone(),
         id,

@@ -14,7 +14,8 @@ use crate::telemetry::metrics::Metrics;
 /// Upper bound of one readiness check (CONTRACT §6).
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Set once shutdown starts: readiness answers 503 from then on.
+/// Set once shutdown starts: readiness answers 503 from then on, and every answer carries
+/// `Connection: close` (`observe`), so keep-alive clients leave before the connection closes.
 #[derive(Clone, Default, Debug)]
 pub struct Draining(Arc<AtomicBool>);
 
@@ -85,6 +86,11 @@ impl Ops {
     {
         self.before_scrape = Some(Rc::new(move || Box::pin(hook())));
         self
+    }
+
+    /// Whether the role is shutting down; every answer then closes its connection (`observe`).
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_draining()
     }
 
     /// Mounts the four endpoints.

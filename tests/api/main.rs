@@ -5,6 +5,7 @@ mod auth;
 mod auth_role;
 mod backup;
 mod concurrency;
+mod drain;
 mod faults;
 mod gateway;
 mod gateway_input;

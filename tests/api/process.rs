@@ -19,6 +19,8 @@ fn help_lists_every_flag_with_its_environment_variable() {
         "[env: LOG_FORMAT]",
         "--shutdown-timeout",
         "[env: SHUTDOWN_TIMEOUT]",
+        "--drain-time",
+        "[env: DRAIN_TIME]",
         "--redis-url",
         "[env: REDIS_URL]",
         "--redis-password",
@@ -38,6 +40,7 @@ fn bad_configuration_exits_non_zero_with_one_line_on_stderr() {
         &["users", "--redis-url", "http://localhost:6379"],
         &["users", "--redis-url", "::nonsense"],
         &["users", "--shutdown-timeout", "later"],
+        &["users", "--shutdown-timeout", "5s", "--drain-time", "6s"],
         &["users", "--no-such-flag"],
         &["nope"],
     ] {
