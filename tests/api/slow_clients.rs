@@ -58,6 +58,27 @@ fn slow_post(path: &str) -> String {
     )
 }
 
+/// The status each of the `slow` connections was answered with ("none": closed without an
+/// answer), read on a thread while this runtime keeps serving (at most 15 s each).
+async fn statuses_of(slow: Vec<TcpStream>) -> Vec<String> {
+    let answers = std::thread::spawn(move || {
+        let mut statuses = Vec::new();
+        for mut conn in slow {
+            conn.set_read_timeout(Some(Duration::from_secs(15)))
+                .expect("timeout");
+            let mut raw = Vec::new();
+            let _ = conn.read_to_end(&mut raw);
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            statuses.push(text.split_whitespace().nth(1).unwrap_or("none").to_owned());
+        }
+        statuses
+    });
+    while !answers.is_finished() {
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    answers.join().expect("slow clients")
+}
+
 /// Polls `get` while the slow clients hold their connections: each answer must be prompt.
 async fn served_meanwhile(http: &crate::helpers::Http, path: &str, until: impl Fn() -> bool) {
     let mut served = 0;
@@ -203,22 +224,7 @@ async fn slow_bodies_through_the_gateway_never_take_the_upstream_from_gets() {
         started.elapsed() > Duration::from_secs(1)
     })
     .await;
-    let slow_answers = std::thread::spawn(move || {
-        let mut statuses = Vec::new();
-        for mut conn in slow {
-            conn.set_read_timeout(Some(Duration::from_secs(15)))
-                .expect("timeout");
-            let mut raw = Vec::new();
-            let _ = conn.read_to_end(&mut raw);
-            let text = String::from_utf8_lossy(&raw).into_owned();
-            statuses.push(text.split_whitespace().nth(1).unwrap_or("none").to_owned());
-        }
-        statuses
-    });
-    while !slow_answers.is_finished() {
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    let statuses = slow_answers.join().expect("slow clients");
+    let statuses = statuses_of(slow).await;
     assert!(statuses.iter().all(|s| s == "408"), "{statuses:?}");
     let metrics = gw.get("/metrics").await.text;
     assert!(
@@ -275,22 +281,7 @@ async fn trickled_large_uploads_are_capped_so_gets_still_find_an_upstream_connec
         started.elapsed() > Duration::from_millis(500)
     })
     .await;
-    let answers = std::thread::spawn(move || {
-        let mut statuses = Vec::new();
-        for mut conn in slow {
-            conn.set_read_timeout(Some(Duration::from_secs(10)))
-                .expect("timeout");
-            let mut raw = Vec::new();
-            let _ = conn.read_to_end(&mut raw);
-            let text = String::from_utf8_lossy(&raw).into_owned();
-            statuses.push(text.split_whitespace().nth(1).unwrap_or("none").to_owned());
-        }
-        statuses
-    });
-    while !answers.is_finished() {
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    let statuses = answers.join().expect("slow clients");
+    let statuses = statuses_of(slow).await;
     let count = |s: &str| statuses.iter().filter(|x| *x == s).count();
     assert_eq!((count("408"), count("503")), (256, 44), "{statuses:?}");
     assert_eq!(sink.accepted.load(Ordering::SeqCst), 256);
