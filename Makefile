@@ -34,6 +34,11 @@ test: ## Run the whole test suite (installs redis-server and prometheus if missi
 	./scripts/ensure-apt.sh redis-server:redis-server redis-cli:redis-tools prometheus:prometheus
 	$(CARGO) test --locked
 
+.PHONY: chaos
+chaos: ## Faults against the real binary and Redis under load (SIGTERM, Redis kill/freeze, users kill, network, races); one line per scenario
+	./scripts/ensure-apt.sh redis-server:redis-server redis-cli:redis-tools ip:iproute2 tc:iproute2 iptables:iptables
+	$(CARGO) test --locked --test chaos
+
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
