@@ -75,6 +75,11 @@ impl Redis {
         Self::start_with(true, None, "127.0.0.1".parse().expect("ip"))
     }
 
+    /// Inside `netns`, listening on `ip` there.
+    pub fn start_in(netns: &str, ip: std::net::IpAddr) -> Self {
+        Self::start_with(false, Some(netns.to_owned()), ip)
+    }
+
     fn start_with(aof: bool, netns: Option<String>, ip: std::net::IpAddr) -> Self {
         let mut redis = Self {
             addr: SocketAddr::new(ip, free_port()),

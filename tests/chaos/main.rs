@@ -10,6 +10,7 @@
 mod harness;
 mod http;
 mod load;
+mod netns;
 mod resp;
 mod scenarios;
 mod store;
@@ -44,6 +45,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
+    netns::remove_stale();
     // A panic's message goes in the scenario's line; the default hook would print it mid-table.
     std::panic::set_hook(Box::new(|_| {}));
     let started = Instant::now();

@@ -1,5 +1,6 @@
 //! The scenarios, in the order they run.
 
+mod network;
 mod races;
 mod redis_faults;
 mod sigterm;
@@ -19,6 +20,10 @@ pub const ALL: &[Scenario] = &[
     ("sigterm_gateway", sigterm::gateway),
     ("sigterm_auth", sigterm::auth),
     ("sigterm_all", sigterm::all),
+    ("net_slow_gw_users", network::slow_gateway_users),
+    ("net_lossy_gw_users", network::lossy_gateway_users),
+    ("net_slow_users_redis", network::slow_users_redis),
+    ("net_lossy_users_redis", network::lossy_users_redis),
 ];
 
 /// Two workers per role: the machine has two cores.
