@@ -211,14 +211,15 @@ fn poller(
     })
 }
 
-/// The first answer after `from` that matches: how long after `from` it came.
+/// How long after `from` the first answer that matches arrived (a request already in flight at
+/// `from` counts: its answer is the first the fault gave).
 fn first_after(
     seen: &[(Instant, Instant, u16)],
     from: Instant,
     want: impl Fn(u16) -> bool,
 ) -> Option<Duration> {
     seen.iter()
-        .filter(|(start, _, s)| *start >= from && want(*s))
+        .filter(|(_, end, s)| *end >= from && want(*s))
         .map(|(_, end, _)| *end - from)
         .min()
 }
@@ -247,8 +248,9 @@ pub fn sigkill(report: &mut Report) {
     let ready = poller(addr, "/health/ready", stop.clone());
     std::thread::sleep(Duration::from_millis(1500));
 
-    let killed = Instant::now();
+    // Taken once Redis is dead: a request that left just before may still have been answered.
     redis.kill();
+    let killed = Instant::now();
     std::thread::sleep(Duration::from_millis(2500));
     let restarting = Instant::now();
     redis.restart();
@@ -382,8 +384,10 @@ pub fn sigstop(report: &mut Report) {
     let ready = poller(addr, "/health/ready", stop.clone());
     std::thread::sleep(Duration::from_millis(1000));
 
-    let frozen = Instant::now();
+    // Taken once the signal is sent (`kill` has returned): not before, or a request that left
+    // just before the freeze counts as one answered during it.
     signal(redis.pid(), "-STOP");
+    let frozen = Instant::now();
     std::thread::sleep(Duration::from_millis(2500));
     let thawed = Instant::now();
     signal(redis.pid(), "-CONT");

@@ -40,8 +40,8 @@ pub fn behind_gateway(report: &mut Report) {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(1000));
-    let killed = Instant::now();
     users.kill();
+    let killed = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
     let restarting = Instant::now();
     let users = Platform::users(None, users_addr, &redis.url(), &[], ENVS);
@@ -99,8 +99,8 @@ pub fn behind_gateway(report: &mut Report) {
         format!("502 while users is down: {down}"),
     );
     report.promise(
-        down_lat.quantile(0.5) < Duration::from_millis(100),
-        format!("502 in under 100 ms: {}", down_lat.summary()),
+        down_lat.quantile(0.99) < Duration::from_millis(100),
+        format!("502 in under 100 ms (p99 {})", ms(down_lat.quantile(0.99))),
     );
     report.promise(
         down_lat.max() < Duration::from_secs(1),
