@@ -152,9 +152,11 @@ fn slow(
             ms(one_l.max())
         ),
     );
+    // The page saturates the link, so how many single users get through depends on timing:
+    // a figure, not a promise. What they get is: their user, or the timeout's answer.
     report.promise(
-        one_s.get("200") > 0,
-        format!("single users still served: {one_s}"),
+        one_s.other_than(&["200", timeout_status, "cut"]) == 0,
+        format!("single users: 200 or the timeout's answer: {one_s}"),
     );
     report.promise(
         recovered.is_some_and(|d| d <= Duration::from_secs(2)),
