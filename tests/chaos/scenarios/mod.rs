@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::Scenario;
 
 pub const ALL: &[Scenario] = &[
+    ("store_checker", races::checker_finds_damage),
     ("race_one_email", races::one_email),
     ("race_swaps_deletes", races::swaps_and_deletes),
     ("redis_sigkill_aof", redis_faults::sigkill),

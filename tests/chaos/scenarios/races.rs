@@ -213,3 +213,58 @@ pub fn swaps_and_deletes(report: &mut Report) {
         format!("keys consistent: {:?}", stored.problems),
     );
 }
+
+/// The key-by-key check itself, on a store broken on purpose: each kind of damage is found
+/// (a check that cannot fail would make the races above prove nothing).
+pub fn checker_finds_damage(report: &mut Report) {
+    let redis = Redis::start();
+    let users = Platform::users(None, loopback(free_port()), &redis.url(), &[], ENVS);
+    let mut client = Client::new(users.addr, PATIENCE);
+    let ids: Vec<String> = (0..4)
+        .map(|i| {
+            let r = client
+                .request(
+                    "POST",
+                    "/users",
+                    &[],
+                    Some(&user_body("Checked", &format!("c{i}@example.com"))),
+                )
+                .expect("answered");
+            assert_eq!(r.status, 201, "create");
+            r.json()["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    let mut conn = redis.conn();
+    let clean = store::check(&mut conn).problems;
+    conn.must(&["SREM", "users:index", &ids[0]]);
+    conn.must(&["SET", "users:email:ghost@example.com", "no-such-user"]);
+    // User 1 now claims user 2's email: two users share it, and c1's guard points nowhere valid.
+    let json = conn.must(&["GET", &format!("user:{}", ids[1])]);
+    let moved = json
+        .text()
+        .expect("user JSON")
+        .replace("c1@example.com", "c2@example.com");
+    conn.must(&["SET", &format!("user:{}", ids[1]), &moved]);
+    conn.must(&["ZADD", "users:by_created", "1", &ids[3]]);
+    let found = store::check(&mut conn).problems;
+    let has = |what: &str| found.iter().any(|p| p.contains(what));
+    report.figure("problems on a clean store", clean.len());
+    report.figure("on the damaged one", found.len());
+    report.promise(clean.is_empty(), format!("a clean store passes: {clean:?}"));
+    report.promise(
+        has(&format!("user {} is not in users:index", ids[0])),
+        "a missing index entry is found",
+    );
+    report.promise(
+        has("users:email:ghost@example.com guards no-such-user"),
+        "a dangling email guard is found",
+    );
+    report.promise(
+        has("share the email c2@example.com"),
+        "a shared email is found",
+    );
+    report.promise(
+        has(&format!("user {}: by_created score", ids[3])),
+        "a wrong score is found",
+    );
+}
