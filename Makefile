@@ -36,7 +36,7 @@ test: ## Run the whole test suite (installs redis-server and prometheus if missi
 
 .PHONY: chaos
 chaos: ## Faults against the real binary and Redis under load (SIGTERM, Redis kill/freeze, users kill, network, races); one line per scenario
-	./scripts/ensure-apt.sh redis-server:redis-server redis-cli:redis-tools ip:iproute2 tc:iproute2 iptables:iptables
+	./scripts/ensure-apt.sh redis-server:redis-server ip:iproute2 tc:iproute2 iptables:iptables
 	$(CARGO) test --locked --test chaos
 
 .PHONY: lint
