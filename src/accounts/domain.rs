@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::http::error::FieldError;
 
@@ -9,13 +10,21 @@ const NAME_MAX_CHARS: usize = 100;
 const EMAIL_MAX_CHARS: usize = 254;
 
 /// A user as stored in `user:<id>` and answered by the API, field for field as the seeds write it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct User {
+    /// A UUID v4, set by the server.
+    #[schema(example = "5b0d7c1e-8f7a-4a8e-9a55-1f2b3c4d5e6f")]
     pub id: String,
+    #[schema(example = "Ada Lovelace")]
     pub name: String,
+    #[schema(example = "ada@example.com")]
     pub email: String,
+    /// RFC 3339 UTC with milliseconds, set by the server.
+    #[schema(example = "2026-11-23T12:00:00.000Z")]
     pub created_at: String,
+    /// RFC 3339 UTC with milliseconds, set by the server at each update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "2026-11-23T12:00:00.000Z")]
     pub updated_at: Option<String>,
 }
 
@@ -84,10 +93,17 @@ impl Email {
     }
 }
 
-/// The body of `POST /users`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The body of `POST /users`; other members are ignored. The patterns say what `UserName`
+/// and `Email` accept (a name has a non-space, no control character; an email, untrimmed,
+/// one `@`, a local part and a dotted domain); `\s` is Unicode White_Space in ECMA-262 and
+/// Python as in Rust's `trim`.
+#[derive(Debug, Clone, PartialEq, Eq, ToSchema)]
 pub struct NewUser {
+    #[schema(value_type = String, min_length = 1, max_length = 100, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        example = "Ada Lovelace")]
     pub name: UserName,
+    #[schema(value_type = String, max_length = 254, pattern = "^[^\\s@\\u0000-\\u001f\\u007f-\\u009f]+@[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+(\\.[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+)+$",
+        example = "ada@example.com")]
     pub email: Email,
 }
 
@@ -103,10 +119,15 @@ impl NewUser {
     }
 }
 
-/// The body of `PUT`/`PATCH /users/{id}`: a non-empty subset of `name`, `email`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The body of `PUT`/`PATCH /users/{id}`: a non-empty subset of `name`, `email`; other
+/// members are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, ToSchema)]
 pub struct UserPatch {
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 100,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$", example = "Ada Lovelace")]
     pub name: Option<UserName>,
+    #[schema(value_type = Option<String>, max_length = 254, pattern = "^[^\\s@\\u0000-\\u001f\\u007f-\\u009f]+@[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+(\\.[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+)+$",
+        example = "ada@example.com")]
     pub email: Option<Email>,
 }
 
