@@ -34,6 +34,10 @@ test: ## Run the whole test suite (installs redis-server and prometheus if missi
 	./scripts/ensure-apt.sh redis-server:redis-server redis-cli:redis-tools prometheus:prometheus
 	$(CARGO) test --locked
 
+.PHONY: api-fuzz
+api-fuzz: ## Fuzz the gateway's and the users role's API with schemathesis from their /openapi.json (redis + platform all; fixed seed, bounded)
+	./scripts/api-fuzz.sh
+
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -38,7 +38,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Creates a user; with an `Idempotency-Key`, a retry gets the first answer again.
 #[utoipa::path(post, path = "/users", tag = "users",
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$",
         description = "1–255 visible ASCII characters: a retry with the same key and body \
             gets the first answer (with `Idempotent-Replayed: true`), never a second user")),
     request_body(content = NewUser, content_type = "application/json"),
@@ -92,10 +92,11 @@ pub(crate) async fn create_user(
 /// A page of users, oldest first; `Link` names the next page while more remain.
 #[utoipa::path(get, path = "/users", tag = "users",
     params(
-        ("limit" = Option<u16>, Query, minimum = 1, maximum = 1000,
+        ("limit" = Option<u16>, Query, nullable = false, minimum = 1, maximum = 1000,
             description = "Users per page, 1–1000 (default 100)"),
-        ("cursor" = Option<String>, Query,
-            description = "Where the page starts: the `cursor` of a `Link: rel=\"next\"`")),
+        ("cursor" = Option<String>, Query, nullable = false, pattern = "^[A-Za-z0-9_-]{1,128}$",
+            description = "Where the page starts: the opaque `cursor` of a \
+                `Link: rel=\"next\"` (any other: 400)")),
     responses(
         (status = 200, description = "A page of users", body = Vec<User>, headers(
             ("X-Total-Count" = u64, description = "The number of users"),
