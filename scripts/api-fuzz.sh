@@ -22,6 +22,7 @@ if [ -z "${PLATFORM_BIN:-}" ]; then
 fi
 ./scripts/ensure-redis.sh >/dev/null
 schemathesis="$(./scripts/ci-tools.sh --python)/schemathesis"
+config="$PWD/scripts/schemathesis.toml"
 
 work="$(mktemp -d)"
 pids=()
@@ -81,10 +82,11 @@ fuzz() {
   local name="$1" url="$2"
   shift 2
   echo "api-fuzz: $name ($url, seed $SEED, $MAX_EXAMPLES examples per operation)" >&2
-  timeout "$RUN_TIMEOUT" "$schemathesis" --config-file scripts/schemathesis.toml \
+  # From $work: schemathesis keeps a cache (.schemathesis/) in its working directory.
+  (cd "$work" && timeout "$RUN_TIMEOUT" "$schemathesis" --config-file "$config" \
     run "$url/openapi.json" \
     --checks all --seed "$SEED" --max-examples "$MAX_EXAMPLES" --workers 1 \
-    --request-timeout 10 --no-color --report junit --report-dir "$work/report-$name" "$@"
+    --request-timeout 10 --no-color --report junit --report-dir "$work/report-$name" "$@")
 }
 status=0
 fuzz gateway "http://127.0.0.1:$gateway_port" -H "Authorization: Bearer $token" || status=$?
