@@ -35,7 +35,7 @@ test: ## Run the whole test suite (installs redis-server and prometheus if missi
 	$(CARGO) test --locked
 
 .PHONY: api-fuzz
-api-fuzz: ## Fuzz the gateway's and the users role's API with schemathesis from their /openapi.json (redis + platform all; fixed seed, bounded)
+api-fuzz: ## Fuzz every role's API with schemathesis from its /openapi.json (redis + platform all; fixed seed, bounded)
 	./scripts/api-fuzz.sh
 
 .PHONY: lint

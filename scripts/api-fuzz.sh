@@ -2,8 +2,8 @@
 # Fuzzes the API against its own OpenAPI documents with schemathesis (`make api-fuzz`):
 # a throwaway redis-server and `platform all` (authentication on for writes, rate limits on
 # with quotas no run reaches) on free ports, then `schemathesis run --checks all` against the
-# gateway's document (with a bearer token of a client in a throwaway clients file) and the
-# users role's. Bounded (MAX_EXAMPLES per operation, one worker, an outer timeout) and
+# gateway's document (with a bearer token of a client in a throwaway clients file), the
+# users role's and the auth role's. Bounded (MAX_EXAMPLES per operation, one worker, an outer timeout) and
 # deterministic (SEED). Fails on any failure: a 5xx, an answer outside its schema or its
 # documented statuses, a 405 without Allow, a schema-valid request refused or an invalid
 # one accepted.
@@ -91,6 +91,7 @@ fuzz() {
 status=0
 fuzz gateway "http://127.0.0.1:$gateway_port" -H "Authorization: Bearer $token" || status=$?
 fuzz users "http://127.0.0.1:$users_port" || status=$?
+fuzz auth "http://127.0.0.1:$auth_port" || status=$?
 if [ "$status" -ne 0 ]; then
   echo "api-fuzz: failed; the platform's warnings and errors:" >&2
   tail -n 50 "$work/platform.log" >&2
