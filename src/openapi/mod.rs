@@ -524,6 +524,63 @@ mod tests {
         }
     }
 
+    fn gateway_with(args: &[&str]) -> Value {
+        let args = ["platform", "gateway"].iter().chain(args);
+        match <crate::config::Cli as clap::Parser>::try_parse_from(args) {
+            Ok(crate::config::Cli {
+                role: crate::config::Role::Gateway(settings),
+            }) => gateway_value(&settings),
+            _ => panic!("gateway arguments parse"),
+        }
+    }
+
+    #[test]
+    fn the_gateway_documents_what_its_settings_turn_on() {
+        let off = gateway_with(&[]);
+        for (path, method) in each_operation(&off) {
+            let op = &off["paths"][&path][&method];
+            if path.starts_with("/api/users") {
+                assert!(op["security"].is_null(), "{method} {path}");
+                assert!(op["responses"]["401"].is_null(), "{method} {path}");
+                assert!(op["responses"]["429"].is_null(), "{method} {path}");
+            }
+        }
+        assert!(off["components"]["securitySchemes"]["bearer"].is_null());
+        assert!(off["paths"]["/api/users/{id}"]["get"]["responses"]["502"].is_object());
+
+        let all = gateway_with(&[
+            "--auth-mode",
+            "all",
+            "--rate-limit",
+            "local",
+            "--rate-limit-requests",
+            "10",
+            "--rate-limit-headers",
+            "legacy",
+        ]);
+        let users = &all["paths"]["/api/users/{id}"];
+        for method in ["get", "put", "patch", "delete"] {
+            assert_eq!(
+                users[method]["security"],
+                json!([{"bearer": []}]),
+                "{method}"
+            );
+            assert!(users[method]["responses"]["403"].is_object(), "{method}");
+        }
+        let ok = &users["get"]["responses"]["200"]["headers"];
+        assert!(ok["X-RateLimit-Remaining"].is_object() && ok["RateLimit"].is_null());
+        // The auth service's routes never need a token at the gateway.
+        assert!(all["paths"]["/api/auth/login"]["post"]["security"].is_null());
+        assert_eq!(
+            all["paths"]["/api/auth/token"]["post"]["security"],
+            json!([{}, {"client_basic": []}])
+        );
+
+        let writes = gateway_with(&["--auth-mode", "writes"]);
+        assert!(writes["paths"]["/api/users"]["get"]["security"].is_null());
+        assert!(writes["paths"]["/api/users"]["post"]["security"].is_array());
+    }
+
     #[test]
     fn the_oauth_codes_are_the_token_endpoints() {
         use crate::auth::error::OAuthError;
