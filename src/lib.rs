@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod openapi;
 pub mod redis;
 pub mod server;
 pub mod telemetry;

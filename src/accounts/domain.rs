@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::http::error::FieldError;
 
@@ -9,13 +10,21 @@ const NAME_MAX_CHARS: usize = 100;
 const EMAIL_MAX_CHARS: usize = 254;
 
 /// A user as stored in `user:<id>` and answered by the API, field for field as the seeds write it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct User {
+    /// A UUID v4, set by the server.
+    #[schema(example = "5b0d7c1e-8f7a-4a8e-9a55-1f2b3c4d5e6f")]
     pub id: String,
+    #[schema(example = "Ada Lovelace")]
     pub name: String,
+    #[schema(example = "ada@example.com")]
     pub email: String,
+    /// RFC 3339 UTC with milliseconds, set by the server.
+    #[schema(example = "2026-11-23T12:00:00.000Z")]
     pub created_at: String,
+    /// RFC 3339 UTC with milliseconds, set by the server at each update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "2026-11-23T12:00:00.000Z")]
     pub updated_at: Option<String>,
 }
 
@@ -84,10 +93,17 @@ impl Email {
     }
 }
 
-/// The body of `POST /users`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The body of `POST /users`; other members are ignored. The patterns say what `UserName`
+/// and `Email` accept (a name has a non-space, no control character; an email, untrimmed,
+/// one `@`, a local part and a dotted domain); `\s` is Unicode White_Space in ECMA-262 and
+/// Python as in Rust's `trim`.
+#[derive(Debug, Clone, PartialEq, Eq, ToSchema)]
 pub struct NewUser {
+    #[schema(value_type = String, min_length = 1, max_length = 100, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        example = "Ada Lovelace")]
     pub name: UserName,
+    #[schema(value_type = String, max_length = 254, pattern = "^[^\\s@\\u0000-\\u001f\\u007f-\\u009f]+@[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+(\\.[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+)+$",
+        example = "ada@example.com")]
     pub email: Email,
 }
 
@@ -103,10 +119,15 @@ impl NewUser {
     }
 }
 
-/// The body of `PUT`/`PATCH /users/{id}`: a non-empty subset of `name`, `email`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The body of `PUT`/`PATCH /users/{id}`: a non-empty subset of `name`, `email`; other
+/// members are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, ToSchema)]
 pub struct UserPatch {
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 100,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$", example = "Ada Lovelace")]
     pub name: Option<UserName>,
+    #[schema(value_type = String, required = false, max_length = 254, pattern = "^[^\\s@\\u0000-\\u001f\\u007f-\\u009f]+@[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+(\\.[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+)+$",
+        example = "ada@example.com")]
     pub email: Option<Email>,
 }
 
@@ -249,5 +270,72 @@ mod tests {
             (updated.created_at.as_str(), updated.updated_at.as_deref()),
             ("t0", Some("t1"))
         );
+    }
+}
+
+/// Properties of the parsers over arbitrary input (proptest): they never panic, and what
+/// they accept is the trimmed input, within the bounds, and parses again to itself.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_name_is_the_trimmed_input_and_parses_to_itself(raw in any::<String>()) {
+            if let Ok(name) = UserName::parse(&raw) {
+                prop_assert_eq!(name.as_str(), raw.trim());
+                prop_assert!((1..=NAME_MAX_CHARS).contains(&name.as_str().chars().count()));
+                prop_assert!(!name.as_str().chars().any(char::is_control));
+                prop_assert_eq!(UserName::parse(name.as_str()), Ok(name.clone()));
+            }
+        }
+
+        #[test]
+        fn printable_names_up_to_100_characters_are_accepted(
+            core in "[^\\p{Cc}\\s][^\\p{Cc}]{0,98}[^\\p{Cc}\\s]",
+            pad in "[ \t\n]{0,3}",
+        ) {
+            let name = UserName::parse(&format!("{pad}{core}{pad}"));
+            prop_assert_eq!(name.map(|n| n.0), Ok(core));
+        }
+
+        #[test]
+        fn an_email_has_one_at_a_local_part_and_a_dotted_domain(raw in any::<String>()) {
+            if let Ok(email) = Email::parse(&raw) {
+                let text = email.as_str();
+                prop_assert_eq!(text, raw.trim());
+                prop_assert!(text.chars().count() <= EMAIL_MAX_CHARS);
+                let (local, domain) = text.split_once('@').expect("an @");
+                prop_assert!(!local.is_empty() && !domain.contains('@'));
+                prop_assert!(domain.split('.').count() >= 2);
+                prop_assert!(domain.split('.').all(|label| !label.is_empty()));
+                prop_assert!(!text.chars().any(|c| c.is_whitespace() || c.is_control()));
+                prop_assert_eq!(Email::parse(text), Ok(email.clone()));
+                prop_assert_eq!(email.key(), text.to_lowercase());
+            }
+        }
+
+        #[test]
+        fn ordinary_addresses_are_accepted(
+            email in "[A-Za-z0-9._%+-]{1,40}@[A-Za-z0-9-]{1,20}(\\.[A-Za-z0-9-]{1,20}){1,3}",
+        ) {
+            prop_assert_eq!(Email::parse(&email).map(|e| e.0), Ok(email));
+        }
+
+        #[test]
+        fn bodies_of_any_json_never_panic_and_a_valid_user_parses(
+            name in any::<String>(),
+            email in any::<String>(),
+            extra in any::<i64>(),
+        ) {
+            let body = serde_json::json!({"name": name, "email": email, "extra": extra});
+            let Value::Object(body) = body else { unreachable!("an object literal") };
+            let parsed = NewUser::parse(&body);
+            let valid = UserName::parse(&name).is_ok() && Email::parse(&email).is_ok();
+            prop_assert_eq!(parsed.is_ok(), valid);
+            let patch = UserPatch::parse(&body);
+            prop_assert_eq!(patch.is_ok(), valid);
+        }
     }
 }

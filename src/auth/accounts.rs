@@ -136,12 +136,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/auth/register")
             .route(web::post().to(register))
-            .default_service(web::to(crate::http::error::method_not_allowed)),
+            .default_service(web::to(crate::http::error::allow("POST"))),
     )
     .service(
         web::resource("/auth/login")
             .route(web::post().to(login))
-            .default_service(web::to(crate::http::error::method_not_allowed)),
+            .default_service(web::to(crate::http::error::allow("POST"))),
     );
 }
 
@@ -155,7 +155,21 @@ fn text(body: &Map<String, Value>, field: &'static str) -> Result<String, FieldE
 }
 
 /// `{name, email, password}` → 201 and the user, as the users API would answer it.
-async fn register(
+#[utoipa::path(post, path = "/auth/register", tag = "accounts",
+    request_body(content = crate::openapi::Registration, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The user, as the users API answers it",
+            body = crate::accounts::domain::User),
+        (status = 400, description = "`validation_error`, `invalid_json`",
+            body = crate::http::error::ErrorBody),
+        (status = 409, description = "`duplicate_email`", body = crate::http::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 16 KiB",
+            body = crate::http::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not JSON",
+            body = crate::http::error::ErrorBody),
+        (status = 503, description = "`store_unavailable`, `overloaded`",
+            body = crate::http::error::ErrorBody)))]
+pub(crate) async fn register(
     req: HttpRequest,
     payload: web::Payload,
     service: web::Data<TokenService>,
@@ -234,7 +248,26 @@ fn retry_after(pttl_ms: i64) -> HeaderValue {
 
 /// `{email, password}` → the token answer, or one 401 for an unknown email and a wrong
 /// password alike, or 429 while too many logins failed for the account or the client.
-async fn login(
+#[utoipa::path(post, path = "/auth/login", tag = "accounts",
+    request_body(content = crate::openapi::Login, content_type = "application/json"),
+    responses(
+        (status = 200, description = "An access token and its refresh token",
+            body = super::routes::TokenAnswer,
+            headers(("Cache-Control" = String, description = "`no-store`"))),
+        (status = 400, description = "`validation_error`, `invalid_json`",
+            body = crate::http::error::ErrorBody),
+        (status = 401, description = "`invalid_credentials` (an unknown email or a wrong \
+            password alike)", body = crate::http::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 16 KiB",
+            body = crate::http::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not JSON",
+            body = crate::http::error::ErrorBody),
+        (status = 429, description = "`too_many_attempts`: too many failed logins for the \
+            account or the client address", body = crate::http::error::ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds"))),
+        (status = 503, description = "`auth_unavailable` (no signing key yet), \
+            `store_unavailable`, `overloaded`", body = crate::http::error::ErrorBody)))]
+pub(crate) async fn login(
     req: HttpRequest,
     payload: web::Payload,
     service: web::Data<TokenService>,

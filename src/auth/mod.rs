@@ -4,9 +4,9 @@
 
 pub mod accounts;
 pub mod clients;
-mod error;
+pub(crate) mod error;
 pub mod keys;
-mod routes;
+pub(crate) mod routes;
 pub mod secrets;
 pub mod startup;
 pub mod tasks;

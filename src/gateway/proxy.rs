@@ -58,7 +58,10 @@ pub async fn proxy(
     let started = Instant::now();
     let client = client::resolve(&req, &proxy.trusted);
 
-    let route = route::route(req.path())?;
+    let route = match route::route(req.path()) {
+        Ok(route) => route,
+        Err(miss) => return route::local(&req, miss),
+    };
     req.extensions_mut().insert(RouteLabel(route.label));
     let upstream = proxy.upstream(route.service);
     let deadline = started + upstream.timeout;

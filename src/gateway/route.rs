@@ -1,7 +1,12 @@
 //! Stage 1, route: which requests the gateway proxies, to which upstream, and the route label
 //! each is counted under.
 
+use actix_web::http::Method;
+use actix_web::http::header::{ALLOW, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+
 use crate::http::error::ApiError;
+use crate::openapi::{self, Document};
 
 /// The path prefix the gateway serves the APIs under.
 pub const PREFIX: &str = "/api";
@@ -41,6 +46,32 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
     tree(USERS_ROOT, "/api/users/{tail}", Service::Users)
         .or_else(|| tree(AUTH_ROOT, "/api/auth/{tail}", Service::Auth))
         .ok_or_else(ApiError::not_found)
+}
+
+/// The route label of `path`: a proxied route's, or the gateway's document's.
+pub fn label(path: &str) -> Option<&'static str> {
+    route(path)
+        .ok()
+        .map(|r| r.label)
+        .or_else(|| (path == openapi::PATH).then_some(openapi::PATH))
+}
+
+/// What the gateway answers itself on a path it does not proxy: its document at
+/// `/openapi.json`, else `miss` (404). Asked only once `route` missed, so a proxied request
+/// never pays for it.
+pub fn local(req: &HttpRequest, miss: ApiError) -> Result<HttpResponse, ApiError> {
+    let document = req.app_data::<web::Data<Document>>();
+    match document {
+        Some(document) if req.path() == openapi::PATH => {
+            if req.method() == Method::GET {
+                Ok(document.respond())
+            } else {
+                Err(ApiError::method_not_allowed()
+                    .with_header(ALLOW, HeaderValue::from_static("GET")))
+            }
+        }
+        _ => Err(miss),
+    }
 }
 
 #[cfg(test)]

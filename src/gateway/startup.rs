@@ -124,6 +124,7 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
     let draining = Draining::default();
     // One in-flight count per role, shared by its workers.
     let admission = Admission::new(&settings.common);
+    let document = web::Data::new(crate::openapi::gateway(settings));
     let (app_draining, app_log, settings) = (draining.clone(), log.clone(), settings.clone());
     Application::start(
         listener,
@@ -153,6 +154,7 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
                 // For the access line of a request answered before the proxy resolves its
                 // client (shed by `observe`): the same address.
                 .app_data((*trusted).clone())
+                .app_data(document.clone())
                 .app_data(web::Data::new(Proxy {
                     client,
                     uploads: super::body::Uploads::new(metrics.shed(shed::UPLOADS)),
@@ -166,7 +168,7 @@ pub fn build(settings: &GatewaySettings, log: Logger) -> anyhow::Result<Applicat
                     app_log.clone(),
                     &metrics,
                     &admission,
-                    |path| route::route(path).ok().map(|r| r.label),
+                    route::label,
                 ))
                 .wrap(from_fn(observe))
                 .configure(|cfg| ops.configure(cfg))

@@ -379,4 +379,125 @@ mod tests {
         );
         assert_eq!(ClientKey::of(ip("1.2.3.4")).text(), "1.2.3.4");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Addresses drawn from a few small blocks, so that walks meet trusted and untrusted
+        /// hops alike.
+        fn address() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                any::<u8>().prop_map(|n| IpAddr::from([10, 0, 0, n])),
+                any::<u8>().prop_map(|n| IpAddr::from([192, 0, 2, n])),
+                any::<u16>().prop_map(|n| IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, n])),
+                any::<u8>().prop_map(|n| IpAddr::V6(Ipv4Addr::new(10, 0, 0, n).to_ipv6_mapped())),
+            ]
+        }
+
+        /// An `X-Forwarded-For` entry as proxies write them, or garbage.
+        fn entry() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => address().prop_map(|ip| ip.to_string()),
+                1 => (address(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(ip, port).to_string()),
+                1 => address().prop_map(|ip| match ip {
+                    IpAddr::V6(v6) => format!("[{v6}]"),
+                    IpAddr::V4(v4) => v4.to_string(),
+                }),
+                1 => "[ -~]{0,12}",
+            ]
+        }
+
+        fn trusted_list() -> impl Strategy<Value = Vec<Cidr>> {
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("10.0.0.0/24"),
+                    Just("10.0.0.0/25"),
+                    Just("192.0.2.0/25"),
+                    Just("2001:db8::/120"),
+                    Just("10.0.0.7"),
+                ]
+                .prop_map(|c| c.parse::<Cidr>().expect("a CIDR")),
+                0..3,
+            )
+        }
+
+        /// Header lines of comma-separated entries.
+        fn lines() -> impl Strategy<Value = Vec<String>> {
+            proptest::collection::vec(
+                proptest::collection::vec(entry(), 0..4).prop_map(|e| e.join(", ")),
+                0..3,
+            )
+        }
+
+        fn headers(lines: &[String]) -> HeaderMap {
+            let mut map = HeaderMap::new();
+            for line in lines {
+                if let Ok(value) = HeaderValue::from_str(line) {
+                    map.append(X_FORWARDED_FOR, value);
+                }
+            }
+            map
+        }
+
+        proptest! {
+            #[test]
+            fn a_cidr_that_parses_prints_as_itself(text in "[0-9a-f.:/]{0,24}") {
+                if let Ok(cidr) = text.parse::<Cidr>() {
+                    prop_assert_eq!(cidr.to_string().parse::<Cidr>(), Ok(cidr));
+                }
+            }
+
+            #[test]
+            fn a_block_contains_its_own_address(ip in address(), len in 0u32..=128) {
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                let cidr: Cidr = format!("{ip}/{}", len % (max + 1)).parse().expect("a CIDR");
+                prop_assert!(cidr.contains(ip));
+                prop_assert_eq!(cidr.to_string().parse::<Cidr>(), Ok(cidr));
+            }
+
+            /// Any header bytes at all: the walk never panics and names the peer or an entry.
+            #[test]
+            fn the_walk_never_panics(
+                trusted in trusted_list(),
+                peer in address(),
+                raw in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..3),
+            ) {
+                let trusted = TrustedProxies(trusted);
+                let mut map = HeaderMap::new();
+                for bytes in raw {
+                    if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+                        map.append(X_FORWARDED_FOR, value);
+                    }
+                }
+                let client = trusted.client(peer, &map);
+                let forwarded = trusted.forwarded_for(peer, &map);
+                prop_assert!(forwarded.ends_with(&peer.to_canonical().to_string()));
+                prop_assert!(client == peer.to_canonical() || !trusted.0.is_empty());
+            }
+
+            /// What this hop forwards is read by a next hop that trusts it (and the same
+            /// proxies) as the same client: the walk round-trips.
+            #[test]
+            fn the_next_hop_resolves_the_same_client(
+                trusted in trusted_list(),
+                peer in address(),
+                lines in lines(),
+                gateway in address(),
+            ) {
+                let ours = TrustedProxies(trusted.clone());
+                let map = headers(&lines);
+                let client = ours.client(peer, &map);
+                let forwarded = ours.forwarded_for(peer, &map);
+                for entry in forwarded.split(", ") {
+                    prop_assert!(parse_entry(entry).is_some(), "{}", forwarded);
+                }
+                let next = TrustedProxies(
+                    trusted.into_iter().chain([Cidr::from(gateway)]).collect(),
+                );
+                let sent = headers(std::slice::from_ref(&forwarded));
+                prop_assert_eq!(next.client(gateway, &sent), client, "{}", forwarded);
+            }
+        }
+    }
 }

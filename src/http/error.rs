@@ -3,12 +3,16 @@
 use std::fmt;
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{ALLOW, HeaderName, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
+use futures_util::future::{Ready, ready};
 use serde::Serialize;
+use utoipa::ToSchema;
 
-/// Every error code either role answers with. The status of each is fixed here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Every error code either role answers with. The status of each is fixed here. The
+/// schema's names are `as_str`'s (a unit test holds them equal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(rename_all = "snake_case")]
 pub enum ErrorCode {
     ValidationError,
     InvalidJson,
@@ -135,9 +139,12 @@ impl ErrorCode {
 }
 
 /// One invalid field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
+    /// The field (a body member, a query parameter, a path segment or a header).
+    #[schema(value_type = String, example = "email")]
     pub field: &'static str,
+    #[schema(example = "must contain one @")]
     pub message: String,
 }
 
@@ -161,13 +168,23 @@ pub struct ApiError {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The error body of CONTRACT §2, the one every error of every role has.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    /// A stable snake_case code; the status says the rest.
+    #[schema(value_type = ErrorCode)]
     error: &'static str,
+    /// What went wrong, for a person.
+    #[schema(value_type = String)]
     message: &'a str,
+    /// Each invalid field (validation errors only).
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    #[schema(value_type = Option<Vec<FieldError>>)]
     details: &'a [FieldError],
+    /// The request's id, as in the `X-Request-ID` header.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     request_id: Option<&'a str>,
 }
 
@@ -275,9 +292,59 @@ pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::method_not_allowed())
 }
 
+/// Default service of a resource serving `methods` (e.g. `"GET, POST"`): the 405 with the
+/// `Allow` header RFC 9110 §15.5.6 requires.
+pub fn allow(
+    methods: &'static str,
+) -> impl Fn() -> Ready<Result<HttpResponse, ApiError>> + Clone + 'static {
+    move || {
+        ready(Err(
+            ApiError::method_not_allowed().with_header(ALLOW, HeaderValue::from_static(methods))
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The document's names of the codes are the ones answered.
+    #[test]
+    fn the_schema_names_every_code_as_answered() {
+        let schema = serde_json::to_value(<ErrorCode as utoipa::PartialSchema>::schema())
+            .expect("a schema serializes");
+        let named: Vec<String> = serde_json::from_value(schema["enum"].clone()).expect("an enum");
+        use ErrorCode::*;
+        let all = [
+            ValidationError,
+            InvalidJson,
+            DuplicateEmail,
+            UserNotFound,
+            NotFound,
+            MethodNotAllowed,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            ExpectationFailed,
+            InvalidRequest,
+            AuthenticationRequired,
+            InvalidToken,
+            InsufficientScope,
+            InvalidCredentials,
+            TooManyAttempts,
+            RateLimited,
+            RequestTimeout,
+            Conflict,
+            IdempotencyKeyReused,
+            StoreUnavailable,
+            AuthUnavailable,
+            UpstreamUnavailable,
+            UpstreamTimeout,
+            Overloaded,
+            InternalServerError,
+        ];
+        let answered: Vec<&str> = all.iter().map(|c| c.as_str()).collect();
+        assert_eq!(named, answered);
+    }
 
     #[test]
     fn validation_message_names_the_fields() {

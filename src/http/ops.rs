@@ -1,5 +1,6 @@
 //! Operational endpoints of every role: `/health`, `/health/live`, `/health/ready`, `/metrics`.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,8 +8,10 @@ use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use futures_util::future::{LocalBoxFuture, join_all};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
+use crate::http::error;
 use crate::telemetry::metrics::Metrics;
 
 /// Upper bound of one readiness check (CONTRACT §6).
@@ -93,29 +96,79 @@ impl Ops {
         self.draining.is_draining()
     }
 
-    /// Mounts the four endpoints.
+    /// Mounts the four endpoints (any other method: 405 with `Allow`).
     pub fn configure(self, cfg: &mut web::ServiceConfig) {
+        let get = |path| web::resource(path).default_service(web::to(error::allow("GET")));
         cfg.app_data(web::Data::new(self))
-            .route("/health", web::get().to(summary))
-            .route("/health/live", web::get().to(live))
-            .route("/health/ready", web::get().to(ready))
-            .route("/metrics", web::get().to(render_metrics));
+            .service(get("/health").route(web::get().to(summary)))
+            .service(get("/health/live").route(web::get().to(live)))
+            .service(get("/health/ready").route(web::get().to(ready)))
+            .service(get("/metrics").route(web::get().to(render_metrics)));
     }
 }
 
-async fn summary(ops: web::Data<Ops>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "status": "ok",
-        "service": ops.service,
-        "version": env!("CARGO_PKG_VERSION"),
-    }))
+/// `GET /health`'s body (the seeds' legacy summary).
+#[derive(Serialize, ToSchema)]
+pub struct Summary {
+    #[schema(example = "ok")]
+    status: &'static str,
+    /// The role: `gateway`, `users` or `auth`.
+    #[schema(example = "users")]
+    service: &'static str,
+    #[schema(example = "0.1.0")]
+    version: &'static str,
 }
 
-async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "alive", "timestamp": crate::timestamp::now()}))
+/// `GET /health/live`'s body.
+#[derive(Serialize, ToSchema)]
+pub struct Live {
+    #[schema(example = "alive")]
+    status: &'static str,
+    /// RFC 3339 UTC with milliseconds.
+    #[schema(example = "2026-11-23T12:00:00.000Z")]
+    timestamp: String,
 }
 
-async fn ready(ops: web::Data<Ops>) -> HttpResponse {
+/// `GET /health/ready`'s body, 200 or 503.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`, or `not ready` (503).
+    #[schema(example = "ready")]
+    status: &'static str,
+    /// Each dependency checked: `up` or `down`.
+    #[schema(value_type = BTreeMap<String, String>)]
+    dependencies: BTreeMap<&'static str, &'static str>,
+    #[schema(example = "2026-11-23T12:00:00.000Z")]
+    timestamp: String,
+}
+
+/// The legacy summary of the role.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "The role and its version", body = Summary)))]
+pub(crate) async fn summary(ops: web::Data<Ops>) -> HttpResponse {
+    HttpResponse::Ok().json(Summary {
+        status: "ok",
+        service: ops.service,
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Liveness: the process serves; never checks a dependency.
+#[utoipa::path(get, path = "/health/live", tag = "operations",
+    responses((status = 200, description = "The process serves", body = Live)))]
+pub(crate) async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(Live {
+        status: "alive",
+        timestamp: crate::timestamp::now(),
+    })
+}
+
+/// Readiness: every dependency answered within 1 s and the role is not shutting down.
+#[utoipa::path(get, path = "/health/ready", tag = "operations", responses(
+    (status = 200, description = "Ready", body = Readiness),
+    (status = 503, description = "Not ready: a dependency is down, or the role is shutting down",
+        body = Readiness)))]
+pub(crate) async fn ready(ops: web::Data<Ops>) -> HttpResponse {
     let results = join_all(ops.checks.iter().map(|c| async move {
         let up = tokio::time::timeout(CHECK_TIMEOUT, (c.check)())
             .await
@@ -124,16 +177,16 @@ async fn ready(ops: web::Data<Ops>) -> HttpResponse {
     }))
     .await;
     let all_up = results.iter().all(|(_, up)| *up);
-    let dependencies: Map<String, Value> = results
+    let dependencies = results
         .into_iter()
-        .map(|(name, up)| (name.to_owned(), Value::from(if up { "up" } else { "down" })))
+        .map(|(name, up)| (name, if up { "up" } else { "down" }))
         .collect();
     let ready = all_up && !ops.draining.is_draining();
-    let body = json!({
-        "status": if ready { "ready" } else { "not ready" },
-        "dependencies": dependencies,
-        "timestamp": crate::timestamp::now(),
-    });
+    let body = Readiness {
+        status: if ready { "ready" } else { "not ready" },
+        dependencies,
+        timestamp: crate::timestamp::now(),
+    };
     if ready {
         HttpResponse::Ok().json(body)
     } else {
@@ -141,7 +194,11 @@ async fn ready(ops: web::Data<Ops>) -> HttpResponse {
     }
 }
 
-async fn render_metrics(ops: web::Data<Ops>) -> HttpResponse {
+/// The role's metrics, Prometheus text format (CONTRACT §7).
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text exposition format 0.0.4",
+        content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
+pub(crate) async fn render_metrics(ops: web::Data<Ops>) -> HttpResponse {
     if let Some(hook) = &ops.before_scrape {
         hook().await;
     }

@@ -110,4 +110,37 @@ mod tests {
         let id = RequestId::from_headers(&HeaderMap::new());
         assert!(uuid::Uuid::parse_str(id.as_str()).is_ok());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any header bytes: kept exactly when 1–128 visible ASCII, else a new UUID v4.
+            #[test]
+            fn an_id_is_the_header_when_sane_else_a_uuid(bytes in proptest::collection::vec(any::<u8>(), 0..160)) {
+                let mut map = HeaderMap::new();
+                if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+                    map.insert(HEADER, value);
+                }
+                let id = RequestId::from_headers(&map);
+                if map.contains_key(HEADER) && is_sane(&bytes) {
+                    prop_assert_eq!(id.as_str().as_bytes(), &bytes[..]);
+                } else {
+                    let uuid = uuid::Uuid::parse_str(id.as_str());
+                    prop_assert_eq!(uuid.map(|u| u.get_version_num()), Ok(4));
+                }
+                // What is echoed is itself a sane id: sent back, it is kept as it is.
+                let mut echoed = HeaderMap::new();
+                echoed.insert(HEADER, id.header_value().clone());
+                prop_assert_eq!(RequestId::from_headers(&echoed), id);
+            }
+
+            #[test]
+            fn visible_ascii_ids_are_kept(text in "[!-~]{1,128}") {
+                let id = RequestId::from_headers(&headers_with(&text));
+                prop_assert_eq!(id.as_str(), text);
+            }
+        }
+    }
 }

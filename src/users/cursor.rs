@@ -60,4 +60,34 @@ mod tests {
             assert_eq!(Cursor::decode(bad), None, "{bad}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn every_cursor_round_trips_as_short_url_safe_text(score in any::<i64>(), id in any::<u128>()) {
+                let cursor = Cursor { score, id: Uuid::from_u128(id) };
+                let text = cursor.encode();
+                prop_assert!(text.len() <= 128);
+                prop_assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+                prop_assert_eq!(Cursor::decode(&text), Some(cursor));
+            }
+
+            #[test]
+            fn decoding_any_text_never_panics(text in any::<String>()) {
+                let _ = Cursor::decode(&text);
+            }
+
+            /// Well-formed base64 of anything: what decodes re-encodes to a cursor that
+            /// decodes to the same value.
+            #[test]
+            fn what_decodes_is_a_cursor(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
+                if let Some(cursor) = Cursor::decode(&URL_SAFE_NO_PAD.encode(&bytes)) {
+                    prop_assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+                }
+            }
+        }
+    }
 }

@@ -7,21 +7,23 @@ use uuid::Uuid;
 use super::cursor::Cursor;
 use super::idempotency::{self, IdempotencyKey};
 use super::store::{Creation, UserStore};
-use crate::accounts::domain::{NewUser, UserPatch};
+use crate::accounts::domain::{NewUser, User, UserPatch};
 use crate::http::body;
-use crate::http::error::{self, ApiError};
+use crate::http::error::{self, ApiError, ErrorBody};
+use crate::openapi;
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 16 * 1024;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
+/// The routes, and the role's document at `GET /openapi.json`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/users")
             .route(web::post().to(create_user))
             .route(web::get().to(list_users))
-            .default_service(web::to(error::method_not_allowed)),
+            .default_service(web::to(error::allow("GET, POST"))),
     )
     .service(
         web::resource("/users/{id}")
@@ -29,11 +31,32 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::put().to(update_user))
             .route(web::patch().to(update_user))
             .route(web::delete().to(delete_user))
-            .default_service(web::to(error::method_not_allowed)),
-    );
+            .default_service(web::to(error::allow("DELETE, GET, PATCH, PUT"))),
+    )
+    .service(openapi::resource(openapi::users()));
 }
 
-async fn create_user(
+/// Creates a user; with an `Idempotency-Key`, a retry gets the first answer again.
+#[utoipa::path(post, path = "/users", tag = "users",
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$",
+        description = "1–255 visible ASCII characters: a retry with the same key and body \
+            gets the first answer (with `Idempotent-Replayed: true`), never a second user")),
+    request_body(content = NewUser, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created (or the first answer to this `Idempotency-Key`)",
+            body = User, headers(
+                ("Location" = String, description = "`{prefix}/users/{id}`, the prefix being \
+                    `X-Forwarded-Prefix` (`/api` behind the gateway)"),
+                ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"))),
+        (status = 400, description = "`validation_error` (a field, or the `Idempotency-Key`), \
+            `invalid_json`", body = ErrorBody),
+        (status = 409, description = "`duplicate_email`, `conflict`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 16 KiB", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not JSON", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused`: this key came with another body",
+            body = ErrorBody),
+        (status = 503, description = "`store_unavailable`, `overloaded`", body = ErrorBody)))]
+pub(crate) async fn create_user(
     req: HttpRequest,
     payload: web::Payload,
     store: web::Data<UserStore>,
@@ -66,7 +89,23 @@ async fn create_user(
     })
 }
 
-async fn list_users(
+/// A page of users, oldest first; `Link` names the next page while more remain.
+#[utoipa::path(get, path = "/users", tag = "users",
+    params(
+        ("limit" = Option<u16>, Query, nullable = false, minimum = 1, maximum = 1000,
+            description = "Users per page, 1–1000 (default 100)"),
+        ("cursor" = Option<String>, Query, nullable = false, pattern = "^[A-Za-z0-9_-]{1,128}$",
+            description = "Where the page starts: the opaque `cursor` of a \
+                `Link: rel=\"next\"` (any other: 400)")),
+    responses(
+        (status = 200, description = "A page of users", body = Vec<User>, headers(
+            ("X-Total-Count" = u64, description = "The number of users"),
+            ("Link" = String, description = "RFC 8288 `<{prefix}/users?limit=N&cursor=C>; \
+                rel=\"next\"` while more users remain"))),
+        (status = 400, description = "`validation_error`: `limit`, `cursor` or the query",
+            body = ErrorBody),
+        (status = 503, description = "`store_unavailable`, `overloaded`", body = ErrorBody)))]
+pub(crate) async fn list_users(
     req: HttpRequest,
     store: web::Data<UserStore>,
 ) -> Result<HttpResponse, ApiError> {
@@ -85,7 +124,14 @@ async fn list_users(
     Ok(response.json(page.users))
 }
 
-async fn get_user(
+/// One user.
+#[utoipa::path(get, path = "/users/{id}", tag = "users", params(Id),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 400, description = "`validation_error`: the id is not a UUID", body = ErrorBody),
+        (status = 404, description = "`user_not_found`", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`, `overloaded`", body = ErrorBody)))]
+pub(crate) async fn get_user(
     id: web::Path<String>,
     store: web::Data<UserStore>,
 ) -> Result<HttpResponse, ApiError> {
@@ -93,7 +139,19 @@ async fn get_user(
     Ok(HttpResponse::Ok().json(user))
 }
 
-async fn update_user(
+/// Changes a user's `name`, `email` or both (PUT merges, as the seeds' did).
+#[utoipa::path(method(put, patch), path = "/users/{id}", tag = "users", params(Id),
+    request_body(content = UserPatch, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The updated user", body = User),
+        (status = 400, description = "`validation_error` (the id, a field, or neither field \
+            given), `invalid_json`", body = ErrorBody),
+        (status = 404, description = "`user_not_found`", body = ErrorBody),
+        (status = 409, description = "`duplicate_email`, `conflict`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 16 KiB", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not JSON", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`, `overloaded`", body = ErrorBody)))]
+pub(crate) async fn update_user(
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
@@ -106,12 +164,32 @@ async fn update_user(
     Ok(HttpResponse::Ok().json(user))
 }
 
-async fn delete_user(
+/// Deletes a user (its email is free again).
+#[utoipa::path(delete, path = "/users/{id}", tag = "users", params(Id),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`validation_error`: the id is not a UUID", body = ErrorBody),
+        (status = 404, description = "`user_not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`, `overloaded`", body = ErrorBody)))]
+pub(crate) async fn delete_user(
     id: web::Path<String>,
     store: web::Data<UserStore>,
 ) -> Result<HttpResponse, ApiError> {
     store.delete(parse_id(&id)?).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// The `{id}` path parameter.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read by `parse_id`; this type only describes it
+struct Id {
+    /// A hyphenated UUID
+    #[param(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
+    id: String,
 }
 
 /// Ids are hyphenated UUIDs, as the seeds make them; stored lowercase.

@@ -14,6 +14,7 @@ mod helpers;
 mod jwks;
 mod metrics;
 mod monitoring;
+mod openapi;
 mod overload;
 mod process;
 mod rate_limit;
