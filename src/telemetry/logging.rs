@@ -100,7 +100,9 @@ pub fn init(process: &'static str, format: LogFormat, level: Level) -> (Logger, 
         Level::Error | Level::Critical => log::Level::Error,
     };
     // Fails only if another `log` backend is installed already; then that one keeps working.
-    let _ = slog_stdlog::init_with_level(std_level);
+    if log::set_logger(&LogBridge).is_ok() {
+        log::set_max_level(std_level.to_level_filter());
+    }
     (
         logger,
         LogGuard {
@@ -172,5 +174,108 @@ mod tests {
         assert_eq!(line["service"], "users");
         assert_eq!(line["request_id"], "abc");
         assert!(line["ts"].as_str().is_some_and(|ts| ts.ends_with('Z')));
+    }
+}
+
+/// The `log` crate's records (actix-web, awc, redis) into the scope's slog logger, as
+/// `slog-stdlog` does, at their own level except for what a client's bytes cause.
+struct LogBridge;
+
+impl log::Log for LogBridge {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        let level = bridged_level(record);
+        let location = slog::RecordLocation {
+            file: record.file_static().unwrap_or("<unknown>"),
+            line: record.line().unwrap_or_default(),
+            column: 0,
+            function: "",
+            module: record.module_path_static().unwrap_or("<unknown>"),
+        };
+        let statics = slog::RecordStatic {
+            location: &location,
+            level,
+            tag: record.target(),
+        };
+        slog_scope::with_logger(|logger| {
+            logger.log(&slog::Record::new(&statics, record.args(), slog::b!()))
+        });
+    }
+
+    fn flush(&self) {}
+}
+
+/// actix-http logs at error level every connection that ends on a malformed request (a NUL in
+/// a header, a bad chunk size): the client's fault, already answered 400, that any client could
+/// otherwise write as error lines at will. Those go to debug; everything else keeps its level.
+fn bridged_level(record: &log::Record) -> Level {
+    let from_dispatcher = record.target().starts_with("actix_http::h1");
+    let client_fault = record
+        .args()
+        .as_str()
+        .map_or_else(|| record.args().to_string(), str::to_owned)
+        .starts_with("stream error: request parse error");
+    match record.level() {
+        _ if from_dispatcher && client_fault => Level::Debug,
+        log::Level::Error => Level::Error,
+        log::Level::Warn => Level::Warning,
+        log::Level::Info => Level::Info,
+        log::Level::Debug => Level::Debug,
+        log::Level::Trace => Level::Trace,
+    }
+}
+
+#[cfg(test)]
+mod bridge_tests {
+    use super::*;
+
+    fn level_of(target: &str, level: log::Level, message: std::fmt::Arguments) -> Level {
+        bridged_level(
+            &log::Record::builder()
+                .target(target)
+                .level(level)
+                .args(message)
+                .build(),
+        )
+    }
+
+    #[test]
+    fn a_clients_malformed_request_is_not_an_error_line() {
+        let err = "request parse error: invalid Header provided";
+        assert_eq!(
+            level_of(
+                "actix_http::h1::dispatcher",
+                log::Level::Error,
+                format_args!("stream error: {err}")
+            ),
+            Level::Debug
+        );
+    }
+
+    #[test]
+    fn other_records_keep_their_level() {
+        assert_eq!(
+            level_of(
+                "actix_http::h1::dispatcher",
+                log::Level::Error,
+                format_args!("stream error: {}", "connection reset")
+            ),
+            Level::Error
+        );
+        assert_eq!(
+            level_of("redis::aio", log::Level::Warn, format_args!("x")),
+            Level::Warning
+        );
+        assert_eq!(
+            level_of(
+                "other",
+                log::Level::Error,
+                format_args!("stream error: request parse error")
+            ),
+            Level::Error
+        );
     }
 }

@@ -364,3 +364,31 @@ async fn platform_all_serves_both_roles_in_one_process_and_stops_on_sigterm() {
         "probe logged at info"
     );
 }
+
+#[test]
+fn a_malformed_request_is_answered_400_and_logged_below_error() {
+    use std::io::{Read, Write};
+    let redis = RedisServer::start();
+    let mut process = Process::users(&redis.url(), &["--log-level", "debug"], &[]);
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", process.port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    conn.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Bad: a\0b\r\n\r\n")
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    process.sigterm();
+    assert_eq!(process.wait_exit(Duration::from_secs(10)), Some(0));
+    let lines = json_lines(&stdout_to_the_end(&process));
+    // The parse failure is there (at debug), and no client can write an error line at will.
+    assert!(
+        lines.iter().any(|l| l["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("request parse error"))
+            && l["level"] == "debug"),
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l["level"] == "error"), "{lines:?}");
+}
