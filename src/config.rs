@@ -17,6 +17,8 @@ pub struct Cli {
     pub role: Role,
 }
 
+// Parsed once at start and never moved around: the size of the largest role does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Role {
     /// Run the API gateway (proxies /api/users to the users service).
@@ -792,14 +794,14 @@ pub struct RedisSettings {
     /// Redis password (AUTH), e.g. from a Kubernetes Secret.
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true, global = true)]
     pub redis_password: Option<Secret>,
-    /// Connections in the Redis pool (per process).
+    /// Redis operations in flight per process (one shared connection).
     #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
     pub redis_pool_size: u16,
-    /// Upper bound for one Redis operation, waiting for a pooled connection included.
+    /// Upper bound for one Redis operation (connecting included) and for each connect.
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "2s", value_parser = parse_positive_duration, global = true)]
     pub redis_timeout: Duration,
-    /// Longest wait of a users request for a free pooled connection (at most --redis-timeout);
-    /// then 503 `overloaded`.
+    /// Longest wait of a users request for its turn among the --redis-pool-size operations in
+    /// flight (at most --redis-timeout); then 503 `overloaded`.
     #[arg(long, env = "REDIS_POOL_WAIT", default_value = "250ms", value_parser = parse_positive_duration, global = true)]
     pub redis_pool_wait: Duration,
     /// Redis Sentinels (host:port, comma-separated): when given, the master named by
@@ -808,14 +810,29 @@ pub struct RedisSettings {
     #[arg(long, env = "REDIS_SENTINELS", value_delimiter = ',', value_parser = parse_host_port, global = true)]
     pub redis_sentinels: Vec<String>,
     /// The master's name at the Sentinels (`sentinel monitor <name> …`).
-    #[arg(long, env = "REDIS_MASTER_NAME", default_value = "mymaster", global = true)]
+    #[arg(
+        long,
+        env = "REDIS_MASTER_NAME",
+        default_value = "mymaster",
+        global = true
+    )]
     pub redis_master_name: String,
     /// Password of the Sentinels themselves (their `requirepass`), when they have one.
-    #[arg(long, env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "REDIS_SENTINEL_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
     pub redis_sentinel_password: Option<Secret>,
     /// Acknowledged writes: a write is answered as done only once `WAIT N` confirms that N
     /// replicas hold it (0: when the master has it).
-    #[arg(long, env = "REDIS_MIN_REPLICAS_ACK", default_value_t = 0, global = true)]
+    #[arg(
+        long,
+        env = "REDIS_MIN_REPLICAS_ACK",
+        default_value_t = 0,
+        global = true
+    )]
     pub redis_min_replicas_ack: u8,
 }
 

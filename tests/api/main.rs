@@ -22,6 +22,7 @@ mod request_id;
 mod routing;
 mod secrets;
 mod slow_clients;
+mod store_round_trips;
 mod upstream;
 mod users_create;
 mod users_delete;
