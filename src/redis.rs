@@ -3,6 +3,10 @@
 //! per checkout: an operation sends Redis only its own commands), reconnected on demand after
 //! a failure, with `--redis-timeout` bounding each connect and each reply.
 //!
+//! Two ways to find Redis: `--redis-url` as is, or the master `--redis-master-name` that the
+//! `--redis-sentinels` name, followed through failovers (`sentinel`: events, the write fence).
+
+pub mod sentinel;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +21,7 @@ use slog::{Logger, warn};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::{RedisSettings, Secret};
+use sentinel::Sentinels;
 
 /// Where and as whom to connect: `url`, with `password` (a setting of its own, kept out of
 /// the URL) when given.
@@ -75,6 +80,7 @@ struct Inner {
 
 enum Target {
     Url(ConnectionInfo),
+    Sentinel(Sentinels),
 }
 
 /// One multiplexed connection, opened on first use and again after it failed.
@@ -183,11 +189,13 @@ impl ConnectionLike for Connection {
 
 /// A write under way: what it must find unchanged when it ends to be answered as done.
 pub struct Write {
+    epoch: Option<u64>,
     pub connection: Connection,
 }
 
 impl Redis {
-    /// The layer; it connects on first use, so Redis may be down at start.
+    /// The layer; it connects on first use, so Redis may be down at start. With sentinels, it
+    /// starts listening to their events (on the current Tokio runtime) at once.
     pub fn new(settings: &RedisSettings, log: Logger) -> anyhow::Result<Self> {
         settings.check().map_err(anyhow::Error::msg)?;
         let info = connection_info(&settings.redis_url, settings.redis_password.as_ref())
@@ -199,7 +207,10 @@ impl Redis {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let target = Target::Url(info);
+        let target = match settings.redis_sentinels.is_empty() {
+            true => Target::Url(info),
+            false => Target::Sentinel(Sentinels::new(settings, info, log.clone())?),
+        };
         let redis = Self {
             inner: Arc::new(Inner {
                 target,
@@ -212,6 +223,15 @@ impl Redis {
                 log,
             }),
         };
+        if let Target::Sentinel(sentinels) = &redis.inner.target {
+            let weak = Arc::downgrade(&redis.inner);
+            sentinels.listen(move || {
+                // The master changed: every connection goes, the next ones find it again.
+                if let Some(inner) = weak.upgrade() {
+                    Redis { inner }.discard_all();
+                }
+            });
+        }
         Ok(redis)
     }
 
@@ -245,9 +265,14 @@ impl Redis {
                 "connection" => format!("{id:?}"));
             slot.discard(Some(generation));
         }
+        if let (Target::Sentinel(sentinels), Some(code)) = (&self.inner.target, error.code())
+            && demoted(code)
+        {
+            sentinels.forget_hint();
+        }
     }
 
-    /// Drops every connection.
+    /// Drops every connection (the master changed).
     fn discard_all(&self) {
         self.inner.topology.fetch_add(1, Ordering::SeqCst);
         self.inner.main.discard(None);
@@ -290,16 +315,18 @@ impl Redis {
         Ok(wrap((generation, conn)))
     }
 
-    /// A new connection to Redis.
+    /// A new connection to Redis: the URL's, or the master the sentinels name (checked with
+    /// `ROLE`).
     async fn open(&self) -> Result<MultiplexedConnection, RedisFailure> {
         match &self.inner.target {
             Target::Url(info) => Ok(Client::open(info.clone())?
                 .get_multiplexed_async_connection_with_config(&self.inner.config)
                 .await?),
+            Target::Sentinel(sentinels) => Ok(sentinels.connect_master(&self.inner.config).await?),
         }
     }
 
-    /// `PING` within `--redis-timeout`: whether Redis answers.
+    /// `PING` within `--redis-timeout`: whether Redis (with sentinels, the master) answers.
     /// It takes no permit: operations in flight are not a Redis that is down.
     pub async fn ping(&self) -> bool {
         tokio::time::timeout(self.inner.timeout, async {
@@ -315,19 +342,40 @@ impl Redis {
         .is_some()
     }
 
-    /// Starts a write (its confirmation comes with Sentinel support).
+    /// Starts a write: refused at once while a failover is under way (or no sentinel is
+    /// listened to).
     pub async fn begin_write(&self) -> Result<Write, RedisFailure> {
+        let epoch = match &self.inner.target {
+            Target::Url(_) => None,
+            Target::Sentinel(sentinels) => Some(
+                sentinels
+                    .fence
+                    .open_epoch()
+                    .map_err(RedisFailure::Unconfirmed)?,
+            ),
+        };
         let connection = self.connection().await?;
-        Ok(Write { connection })
+        Ok(Write { epoch, connection })
     }
 
-    /// Ends a write that Redis answered.
-    pub async fn confirm_write(&self, _write: Write) -> Result<(), RedisFailure> {
+    /// Ends a write that Redis answered: with sentinels, no failover event may have come since
+    /// it started. Otherwise it is not answered as done.
+    pub async fn confirm_write(&self, write: Write) -> Result<(), RedisFailure> {
+        let Write { epoch, .. } = write;
+        if let (Target::Sentinel(sentinels), Some(epoch)) = (&self.inner.target, epoch) {
+            sentinels
+                .fence
+                .still(epoch)
+                .map_err(RedisFailure::Unconfirmed)?;
+        }
         Ok(())
     }
 
-    /// Drops the connection.
+    /// Stops listening to the sentinels.
     pub fn close(&self) {
+        if let Target::Sentinel(sentinels) = &self.inner.target {
+            sentinels.stop();
+        }
         self.discard_all();
     }
 }
