@@ -5,11 +5,13 @@
 //!
 //! Two ways to find Redis: `--redis-url` as is, or the master `--redis-master-name` that the
 //! `--redis-sentinels` name, followed through failovers (`sentinel`: events, the write fence).
+//! With `--redis-min-replicas-ack N` a write is confirmed by `WAIT N` on a connection of the
+//! writes' own, so a read never waits behind a `WAIT`.
 
 pub mod sentinel;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -22,6 +24,12 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::{RedisSettings, Secret};
 use sentinel::Sentinels;
+
+/// Connections that carry the writes and their `WAIT` in acknowledged-write mode: a `WAIT`
+/// blocks its connection until replicas answer, so reads never share one (a frozen replica
+/// held every read ~1.5 s behind WAIT's bound when they did). One: with 4 or 16, creates were
+/// slower here (ARCHITECTURE.md, "Redis: topologies and what they guarantee").
+const WRITE_CONNECTIONS: usize = 1;
 
 /// Where and as whom to connect: `url`, with `password` (a setting of its own, kept out of
 /// the URL) when given.
@@ -71,7 +79,12 @@ struct Inner {
     pool_wait: Duration,
     /// Operations in flight per process (`--redis-pool-size`), waited for `--redis-pool-wait`.
     permits: Semaphore,
+    min_replicas_ack: u8,
+    /// Reads, and writes when no acknowledgement is asked for.
     main: Slot,
+    /// Writes and their `WAIT` (acknowledged-write mode only).
+    writers: Vec<Slot>,
+    next_writer: AtomicUsize,
     /// Bumped whenever every connection must go (the master changed): a connect that started
     /// before is not kept.
     topology: AtomicU64,
@@ -110,6 +123,7 @@ impl Slot {
 #[derive(Clone, Copy, Debug)]
 enum SlotId {
     Main,
+    Writer(usize),
 }
 
 /// A connection handed to one operation (clone of the shared multiplexed connection). It
@@ -211,6 +225,10 @@ impl Redis {
             true => Target::Url(info),
             false => Target::Sentinel(Sentinels::new(settings, info, log.clone())?),
         };
+        let writers = match settings.redis_min_replicas_ack {
+            0 => 0,
+            _ => WRITE_CONNECTIONS,
+        };
         let redis = Self {
             inner: Arc::new(Inner {
                 target,
@@ -218,7 +236,10 @@ impl Redis {
                 timeout,
                 pool_wait: settings.redis_pool_wait,
                 permits: Semaphore::new(usize::from(settings.redis_pool_size)),
+                min_replicas_ack: settings.redis_min_replicas_ack,
                 main: Slot::default(),
+                writers: (0..writers).map(|_| Slot::default()).collect(),
+                next_writer: AtomicUsize::new(0),
                 topology: AtomicU64::new(0),
                 log,
             }),
@@ -255,6 +276,7 @@ impl Redis {
     fn slot(&self, id: SlotId) -> &Slot {
         match id {
             SlotId::Main => &self.inner.main,
+            SlotId::Writer(i) => &self.inner.writers[i],
         }
     }
 
@@ -276,9 +298,10 @@ impl Redis {
     fn discard_all(&self) {
         self.inner.topology.fetch_add(1, Ordering::SeqCst);
         self.inner.main.discard(None);
+        self.inner.writers.iter().for_each(|w| w.discard(None));
     }
 
-    /// The connection, opened if there is none.
+    /// The connection for reads (and writes without acknowledgement), opened if there is none.
     pub async fn connection(&self) -> Result<Connection, RedisFailure> {
         self.connection_on(SlotId::Main).await
     }
@@ -343,7 +366,7 @@ impl Redis {
     }
 
     /// Starts a write: refused at once while a failover is under way (or no sentinel is
-    /// listened to).
+    /// listened to); on the writes' own connection in acknowledged-write mode.
     pub async fn begin_write(&self) -> Result<Write, RedisFailure> {
         let epoch = match &self.inner.target {
             Target::Url(_) => None,
@@ -354,14 +377,39 @@ impl Redis {
                     .map_err(RedisFailure::Unconfirmed)?,
             ),
         };
-        let connection = self.connection().await?;
+        let connection = match self.inner.writers.len() {
+            0 => self.connection().await?,
+            n => {
+                let i = self.inner.next_writer.fetch_add(1, Ordering::Relaxed) % n;
+                self.connection_on(SlotId::Writer(i)).await?
+            }
+        };
         Ok(Write { epoch, connection })
     }
 
-    /// Ends a write that Redis answered: with sentinels, no failover event may have come since
-    /// it started. Otherwise it is not answered as done.
+    /// Ends a write that Redis answered: with `--redis-min-replicas-ack N`, `WAIT N` confirms
+    /// that N replicas hold it (and every write before it on its connection); with sentinels,
+    /// no failover event may have come since it started. Otherwise it is not answered as done.
     pub async fn confirm_write(&self, write: Write) -> Result<(), RedisFailure> {
-        let Write { epoch, .. } = write;
+        let Write {
+            epoch,
+            mut connection,
+        } = write;
+        let wanted = self.inner.min_replicas_ack;
+        if wanted > 0 {
+            // Half the operation's bound, so an unconfirmed write is answered, not timed out.
+            let wait_ms = (self.inner.timeout.as_millis() as u64 / 2).max(1);
+            let acked: u64 = redis::cmd("WAIT")
+                .arg(wanted)
+                .arg(wait_ms)
+                .query_async(&mut connection)
+                .await?;
+            if acked < u64::from(wanted) {
+                return Err(RedisFailure::Unconfirmed(format!(
+                    "{acked} of {wanted} replicas confirmed it within {wait_ms} ms"
+                )));
+            }
+        }
         if let (Target::Sentinel(sentinels), Some(epoch)) = (&self.inner.target, epoch) {
             sentinels
                 .fence

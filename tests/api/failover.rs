@@ -234,3 +234,128 @@ async fn a_planned_failover_loses_no_acknowledged_write_thanks_to_the_fence() {
     let figures = run(Kind::Planned, 0).await;
     assert_eq!(figures.lost, 0, "acknowledged writes lost");
 }
+
+#[actix_web::test]
+async fn a_crash_failover_with_acknowledged_writes_loses_none() {
+    let figures = run(Kind::Crash, 1).await;
+    assert_eq!(figures.lost, 0, "acknowledged writes lost");
+}
+
+#[actix_web::test]
+async fn a_planned_failover_with_acknowledged_writes_loses_none() {
+    let figures = run(Kind::Planned, 1).await;
+    assert_eq!(figures.lost, 0, "acknowledged writes lost");
+}
+
+/// Makes `replica` a replica of `master` and waits (yielding: the role under test runs on
+/// this thread) until it is in sync.
+async fn replicate(replica: &crate::helpers::RedisServer, master: &crate::helpers::RedisServer) {
+    replica.cli(&["REPLICAOF", "127.0.0.1", &master.port.to_string()]);
+    crate::helpers::poll_until(Duration::from_secs(10), "replica in sync", async || {
+        replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn acknowledged_writes_wait_for_a_replica_and_reads_never_wait_behind_them() {
+    use crate::helpers::{RedisServer, spawn_app_with};
+    let replica = RedisServer::start();
+    let app = spawn_app_with(
+        RedisServer::start(),
+        &["--redis-min-replicas-ack", "1", "--redis-timeout", "2s"],
+    )
+    .await;
+    // No replica: Redis takes the write but nobody confirms it → 503, after WAIT's bound.
+    let started = Instant::now();
+    let reply = app
+        .json(
+            "POST",
+            "/users",
+            r#"{"name":"Ada","email":"ada@example.com"}"#,
+        )
+        .await;
+    reply.assert_error(503, "store_unavailable");
+    assert!(started.elapsed() < REDIS_TIMEOUT + Duration::from_secs(1));
+
+    replicate(&replica, &app.redis).await;
+    let user = app.create_user("Bob", "bob@example.com").await;
+    let id = user["id"].as_str().unwrap_or_default().to_owned();
+    // Confirmed means the replica holds it.
+    assert_eq!(replica.cli(&["EXISTS", &format!("user:{id}")]), "1");
+    let path = format!("/users/{id}");
+    let patch = app.json("PATCH", &path, r#"{"name":"Bobby"}"#).await;
+    assert_eq!(patch.status, 200, "{}", patch.body);
+
+    // The replica freezes: writes wait for WAIT's bound and are refused, reads answer at once
+    // (writes and their WAIT have connections of their own).
+    let resumed = replica.pause_for(Duration::from_millis(2500));
+    let writes = (0..4).map(|i| {
+        let app = &app;
+        async move {
+            let started = Instant::now();
+            let body = format!(r#"{{"name":"W","email":"w{i}@example.com"}}"#);
+            let reply = app.json("POST", "/users", &body).await;
+            (reply, started.elapsed())
+        }
+    });
+    let reads = async {
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+        let mut slowest = Duration::ZERO;
+        for _ in 0..20 {
+            let started = Instant::now();
+            let reply = app.get(&path).await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            slowest = slowest.max(started.elapsed());
+        }
+        slowest
+    };
+    let (writes, slowest_read) = tokio::join!(join_all(writes), reads);
+    resumed.join().expect("resumed");
+    for (reply, took) in &writes {
+        reply.assert_error(503, "store_unavailable");
+        assert!(*took < REDIS_TIMEOUT + Duration::from_secs(1), "{took:?}");
+    }
+    assert!(
+        slowest_read < Duration::from_millis(500),
+        "a read waited behind a WAIT: {slowest_read:?}"
+    );
+    // Once the replica answers again, writes are confirmed again.
+    app.create_user("Cy", "cy@example.com").await;
+}
+
+#[actix_web::test]
+async fn the_auth_role_confirms_its_account_writes_too() {
+    use crate::helpers::{ARGON2_FLAGS, AUTH_ISSUER, RedisServer};
+    let (redis, replica) = (RedisServer::start(), RedisServer::start());
+    let keys = tempfile::tempdir().expect("temp dir");
+    platform::auth::keys::generate(keys.path()).expect("a key");
+    let url = redis.url();
+    let dir = keys.path().display().to_string();
+    let flags = [
+        &[
+            "--redis-url",
+            &url,
+            "--issuer",
+            AUTH_ISSUER,
+            "--signing-keys-dir",
+            &dir,
+            "--redis-min-replicas-ack",
+            "1",
+        ][..],
+        &ARGON2_FLAGS,
+    ]
+    .concat();
+    let auth = crate::helpers::spawn_auth(&flags).await;
+    let body =
+        r#"{"name":"Ada","email":"ada@example.com","password":"correct horse battery staple"}"#;
+    let reply = auth.json("POST", "/auth/register", body).await;
+    reply.assert_error(503, "store_unavailable");
+    replicate(&replica, &redis).await;
+    let body =
+        r#"{"name":"Bo","email":"bo@example.com","password":"correct horse battery staple"}"#;
+    let reply = auth.json("POST", "/auth/register", body).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+}
