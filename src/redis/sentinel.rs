@@ -29,6 +29,9 @@ use crate::config::RedisSettings;
 const FENCE_QUIET: Duration = Duration::from_secs(5);
 /// Pause between attempts to (re)subscribe to a sentinel.
 const RESUBSCRIBE: Duration = Duration::from_secs(1);
+/// How often a subscription is PINGed: a frozen or unreachable sentinel would otherwise look
+/// listened to (its connection open, no event) for as long as TCP takes to notice.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Events a sentinel publishes from the start of a failover until its end (`+switch-master`).
 fn failover_event(channel: &str) -> bool {
@@ -95,6 +98,8 @@ struct FenceState {
     failover: Option<Instant>,
     /// Sentinels listened to right now.
     live: usize,
+    /// Whether any sentinel was ever listened to.
+    ever: bool,
 }
 
 impl Fence {
@@ -154,14 +159,21 @@ impl Fence {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn subscribed(&self, up: bool) {
+    /// Counts a subscription up or down; `true` when one comes back after none was listened
+    /// to (a `+switch-master` may have been missed meanwhile).
+    fn subscribed(&self, up: bool) -> bool {
         let mut state = self.state();
+        let recovered = up && state.live == 0 && state.ever;
         match up {
-            true => state.live += 1,
+            true => {
+                state.live += 1;
+                state.ever = true;
+            }
             false => state.live = state.live.saturating_sub(1),
         }
         // An event may have been missed while a subscription was down.
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        recovered
     }
 }
 
@@ -390,13 +402,31 @@ async fn listen_one(shared: Arc<Shared>, index: usize, on_switch: Arc<dyn Fn() +
         match subscribed {
             Ok(pubsub) => {
                 reported = false;
-                shared.fence.subscribed(true);
+                if shared.fence.subscribed(true) {
+                    // No sentinel was listened to for a while: the master is found again
+                    // rather than trusted.
+                    *shared.hint.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    on_switch();
+                }
                 info!(shared.log, "listening to a sentinel"; "sentinel" => &sentinel);
-                let mut messages = pubsub.into_on_message();
-                while let Some(message) = messages.next().await {
-                    let channel = message.get_channel_name().to_owned();
-                    let payload: String = message.get_payload().unwrap_or_default();
-                    shared.event(&sentinel, &channel, &payload, &*on_switch);
+                let (mut sink, mut messages) = pubsub.split();
+                let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                heartbeat.tick().await;
+                loop {
+                    tokio::select! {
+                        message = messages.next() => {
+                            let Some(message) = message else { break };
+                            let channel = message.get_channel_name().to_owned();
+                            let payload: String = message.get_payload().unwrap_or_default();
+                            shared.event(&sentinel, &channel, &payload, &*on_switch);
+                        }
+                        _ = heartbeat.tick() => {
+                            let pong = tokio::time::timeout(shared.timeout, sink.ping::<Value>());
+                            if !matches!(pong.await, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
                 }
                 shared.fence.subscribed(false);
                 warn!(shared.log, "a sentinel subscription ended"; "sentinel" => &sentinel);
@@ -515,7 +545,7 @@ mod tests {
     fn a_write_overlapping_a_failover_event_is_not_confirmed() {
         let fence = Fence::default();
         assert!(fence.open_epoch().is_err(), "no sentinel listened to");
-        fence.subscribed(true);
+        assert!(!fence.subscribed(true), "the first subscription");
         let epoch = fence.open_epoch().expect("open");
         assert!(fence.still(epoch).is_ok());
         fence.failover_event();
@@ -524,7 +554,8 @@ mod tests {
         fence.switched();
         let epoch = fence.open_epoch().expect("open after the switch");
         assert!(fence.still(epoch).is_ok());
-        fence.subscribed(false);
+        assert!(!fence.subscribed(false));
         assert!(fence.open_epoch().is_err());
+        assert!(fence.subscribed(true), "back after none was listened to");
     }
 }

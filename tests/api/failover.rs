@@ -247,6 +247,79 @@ async fn a_planned_failover_with_acknowledged_writes_loses_none() {
     assert_eq!(figures.lost, 0, "acknowledged writes lost");
 }
 
+/// `platform users` following the topology's master, once it takes writes.
+async fn users_on(topology: &Topology) -> (Process, Http) {
+    let timeout_text = format!("{}s", REDIS_TIMEOUT.as_secs());
+    let role = Process::users(
+        "redis://127.0.0.1:6379/0",
+        &[
+            "--redis-sentinels",
+            &topology.sentinel_list(),
+            "--redis-timeout",
+            &timeout_text,
+        ],
+        &[
+            ("REDIS_PASSWORD", DATA_PASSWORD),
+            ("REDIS_SENTINEL_PASSWORD", SENTINEL_PASSWORD),
+        ],
+    );
+    let http = Http::new(role.port);
+    let started = Instant::now();
+    loop {
+        let body = r#"{"name":"Warm Up","email":"warm-up@example.com"}"#;
+        if http.json("POST", "/users", body).await.status == 201 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{}",
+            role.stdout()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    (role, http)
+}
+
+#[actix_web::test]
+async fn writes_are_refused_while_no_sentinel_can_be_listened_to() {
+    // A failover could go unnoticed: writes are refused (fast), reads and readiness follow the
+    // master, which still answers.
+    let topology = Topology::start();
+    let (role, http) = users_on(&topology).await;
+    let user = http.create_user("Ada", "ada@example.com").await;
+    let path = format!("/users/{}", user["id"].as_str().unwrap_or_default());
+    topology.sentinels.iter().for_each(|s| s.freeze(true));
+    let mut n = 0;
+    crate::helpers::poll_until(Duration::from_secs(15), "writes refused", async || {
+        n += 1;
+        let body = format!(r#"{{"name":"N","email":"n{n}@example.com"}}"#);
+        let started = Instant::now();
+        let reply = http.json("POST", "/users", &body).await;
+        assert!(started.elapsed() < REDIS_TIMEOUT + Duration::from_secs(1));
+        reply.status == 503
+    })
+    .await;
+    let refused = http
+        .json("POST", "/users", r#"{"name":"R","email":"r@example.com"}"#)
+        .await;
+    refused.assert_error(503, "store_unavailable");
+    assert_eq!(http.get(&path).await.status, 200, "reads go on");
+    assert_eq!(http.get("/health/ready").await.status, 200);
+    crate::helpers::poll_until(Duration::from_secs(5), "the loss logged", async || {
+        role.stdout().contains("a sentinel subscription ended")
+    })
+    .await;
+
+    topology.sentinels.iter().for_each(|s| s.freeze(false));
+    crate::helpers::poll_until(Duration::from_secs(15), "writes taken again", async || {
+        let reply = http
+            .json("POST", "/users", r#"{"name":"B","email":"b@example.com"}"#)
+            .await;
+        reply.status == 201
+    })
+    .await;
+}
+
 /// Makes `replica` a replica of `master` and waits (yielding: the role under test runs on
 /// this thread) until it is in sync.
 async fn replicate(replica: &crate::helpers::RedisServer, master: &crate::helpers::RedisServer) {

@@ -119,6 +119,17 @@ impl Node {
             .unwrap_or_else(|| panic!("redis-cli -p {} {args:?} failed", self.port))
     }
 
+    /// Freezes it (SIGSTOP) or lets it go on (SIGCONT): connections stay open, nothing answers.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { "-STOP" } else { "-CONT" };
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "kill {signal}");
+        }
+    }
+
     /// Kills it (SIGKILL, as a crash would).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
