@@ -17,6 +17,8 @@ pub struct Cli {
     pub role: Role,
 }
 
+// Parsed once at start and never moved around: the size of the largest role does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Role {
     /// Run the API gateway (proxies /api/users to the users service).
@@ -792,16 +794,46 @@ pub struct RedisSettings {
     /// Redis password (AUTH), e.g. from a Kubernetes Secret.
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true, global = true)]
     pub redis_password: Option<Secret>,
-    /// Connections in the Redis pool (per process).
+    /// Redis operations in flight per process (one shared connection).
     #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
     pub redis_pool_size: u16,
-    /// Upper bound for one Redis operation, waiting for a pooled connection included.
+    /// Upper bound for one Redis operation (connecting included) and for each connect.
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "2s", value_parser = parse_positive_duration, global = true)]
     pub redis_timeout: Duration,
-    /// Longest wait of a users request for a free pooled connection (at most --redis-timeout);
-    /// then 503 `overloaded`.
+    /// Longest wait of a users request for its turn among the --redis-pool-size operations in
+    /// flight (at most --redis-timeout); then 503 `overloaded`.
     #[arg(long, env = "REDIS_POOL_WAIT", default_value = "250ms", value_parser = parse_positive_duration, global = true)]
     pub redis_pool_wait: Duration,
+    /// Redis Sentinels (host:port, comma-separated): when given, the master named by
+    /// --redis-master-name is found and followed through failovers through them, and the
+    /// host and port of --redis-url are not used (its scheme and database still are).
+    #[arg(long, env = "REDIS_SENTINELS", value_delimiter = ',', value_parser = parse_host_port, global = true)]
+    pub redis_sentinels: Vec<String>,
+    /// The master's name at the Sentinels (`sentinel monitor <name> …`).
+    #[arg(
+        long,
+        env = "REDIS_MASTER_NAME",
+        default_value = "mymaster",
+        global = true
+    )]
+    pub redis_master_name: String,
+    /// Password of the Sentinels themselves (their `requirepass`), when they have one.
+    #[arg(
+        long,
+        env = "REDIS_SENTINEL_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    pub redis_sentinel_password: Option<Secret>,
+    /// Acknowledged writes: a write is answered as done only once `WAIT N` confirms that N
+    /// replicas hold it (0: when the master has it).
+    #[arg(
+        long,
+        env = "REDIS_MIN_REPLICAS_ACK",
+        default_value_t = 0,
+        global = true
+    )]
+    pub redis_min_replicas_ack: u8,
 }
 
 impl RedisSettings {
@@ -878,6 +910,23 @@ fn parse_log_level(s: &str) -> Result<slog::Level, String> {
 // place of a URL would otherwise reach the error line (url's own reasons are fixed texts).
 fn parse_redis_url(s: &str) -> Result<Url, String> {
     url_with_scheme(s, &["redis", "rediss"])
+}
+
+/// `host:port` with a port (a Sentinel's address); the host may be a name or an IP.
+fn parse_host_port(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or("expected host:port (e.g. redis-sentinel:26379)")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("the address has no host".into());
+    }
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or("the port must be 1-65535")?;
+    Ok(s.to_owned())
 }
 
 fn parse_http_url(s: &str) -> Result<Url, String> {

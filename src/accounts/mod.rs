@@ -6,7 +6,7 @@ pub mod domain;
 
 use std::sync::LazyLock;
 
-use deadpool_redis::redis::Script;
+use redis::Script;
 use uuid::Uuid;
 
 use domain::{NewUser, User};
@@ -84,7 +84,7 @@ pub fn unexpected(script: &str, outcome: &str) -> anyhow::Error {
 /// Creates `new` (and its `credential`, a PHC hash, if given) in one script: the user, or
 /// `None` when the email is taken. Redis refusing the script (e.g. at maxmemory) writes nothing.
 pub async fn create(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut crate::redis::Connection,
     new: &NewUser,
     credential: Option<&str>,
 ) -> anyhow::Result<Option<User>> {
@@ -124,7 +124,7 @@ pub enum Created {
 /// `create`, and with a `record` the answer of an earlier request under its key, or the new
 /// user recorded under it, in the same script.
 pub async fn create_recorded(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut crate::redis::Connection,
     new: &NewUser,
     credential: Option<&str>,
     record: Option<&Record<'_>>,

@@ -10,9 +10,8 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use aws_lc_rs::digest::{SHA256, digest};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use deadpool_redis::redis::{self, AsyncCommands, Script};
-use deadpool_redis::{Connection, Pool};
 use metrics::Counter;
+use redis::{AsyncCommands, Script};
 use serde_json::{Map, Value, json};
 use slog::{info, warn};
 
@@ -27,6 +26,7 @@ use crate::http::body;
 use crate::http::client::{self, ClientKey};
 use crate::http::error::{ApiError, ErrorCode, FieldError};
 use crate::http::observe::Subject;
+use crate::redis::{Connection, Redis};
 
 /// NIST SP 800-63B §3.1.1.2, a password as the only factor: at least 15 characters; at
 /// most 256 accepted (Unicode scalar values).
@@ -84,7 +84,7 @@ pub struct AccountMetrics {
 
 /// The account store and its settings.
 pub struct Accounts {
-    pub pool: Pool,
+    pub redis: Redis,
     pub timeout: Duration,
     pub settings: AccountSettings,
     pub metrics: AccountMetrics,
@@ -107,19 +107,44 @@ fn internal(cause: anyhow::Error) -> ApiError {
 }
 
 impl Accounts {
-    /// Runs `op` on a pooled connection within `--redis-timeout`.
+    /// Runs `op` (reads) on the shared connection within `--redis-timeout`.
     async fn redis<T, E, F, Fut>(&self, op: F) -> Result<T, anyhow::Error>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         anyhow::Error: From<E>,
     {
+        self.run(false, op).await
+    }
+
+    /// `redis` for a write: refused during a failover, answered only once confirmed
+    /// (`--redis-min-replicas-ack`, no failover event meanwhile).
+    async fn redis_write<T, E, F, Fut>(&self, op: F) -> Result<T, anyhow::Error>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        anyhow::Error: From<E>,
+    {
+        self.run(true, op).await
+    }
+
+    async fn run<T, E, F, Fut>(&self, write: bool, op: F) -> Result<T, anyhow::Error>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        anyhow::Error: From<E>,
+    {
         // --redis-pool-wait sheds the users role's requests; here the Argon2 permits are the
-        // bottleneck, so a pooled connection is waited for within the whole --redis-timeout.
-        let patient = crate::redis::patient(self.timeout);
+        // bottleneck, so a turn is waited for within the whole --redis-timeout.
+        let _permit = self.redis.permit(true).await?;
         match tokio::time::timeout(self.timeout, async {
-            let conn = self.pool.timeout_get(&patient).await?;
-            Ok::<_, anyhow::Error>(op(conn).await?)
+            if !write {
+                return Ok(op(self.redis.connection().await?).await?);
+            }
+            let started = self.redis.begin_write().await?;
+            let answer = op(started.connection.clone()).await?;
+            self.redis.confirm_write(started).await?;
+            Ok::<_, anyhow::Error>(answer)
         })
         .await
         {
@@ -192,7 +217,9 @@ pub(crate) async fn register(
     let phc = service.verifier.hash(password).await.map_err(internal)?;
     let created = service
         .accounts
-        .redis(|mut conn| async move { crate::accounts::create(&mut conn, &new, Some(&phc)).await })
+        .redis_write(|mut conn| async move {
+            crate::accounts::create(&mut conn, &new, Some(&phc)).await
+        })
         .await
         .map_err(unavailable)?;
     let Some(user) = created else {
@@ -359,7 +386,7 @@ pub(crate) async fn login(
         _ => {
             let window = settings.login_failure_window.as_millis() as u64;
             let counted = accounts
-                .redis(|mut conn| async move {
+                .redis_write(|mut conn| async move {
                     FAILED
                         .key(&by_email)
                         .key(&by_ip)
@@ -392,7 +419,7 @@ pub(crate) async fn login(
     let ttl = settings.refresh_token_ttl.as_secs();
     let (stored, user) = (refresh_key(&refresh), id.clone());
     let issued = accounts
-        .redis(|mut conn| async move {
+        .redis_write(|mut conn| async move {
             ISSUE
                 .key(stored)
                 .key(family_key(&family))
@@ -432,7 +459,7 @@ pub async fn refresh_grant(
     let ttl = service.accounts.settings.refresh_token_ttl.as_secs();
     let rotated = service
         .accounts
-        .redis(|mut conn| async move {
+        .redis_write(|mut conn| async move {
             ROTATE
                 .key(old)
                 .key(new)

@@ -69,7 +69,8 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
     });
     let permits = settings.common.effective_workers();
     let verifier = Verifier::new(&tokens.argon2, permits, hash_duration)?;
-    let pool = crate::redis::pool(&settings.redis)?;
+    let redis =
+        crate::redis::Redis::new(&settings.redis, log.new(slog::o!("component" => "redis")))?;
     info!(log.new(slog::o!(settings.common.clone())), "starting";
         "port" => listener.local_addr()?.port(),
         "issuer" => &issuer,
@@ -111,7 +112,7 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
         },
         issued,
         accounts: Accounts {
-            pool: pool.clone(),
+            redis: redis.clone(),
             timeout: settings.redis.redis_timeout,
             settings: tokens.accounts.clone(),
             metrics: account_metrics,
@@ -121,17 +122,16 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
     let draining = Draining::default();
     // One in-flight count per role, shared by its workers.
     let admission = Admission::new(&settings.common);
-    let redis_timeout = settings.redis.redis_timeout;
-    let (app_pool, app_draining, app_log) = (pool.clone(), draining.clone(), log.clone());
+    let (app_redis, app_draining, app_log) = (redis.clone(), draining.clone(), log.clone());
     let trusted = TrustedProxies(settings.trusted_proxies.clone());
     let app = Application::start(listener, &settings.common, draining, log, move || {
-        let (pool, ping_metrics, keys) = (app_pool.clone(), metrics.clone(), keys.clone());
+        let (redis, ping_metrics, keys) = (app_redis.clone(), metrics.clone(), keys.clone());
         let ops = Ops::new(SERVICE, app_draining.clone(), metrics.clone())
             .check(ReadinessCheck::new("redis", move || {
-                let (pool, metrics) = (pool.clone(), ping_metrics.clone());
+                let (redis, metrics) = (redis.clone(), ping_metrics.clone());
                 async move {
                     let started = Instant::now();
-                    let up = crate::redis::ping(&pool, redis_timeout).await;
+                    let up = redis.ping().await;
                     let status = if up { "ok" } else { "error" };
                     metrics.record_redis("ping", status, started.elapsed());
                     up
@@ -150,5 +150,5 @@ pub fn build(settings: &AuthRoleSettings, log: Logger) -> anyhow::Result<Applica
             .configure(routes::configure)
             .default_service(web::to(error::not_found))
     })?;
-    Ok(app.on_stop(move || pool.close()))
+    Ok(app.on_stop(move || redis.close()))
 }

@@ -310,7 +310,7 @@ async fn read_and_import(
 /// API's own atomic create, with the id and timestamps of the file), one MGET of the owners of
 /// emails that were taken.
 async fn import_batch(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut crate::redis::Connection,
     batch: &[User],
     report: &mut ImportReport,
 ) -> anyhow::Result<()> {

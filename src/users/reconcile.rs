@@ -168,7 +168,7 @@ async fn tick(
     Ok(true)
 }
 
-async fn counts(conn: &mut deadpool_redis::Connection) -> Result<(u64, u64), StoreError> {
+async fn counts(conn: &mut crate::redis::Connection) -> Result<(u64, u64), StoreError> {
     Ok(redis::pipe()
         .scard(INDEX)
         .zcard(BY_CREATED)

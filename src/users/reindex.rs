@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use deadpool_redis::Connection;
+use crate::redis::Connection;
 use deadpool_redis::redis::{self, Script, Value};
 use serde::Serialize;
 use uuid::Uuid;

@@ -22,7 +22,9 @@ pub fn build(settings: &UsersSettings, log: Logger) -> anyhow::Result<Applicatio
     let listener = server::bind(settings.common.host, settings.port)?;
     let log = logging::for_service(&log, SERVICE);
     let metrics = Metrics::new();
-    let store = UserStore::new(&settings.redis, &metrics)?
+    let redis =
+        crate::redis::Redis::new(&settings.redis, log.new(slog::o!("component" => "redis")))?;
+    let store = UserStore::on(redis.clone(), &metrics)
         .with_idempotency_ttl(settings.idempotency.idempotency_ttl);
     info!(log.new(slog::o!(settings.common.clone())), "starting";
         "port" => listener.local_addr()?.port(),
@@ -31,16 +33,16 @@ pub fn build(settings: &UsersSettings, log: Logger) -> anyhow::Result<Applicatio
         "redis_pool_size" => settings.redis.redis_pool_size,
         "redis_timeout_ms" => settings.redis.redis_timeout.as_millis() as u64,
         "redis_pool_wait_ms" => settings.redis.redis_pool_wait.as_millis() as u64,
+        "redis_sentinels" => settings.redis.redis_sentinels.join(","),
+        "redis_master_name" => &settings.redis.redis_master_name,
+        "redis_min_replicas_ack" => settings.redis.redis_min_replicas_ack,
     );
     // A Redis an older version wrote gets users:by_created_lex now, not at the first list.
     actix_web::rt::spawn(store.clone().sync_at_start());
     // Users the seeds' service writes (before or during a migration) are indexed without a
-    // manual step, over a connection of its own: it never takes one from the requests' pool.
-    let own = crate::config::RedisSettings {
-        redis_pool_size: 1,
-        ..settings.redis.clone()
-    };
-    let reconciler_store = UserStore::new(&own, &Metrics::new())?;
+    // manual step; its commands are pipelined on the shared connection with the requests'
+    // (its metrics kept apart).
+    let reconciler_store = UserStore::on(redis, &Metrics::new());
     let reconciler = super::reconcile::spawn(reconciler_store.clone(), log.clone());
     let draining = Draining::default();
     // One in-flight count per role, shared by its workers.

@@ -4,13 +4,14 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use ::metrics::{Counter, Gauge, counter, gauge, histogram};
-use deadpool_redis::redis::{self, AsyncCommands, Script};
-use deadpool_redis::{Connection, Pool};
+use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
 use super::cursor::Cursor;
 use crate::accounts::domain::{NewUser, User, UserPatch};
 use crate::config::RedisSettings;
+pub use crate::redis::Connection;
+use crate::redis::{Redis, RedisFailure};
 use crate::telemetry::metrics::{self, Metrics};
 
 pub use crate::accounts::{
@@ -45,8 +46,8 @@ pub enum StoreError {
     IdempotencyKeyReused,
     #[error("redis is unavailable")]
     Unavailable(#[source] anyhow::Error),
-    /// No pooled connection came free within `--redis-pool-wait`: too many requests at once.
-    #[error("no pooled redis connection came free in time")]
+    /// No permit came free within `--redis-pool-wait`: too many operations in flight at once.
+    #[error("too many redis operations in flight")]
     Busy,
     #[error("stored record {key} is not a user")]
     Corrupt {
@@ -62,13 +63,20 @@ impl From<redis::RedisError> for StoreError {
     }
 }
 
-impl From<deadpool_redis::PoolError> for StoreError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
+impl From<RedisFailure> for StoreError {
+    fn from(e: RedisFailure) -> Self {
         match e {
-            deadpool_redis::PoolError::Timeout(deadpool_redis::TimeoutType::Wait) => Self::Busy,
+            RedisFailure::Busy => Self::Busy,
             e => Self::Unavailable(e.into()),
         }
     }
+}
+
+/// What an operation does to Redis: a write is fenced and confirmed.
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    Write,
 }
 
 /// One page of users, and where the next one starts if more remain.
@@ -88,7 +96,7 @@ pub struct SyncReport {
 
 #[derive(Clone)]
 pub struct UserStore {
-    pool: Pool,
+    redis: Redis,
     timeout: Duration,
     metrics: StoreMetrics,
     /// When a list last synced the ordered indexes; held while one does.
@@ -143,17 +151,22 @@ impl StoreMetrics {
 }
 
 impl UserStore {
-    /// Builds the pool; connections are made on first use, so Redis may be down at start.
+    /// A store on a connection layer of its own (tasks such as `platform users reindex`);
+    /// connections are made on first use, so Redis may be down at start.
     pub fn new(settings: &RedisSettings, metrics: &Metrics) -> anyhow::Result<Self> {
-        let pool = crate::redis::pool(settings)?;
-        let timeout = settings.redis_timeout;
-        Ok(Self {
-            pool,
-            timeout,
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        Ok(Self::on(Redis::new(settings, log)?, metrics))
+    }
+
+    /// A store on `redis`, a connection layer that others may share.
+    pub fn on(redis: Redis, metrics: &Metrics) -> Self {
+        Self {
+            timeout: redis.timeout(),
+            redis,
             metrics: StoreMetrics::new(metrics),
             last_sync: Default::default(),
             idempotency_ttl: Duration::from_secs(24 * 3600),
-        })
+        }
     }
 
     /// Keeps a create's `Idempotency-Key` record for `ttl` (`--idempotency-ttl`).
@@ -162,22 +175,31 @@ impl UserStore {
         self
     }
 
-    /// Runs `op` on a pooled connection within the timeout, and times it. A connection is
-    /// waited for at most `--redis-pool-wait` (then `Busy`, counted as shed, not timed).
+    /// Runs `op` on the shared connection within the timeout, and times it. At most
+    /// `--redis-pool-size` operations run at once; one waits for its turn at most
+    /// `--redis-pool-wait` (then `Busy`, counted as shed, not timed).
     async fn run<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, StoreError>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        self.run_on(operation, false, op).await
+        self.run_on(operation, Access::Read, op).await
     }
 
-    /// `run`; a `patient` caller (readiness) waits for a connection up to the whole timeout,
-    /// since a busy pool is not a Redis that is down.
+    /// `run` for an operation that writes: refused during a failover, and answered as done
+    /// only once confirmed (`Redis::confirm_write`: `WAIT`, no failover event meanwhile).
+    async fn write<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.run_on(operation, Access::Write, op).await
+    }
+
     async fn run_on<T, F, Fut>(
         &self,
         operation: &'static str,
-        patient: bool,
+        access: Access,
         op: F,
     ) -> Result<T, StoreError>
     where
@@ -185,24 +207,38 @@ impl UserStore {
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, async {
-            let conn = match patient {
-                true => {
-                    self.pool
-                        .timeout_get(&crate::redis::patient(self.timeout))
-                        .await?
+        let result = match self.redis.permit(false).await {
+            Err(e) => Err(e.into()),
+            Ok(_permit) => match tokio::time::timeout(self.timeout, async {
+                match access {
+                    Access::Read => op(self.redis.connection().await?).await,
+                    Access::Write => {
+                        let write = self.redis.begin_write().await?;
+                        let answer = op(write.connection.clone()).await;
+                        // An answer Redis gave (even "taken" or "missing") is confirmed too: a
+                        // replayed create or a 409 must not rest on a write a failover drops.
+                        if matches!(
+                            answer,
+                            Ok(_)
+                                | Err(StoreError::DuplicateEmail
+                                    | StoreError::Conflict
+                                    | StoreError::IdempotencyKeyReused
+                                    | StoreError::NotFound)
+                        ) {
+                            self.redis.confirm_write(write).await?;
+                        }
+                        answer
+                    }
                 }
-                false => self.pool.get().await?,
-            };
-            op(conn).await
-        })
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
-                "redis did not answer within {:?}",
-                self.timeout
-            ))),
+            })
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
+                    "redis did not answer within {:?}",
+                    self.timeout
+                ))),
+            },
         };
         let status = match &result {
             Ok(_)
@@ -225,12 +261,22 @@ impl UserStore {
         result
     }
 
+    /// Whether Redis (with sentinels: the master) answers `PING` within the timeout. It takes
+    /// no permit: operations in flight are not a Redis that is down.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.run_on("ping", true, |mut conn| async move {
-            redis::cmd("PING").query_async::<String>(&mut conn).await?;
-            Ok(())
-        })
-        .await
+        let started = Instant::now();
+        let up = self.redis.ping().await;
+        let status = if up { "ok" } else { "error" };
+        self.metrics
+            .registry
+            .record_redis("ping", status, started.elapsed());
+        match up {
+            true => Ok(()),
+            false => Err(StoreError::Unavailable(anyhow::anyhow!(
+                "redis did not answer PING within {:?}",
+                self.timeout
+            ))),
+        }
     }
 
     pub async fn count(&self) -> Result<u64, StoreError> {
@@ -261,7 +307,7 @@ impl UserStore {
             fingerprint,
             ttl: self.idempotency_ttl,
         });
-        self.run("create", |mut conn| async move {
+        self.write("create", |mut conn| async move {
             let outcome =
                 crate::accounts::create_recorded(&mut conn, new, None, record.as_ref()).await;
             match outcome.map_err(StoreError::Unavailable)? {
@@ -290,7 +336,7 @@ impl UserStore {
     }
 
     pub async fn update(&self, id: Uuid, patch: &UserPatch) -> Result<User, StoreError> {
-        self.run("update", |mut conn| async move {
+        self.write("update", |mut conn| async move {
             for _ in 0..CAS_ATTEMPTS {
                 let (current, raw) = read(&mut conn, id).await?.ok_or(StoreError::NotFound)?;
                 let updated = patch.apply(&current, crate::timestamp::now());
@@ -323,7 +369,7 @@ impl UserStore {
 
     pub async fn delete(&self, id: Uuid) -> Result<(), StoreError> {
         let deleted = &self.metrics.deleted;
-        self.run("delete", |mut conn| async move {
+        self.write("delete", |mut conn| async move {
             for _ in 0..CAS_ATTEMPTS {
                 let (current, raw) = read(&mut conn, id).await?.ok_or(StoreError::NotFound)?;
                 let outcome: String = crate::accounts::DELETE
@@ -570,13 +616,14 @@ impl UserStore {
         }
     }
 
-    /// A pooled connection for maintenance tasks (reindex), bounded by the pool's timeouts.
+    /// The shared connection for maintenance tasks (reindex, reconcile, backups): their
+    /// commands are pipelined with the requests'; opening it is bounded by the timeout.
     pub(super) async fn connection(&self) -> Result<Connection, StoreError> {
-        Ok(self.pool.get().await?)
+        Ok(self.redis.connection().await?)
     }
 
     pub fn close(&self) {
-        self.pool.close();
+        self.redis.close();
     }
 }
 

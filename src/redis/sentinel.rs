@@ -1,0 +1,561 @@
+//! Redis Sentinel: finding the master, and the write fence that keeps a failover from losing
+//! acknowledged writes.
+//!
+//! After `SENTINEL FAILOVER` the old master answers `PING` and `ROLE` as a master for ~10 s,
+//! and every write it takes once a replica is promoted is dropped when it is demoted (even one
+//! that `WAIT 1` confirmed: the replica not promoted still follows it). So every sentinel's
+//! events are listened to: from the first failover event (long before the promotion) until
+//! `+switch-master`, writes are refused, and a write that overlaps any such event is not
+//! answered as done (`Fence`). See ARCHITECTURE.md, "Redis: topologies and what they guarantee".
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
+    Value,
+};
+use slog::{Logger, info, warn};
+
+use crate::config::RedisSettings;
+
+/// A fence with no failover event for this long lifts by itself (an attempt that was aborted
+/// or whose end we missed); during a failover the leader publishes an event at least every
+/// second or so.
+const FENCE_QUIET: Duration = Duration::from_secs(5);
+/// Pause between attempts to (re)subscribe to a sentinel.
+const RESUBSCRIBE: Duration = Duration::from_secs(1);
+/// How often a subscription is PINGed: a frozen or unreachable sentinel would otherwise look
+/// listened to (its connection open, no event) for as long as TCP takes to notice.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Events a sentinel publishes from the start of a failover until its end (`+switch-master`).
+fn failover_event(channel: &str) -> bool {
+    channel.starts_with("+failover-")
+        || channel.starts_with("-failover-abort")
+        || matches!(
+            channel,
+            "+new-epoch"
+                | "+vote-for-leader"
+                | "+try-failover"
+                | "+elected-leader"
+                | "+selected-slave"
+                | "+promoted-slave"
+                | "+slave-reconf-sent"
+                | "+slave-reconf-inprog"
+                | "+slave-reconf-done"
+        )
+}
+
+/// Whether an event's payload is about master `name`: `master <name> <ip> <port>`, or
+/// `<type> <name> <ip> <port> @ <master> <ip> <port>`; an event that names no master
+/// (`+new-epoch`, `+vote-for-leader`) may be ours.
+fn about(payload: &str, name: &str) -> bool {
+    let words: Vec<&str> = payload.split(' ').collect();
+    if let Some(at) = words.iter().position(|w| *w == "@") {
+        return words.get(at + 1) == Some(&name);
+    }
+    match words.first() {
+        Some(&"master") => words.get(1) == Some(&name),
+        _ => true,
+    }
+}
+
+/// The `<ip> <port>` of the master an event is about, when it names one.
+fn master_address(payload: &str) -> Option<String> {
+    let words: Vec<&str> = payload.split(' ').collect();
+    let at = match words.iter().position(|w| *w == "@") {
+        Some(at) => at,
+        None if words.first() == Some(&"master") => 0,
+        None => return None,
+    };
+    Some(format!("{} {}", words.get(at + 2)?, words.get(at + 3)?))
+}
+
+/// The epoch of `+new-epoch <epoch>` and `+vote-for-leader <runid> <epoch>`.
+fn event_epoch(channel: &str, payload: &str) -> Option<u64> {
+    match channel {
+        "+new-epoch" | "+vote-for-leader" => payload.split(' ').next_back()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Whether writes may go on, and what a write must find unchanged when it ends.
+#[derive(Default)]
+pub struct Fence {
+    /// Bumped by every failover event and every change of the subscriptions.
+    epoch: AtomicU64,
+    state: Mutex<FenceState>,
+}
+
+#[derive(Default)]
+struct FenceState {
+    /// The last failover event, while one is under way.
+    failover: Option<Instant>,
+    /// Sentinels listened to right now.
+    live: usize,
+    /// Whether any sentinel was ever listened to.
+    ever: bool,
+}
+
+impl Fence {
+    fn state(&self) -> std::sync::MutexGuard<'_, FenceState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn blocked(state: &mut FenceState) -> Option<String> {
+        if state.live == 0 {
+            return Some("no sentinel is listened to".into());
+        }
+        match state.failover {
+            Some(at) if at.elapsed() < FENCE_QUIET => Some("a failover is under way".into()),
+            Some(_) => {
+                state.failover = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The epoch a write starts in, or why it may not start.
+    pub fn open_epoch(&self) -> Result<u64, String> {
+        let mut state = self.state();
+        match Self::blocked(&mut state) {
+            Some(why) => Err(why),
+            None => Ok(self.epoch.load(Ordering::SeqCst)),
+        }
+    }
+
+    /// Whether a write that started in `epoch` may be answered as done.
+    pub fn still(&self, epoch: u64) -> Result<(), String> {
+        let mut state = self.state();
+        if let Some(why) = Self::blocked(&mut state) {
+            return Err(why);
+        }
+        match self.epoch.load(Ordering::SeqCst) == epoch {
+            true => Ok(()),
+            false => Err("a failover event came during the write".into()),
+        }
+    }
+
+    fn failover_event(&self) {
+        let mut state = self.state();
+        state.failover = Some(Instant::now());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Another sentinel confirmed the switch: the fence goes, the epoch stays.
+    fn lift(&self) {
+        self.state().failover = None;
+    }
+
+    fn switched(&self) {
+        let mut state = self.state();
+        state.failover = None;
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts a subscription up or down; `true` when one comes back after none was listened
+    /// to (a `+switch-master` may have been missed meanwhile).
+    fn subscribed(&self, up: bool) -> bool {
+        let mut state = self.state();
+        let recovered = up && state.live == 0 && state.ever;
+        match up {
+            true => {
+                state.live += 1;
+                state.ever = true;
+            }
+            false => state.live = state.live.saturating_sub(1),
+        }
+        // An event may have been missed while a subscription was down.
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        recovered
+    }
+}
+
+/// The sentinels of one master, and what their events told.
+pub struct Sentinels {
+    shared: Arc<Shared>,
+    pub fence: Arc<Fence>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// What a finished failover leaves behind: its tail (the leader still reconfiguring replicas,
+/// the other sentinels learning the new epoch) must not fence writes again.
+#[derive(Default)]
+struct Switch {
+    payload: String,
+    /// The `<ip> <port>` of the master it switched away from.
+    old: String,
+    /// The highest epoch announced before it.
+    epoch: u64,
+}
+
+struct Shared {
+    sentinels: Vec<ConnectionInfo>,
+    master_name: String,
+    /// Database and data password of the master's connections.
+    template: ConnectionInfo,
+    /// The address the last `+switch-master` named: asked first, since a sentinel that has
+    /// not heard of the switch yet still names the old master (which answers `ROLE` as one).
+    hint: Mutex<Option<(String, u16)>>,
+    /// The last `+switch-master` acted on (every sentinel publishes it).
+    last_switch: Mutex<Switch>,
+    /// The highest epoch an event announced.
+    epoch_seen: AtomicU64,
+    fence: Arc<Fence>,
+    timeout: Duration,
+    log: Logger,
+}
+
+impl Sentinels {
+    pub fn new(
+        settings: &RedisSettings,
+        template: ConnectionInfo,
+        log: Logger,
+    ) -> anyhow::Result<Self> {
+        let sentinels = settings
+            .redis_sentinels
+            .iter()
+            .map(|address| {
+                let (host, port) = address
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse().ok()?)))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--redis-sentinels: {address} is not host:port")
+                    })?;
+                let info = ConnectionAddr::Tcp(host.to_owned(), port).into_connection_info()?;
+                let redis = match &settings.redis_sentinel_password {
+                    Some(password) => info
+                        .redis_settings()
+                        .clone()
+                        .set_password(password.expose()),
+                    None => info.redis_settings().clone(),
+                };
+                Ok(info.set_redis_settings(redis))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let fence = Arc::new(Fence::default());
+        Ok(Self {
+            shared: Arc::new(Shared {
+                sentinels,
+                master_name: settings.redis_master_name.clone(),
+                template,
+                hint: Mutex::default(),
+                last_switch: Mutex::default(),
+                epoch_seen: AtomicU64::new(0),
+                fence: fence.clone(),
+                timeout: settings.redis_timeout,
+                log,
+            }),
+            fence,
+            tasks: Mutex::default(),
+        })
+    }
+
+    /// Listens to every sentinel's events from now on; `on_switch` runs when the master changed.
+    pub fn listen(&self, on_switch: impl Fn() + Send + Sync + 'static) {
+        let on_switch: Arc<dyn Fn() + Send + Sync> = Arc::new(on_switch);
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        for index in 0..self.shared.sentinels.len() {
+            let (shared, on_switch) = (self.shared.clone(), on_switch.clone());
+            tasks.push(tokio::spawn(listen_one(shared, index, on_switch)));
+        }
+    }
+
+    pub fn stop(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+
+    /// A connection that answered as a replica: the master is asked of the sentinels again.
+    pub fn forget_hint(&self) {
+        *self.shared.hint.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// A connection to the master: the last announced one if it still is one, else the first
+    /// address a sentinel names that answers `ROLE` as a master.
+    pub async fn connect_master(
+        &self,
+        config: &AsyncConnectionConfig,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        let shared = &self.shared;
+        let hint = shared
+            .hint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some((host, port)) = hint {
+            match shared.master_at(&host, port, config).await {
+                Ok(conn) => return Ok(conn),
+                Err(_) => self.forget_hint(),
+            }
+        }
+        // Every sentinel at once, each bounded: the first that names a master that is one wins.
+        let mut asked: FuturesUnordered<_> = (0..shared.sentinels.len())
+            .map(|i| shared.ask(i, config))
+            .collect();
+        let mut last = None;
+        let mut tried = Vec::new();
+        while let Some(answer) = asked.next().await {
+            match answer {
+                Ok(Some(address)) if !tried.contains(&address) => {
+                    tried.push(address.clone());
+                    match shared.master_at(&address.0, address.1, config).await {
+                        Ok(conn) => return Ok(conn),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            RedisError::from((
+                redis::ErrorKind::MasterNameNotFoundBySentinel,
+                "no sentinel names the master",
+            ))
+        }))
+    }
+}
+
+impl Shared {
+    /// The master's address as sentinel `index` tells it.
+    async fn ask(
+        &self,
+        index: usize,
+        config: &AsyncConnectionConfig,
+    ) -> Result<Option<(String, u16)>, RedisError> {
+        let bounded = tokio::time::timeout(self.timeout, async {
+            let mut conn = Client::open(self.sentinels[index].clone())?
+                .get_multiplexed_async_connection_with_config(config)
+                .await?;
+            redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(&self.master_name)
+                .query_async::<Option<(String, u16)>>(&mut conn)
+                .await
+        });
+        bounded.await.unwrap_or_else(|_| Err(timed_out()))
+    }
+
+    /// A connection to `host:port` if it answers `ROLE` as a master.
+    async fn master_at(
+        &self,
+        host: &str,
+        port: u16,
+        config: &AsyncConnectionConfig,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        let info = self
+            .template
+            .clone()
+            .set_addr(ConnectionAddr::Tcp(host.to_owned(), port));
+        let bounded = tokio::time::timeout(self.timeout, async {
+            let mut conn = Client::open(info)?
+                .get_multiplexed_async_connection_with_config(config)
+                .await?;
+            let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+            match role.first() {
+                Some(Value::BulkString(b)) if b == b"master" => Ok(conn),
+                Some(Value::SimpleString(s)) if s == "master" => Ok(conn),
+                _ => Err(RedisError::from((
+                    redis::ErrorKind::Client,
+                    "the address the sentinels name is not a master",
+                ))),
+            }
+        });
+        bounded.await.unwrap_or_else(|_| Err(timed_out()))
+    }
+}
+
+fn timed_out() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no answer within --redis-timeout",
+    ))
+}
+
+/// Listens to sentinel `index` for as long as the process runs, subscribing again after a loss.
+async fn listen_one(shared: Arc<Shared>, index: usize, on_switch: Arc<dyn Fn() + Send + Sync>) {
+    let sentinel = format!("{:?}", shared.sentinels[index].addr());
+    let mut reported = false;
+    loop {
+        let subscribed = tokio::time::timeout(shared.timeout, async {
+            let mut pubsub = Client::open(shared.sentinels[index].clone())?
+                .get_async_pubsub()
+                .await?;
+            pubsub.psubscribe("*").await?;
+            Ok::<_, RedisError>(pubsub)
+        })
+        .await
+        .unwrap_or_else(|_| Err(timed_out()));
+        match subscribed {
+            Ok(pubsub) => {
+                reported = false;
+                if shared.fence.subscribed(true) {
+                    // No sentinel was listened to for a while: the master is found again
+                    // rather than trusted.
+                    *shared.hint.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    on_switch();
+                }
+                info!(shared.log, "listening to a sentinel"; "sentinel" => &sentinel);
+                let (mut sink, mut messages) = pubsub.split();
+                let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                heartbeat.tick().await;
+                loop {
+                    tokio::select! {
+                        message = messages.next() => {
+                            let Some(message) = message else { break };
+                            let channel = message.get_channel_name().to_owned();
+                            let payload: String = message.get_payload().unwrap_or_default();
+                            shared.event(&sentinel, &channel, &payload, &*on_switch);
+                        }
+                        _ = heartbeat.tick() => {
+                            let pong = tokio::time::timeout(shared.timeout, sink.ping::<Value>());
+                            if !matches!(pong.await, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                shared.fence.subscribed(false);
+                warn!(shared.log, "a sentinel subscription ended"; "sentinel" => &sentinel);
+            }
+            Err(e) if !reported => {
+                reported = true;
+                warn!(shared.log, "a sentinel cannot be listened to"; "sentinel" => &sentinel,
+                    "error" => e.to_string());
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(RESUBSCRIBE).await;
+    }
+}
+
+impl Shared {
+    /// Whether a failover event belongs to the tail of the failover already switched to.
+    fn after_switch(&self, channel: &str, payload: &str) -> bool {
+        let last = self.last_switch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(epoch) = event_epoch(channel, payload) {
+            self.epoch_seen.fetch_max(epoch, Ordering::SeqCst);
+            return !last.payload.is_empty() && epoch <= last.epoch;
+        }
+        master_address(payload).is_some_and(|address| address == last.old)
+    }
+
+    fn event(&self, sentinel: &str, channel: &str, payload: &str, on_switch: &dyn Fn()) {
+        if channel == "+switch-master" {
+            // <name> <old ip> <old port> <new ip> <new port>
+            let words: Vec<&str> = payload.split(' ').collect();
+            let [name, _, _, host, port] = words.as_slice() else {
+                return;
+            };
+            let Ok(port) = port.parse::<u16>() else {
+                return;
+            };
+            if *name != self.master_name {
+                return;
+            }
+            {
+                let mut last = self.last_switch.lock().unwrap_or_else(|e| e.into_inner());
+                if last.payload == payload {
+                    // Another sentinel telling the same switch: writes may resume if its tail
+                    // fenced them again.
+                    self.fence.lift();
+                    return;
+                }
+                *last = Switch {
+                    payload: payload.to_owned(),
+                    old: words[1..3].join(" "),
+                    epoch: self.epoch_seen.load(Ordering::SeqCst),
+                };
+            }
+            *self.hint.lock().unwrap_or_else(|e| e.into_inner()) = Some(((*host).to_owned(), port));
+            // Connections go before writes resume, so none is written to the old master.
+            on_switch();
+            self.fence.switched();
+            info!(self.log, "the master changed; writes resume"; "sentinel" => sentinel,
+                "event" => channel, "detail" => payload);
+        } else if failover_event(channel)
+            && about(payload, &self.master_name)
+            && !self.after_switch(channel, payload)
+        {
+            self.fence.failover_event();
+            info!(self.log, "failover under way; writes wait for its end"; "sentinel" => sentinel,
+                "event" => channel, "detail" => payload);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_events_are_told_apart_and_matched_to_their_master() {
+        for channel in [
+            "+new-epoch",
+            "+try-failover",
+            "+failover-state-select-slave",
+            "+failover-end",
+            "-failover-abort-not-elected",
+            "+promoted-slave",
+        ] {
+            assert!(failover_event(channel), "{channel}");
+        }
+        for channel in ["+sdown", "+slave", "+sentinel", "+switch-master", "+reboot"] {
+            assert!(!failover_event(channel), "{channel}");
+        }
+        assert!(about("master mymaster 127.0.0.1 6379", "mymaster"));
+        assert!(!about("master other 127.0.0.1 6379", "mymaster"));
+        assert!(about(
+            "slave 127.0.0.1:7 127.0.0.1 7 @ mymaster 127.0.0.1 6379",
+            "mymaster"
+        ));
+        assert!(!about(
+            "slave a 127.0.0.1 7 @ other 127.0.0.1 6379",
+            "mymaster"
+        ));
+        assert!(about("12", "mymaster"));
+        assert_eq!(
+            master_address("slave a 127.0.0.1 7 @ mymaster 127.0.0.2 6379").as_deref(),
+            Some("127.0.0.2 6379")
+        );
+        assert_eq!(
+            master_address("master mymaster 127.0.0.1 6379").as_deref(),
+            Some("127.0.0.1 6379")
+        );
+        assert_eq!(master_address("12"), None);
+        assert_eq!(event_epoch("+new-epoch", "12"), Some(12));
+        assert_eq!(event_epoch("+vote-for-leader", "abc 7"), Some(7));
+        assert_eq!(event_epoch("+try-failover", "master m 1 2"), None);
+    }
+
+    #[test]
+    fn a_write_overlapping_a_failover_event_is_not_confirmed() {
+        let fence = Fence::default();
+        assert!(fence.open_epoch().is_err(), "no sentinel listened to");
+        assert!(!fence.subscribed(true), "the first subscription");
+        let epoch = fence.open_epoch().expect("open");
+        assert!(fence.still(epoch).is_ok());
+        fence.failover_event();
+        assert!(fence.still(epoch).is_err(), "overlapped an event");
+        assert!(fence.open_epoch().is_err(), "fenced until the switch");
+        fence.switched();
+        let epoch = fence.open_epoch().expect("open after the switch");
+        assert!(fence.still(epoch).is_ok());
+        assert!(!fence.subscribed(false));
+        assert!(fence.open_epoch().is_err());
+        assert!(fence.subscribed(true), "back after none was listened to");
+    }
+}

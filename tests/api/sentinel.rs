@@ -1,0 +1,241 @@
+//! Test harness: a Redis master, two replicas and three sentinels on loopback free ports, all
+//! real processes (`redis-server`, `redis-server --sentinel`), each killed on drop. Data and
+//! sentinels have passwords of their own, as in production.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::{free_port, wait_until};
+
+pub const MASTER_NAME: &str = "mymaster";
+pub const DATA_PASSWORD: &str = "data-secret";
+pub const SENTINEL_PASSWORD: &str = "sentinel-secret";
+
+/// One `redis-server` process (data node or sentinel) with its own directory.
+pub struct Node {
+    pub port: u16,
+    password: &'static str,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn spawn(port: u16, password: &'static str, dir: tempfile::TempDir, args: &[&str]) -> Self {
+        let child = Command::new("redis-server")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (make test installs it)");
+        let node = Self {
+            port,
+            password,
+            dir,
+            child: Some(child),
+        };
+        wait_until(Duration::from_secs(10), || {
+            node.try_cli(&["PING"]).is_some_and(|o| o == "PONG")
+        });
+        node
+    }
+
+    /// A data node: the master (`replica_of` none) or a replica of the master on that port.
+    fn data(replica_of: Option<u16>) -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let dir_text = dir.path().display().to_string();
+        let port_text = port.to_string();
+        let mut args = vec![
+            "--port",
+            &port_text,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir_text,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+            "--requirepass",
+            DATA_PASSWORD,
+            "--masterauth",
+            DATA_PASSWORD,
+            // Else the first sync waits 5 s for more replicas.
+            "--repl-diskless-sync-delay",
+            "0",
+        ];
+        let master_port = replica_of.map(|p| p.to_string());
+        if let Some(master_port) = &master_port {
+            args.extend(["--replicaof", "127.0.0.1", master_port]);
+        }
+        Self::spawn(port, DATA_PASSWORD, dir, &args)
+    }
+
+    /// A sentinel watching the master on `master_port`, quick to decide (1 s to call it down).
+    fn sentinel(master_port: u16) -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                 sentinel auth-pass {MASTER_NAME} {DATA_PASSWORD}\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                 sentinel failover-timeout {MASTER_NAME} 4000\n\
+                 sentinel parallel-syncs {MASTER_NAME} 2\n\
+                 requirepass {SENTINEL_PASSWORD}\n\
+                 sentinel sentinel-pass {SENTINEL_PASSWORD}\n",
+                dir = dir.path().display(),
+            ),
+        )
+        .expect("sentinel config written");
+        let conf_text = conf.display().to_string();
+        Self::spawn(port, SENTINEL_PASSWORD, dir, &[&conf_text, "--sentinel"])
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--no-auth-warning"])
+            .args(["-a", self.password])
+            .args(args)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim_end().to_owned();
+        (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
+    }
+
+    /// Runs one command with `redis-cli` and returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|| panic!("redis-cli -p {} {args:?} failed", self.port))
+    }
+
+    /// Freezes it (SIGSTOP) or lets it go on (SIGCONT): connections stay open, nothing answers.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { "-STOP" } else { "-CONT" };
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "kill {signal}");
+        }
+    }
+
+    /// Kills it (SIGKILL, as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A `key value` reply of `redis-cli` (one item a line) as a map.
+    fn fields(&self, args: &[&str]) -> HashMap<String, String> {
+        let text = self.try_cli(args).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .chunks_exact(2)
+            .map(|kv| (kv[0].to_owned(), kv[1].to_owned()))
+            .collect()
+    }
+
+    /// `INFO replication` as a map.
+    fn replication(&self) -> HashMap<String, String> {
+        self.try_cli(&["INFO", "replication"])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = &self.dir;
+    }
+}
+
+/// The topology: data nodes by port (the master first at start) and three sentinels.
+pub struct Topology {
+    pub data: Vec<Node>,
+    pub sentinels: Vec<Node>,
+}
+
+impl Topology {
+    /// Starts the master and two replicas, waits until both are in sync, then the sentinels,
+    /// and waits until each sentinel knows both replicas and the two other sentinels (a leader
+    /// that does not know a replica aborts the failover).
+    pub fn start() -> Self {
+        let master = Node::data(None);
+        let replicas = [Node::data(Some(master.port)), Node::data(Some(master.port))];
+        wait_until(Duration::from_secs(15), || {
+            let info = master.replication();
+            info.get("connected_slaves").map(String::as_str) == Some("2")
+                && (0..2).all(|i| {
+                    info.get(&format!("slave{i}"))
+                        .is_some_and(|s| s.contains("state=online"))
+                })
+        });
+        let sentinels: Vec<Node> = (0..3).map(|_| Node::sentinel(master.port)).collect();
+        wait_until(Duration::from_secs(20), || {
+            sentinels.iter().all(|s| {
+                let master = s.fields(&["SENTINEL", "MASTER", MASTER_NAME]);
+                master.get("num-slaves").map(String::as_str) == Some("2")
+                    && master.get("num-other-sentinels").map(String::as_str) == Some("2")
+            })
+        });
+        let mut data = vec![master];
+        data.extend(replicas);
+        Self { data, sentinels }
+    }
+
+    /// `host:port,…` of the sentinels, as `--redis-sentinels` takes them.
+    pub fn sentinel_list(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(Node::address)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The master's port as the first sentinel that answers names it.
+    pub fn master_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            let text = s.try_cli(&["SENTINEL", "get-master-addr-by-name", MASTER_NAME])?;
+            text.lines().nth(1)?.trim().parse().ok()
+        })
+    }
+
+    /// The data node on `port`.
+    pub fn node(&self, port: u16) -> &Node {
+        self.data
+            .iter()
+            .find(|n| n.port == port)
+            .expect("a data node on that port")
+    }
+
+    pub fn node_mut(&mut self, port: u16) -> &mut Node {
+        self.data
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a data node on that port")
+    }
+
+    /// Whether the node on `port` answers `ROLE` as a master.
+    pub fn is_master(&self, port: u16) -> bool {
+        self.node(port)
+            .try_cli(&["ROLE"])
+            .is_some_and(|r| r.lines().next() == Some("master"))
+    }
+}
