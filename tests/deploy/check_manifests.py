@@ -40,7 +40,9 @@ without the password, the sentinels agree on the master and see every replica an
 after the roles' traffic, `SENTINEL FAILOVER` completes (every sentinel names a new master that
 holds the write and takes a new one), and the old master's pod, restarted, comes back at once
 as the new master's replica (its start script asked the sentinels) with the new write, while
-every sentinel, its own included, sees the same complete topology. The connections between the
+every sentinel, its own included, sees the same complete topology; then the new master's pod is
+stopped as the kubelet stops it (preStop hooks, then SIGTERM): by the time its hook returns the
+other sentinels name another master, and the pod, restarted, comes back as that one's replica. The connections between the
 pods (replication, sentinel → redis, sentinel gossip) are flows the policies must allow, in
 both directions between two pods of the set; the clients' REDIS_SENTINELS are flows from the
 manifest (the binary may not follow sentinels yet: it then reaches the first master through
@@ -840,9 +842,11 @@ class SentinelTopology:
         lines = self.cli(i, "sentinel", "master", self.master_name, sentinel=True)
         return dict(zip(lines[0::2], lines[1::2])) if len(lines) % 2 == 0 else {}
 
-    def agreed_master(self) -> str | None:
-        """The master's host if every sentinel names the same one (get-master-addr-by-name)."""
-        answers = {tuple(self.cli(i, "sentinel", "get-master-addr-by-name", self.master_name, sentinel=True)) for i in range(self.replicas)}
+    def agreed_master(self, among: list[int] | None = None) -> str | None:
+        """The master's host if every sentinel (of the pods `among`, default all) names the
+        same one (get-master-addr-by-name)."""
+        answers = {tuple(self.cli(i, "sentinel", "get-master-addr-by-name", self.master_name, sentinel=True))
+                   for i in (range(self.replicas) if among is None else among)}
         if len(answers) == 1:
             (answer,) = answers
             if len(answer) == 2 and answer[1] == str(self.rport):
@@ -857,6 +861,7 @@ class SentinelTopology:
         return info.get("role") == "slave" and info.get("master_host") == self.hosts[master] and info.get("master_link_status") == "up"
 
     def sentinels_complete(self, i: int, master: int) -> bool:
+        """Pod i's sentinel names this master and counts every replica and other sentinel once."""
         view = self.master_view(i)
         return (view.get("ip") == self.hosts[master] and view.get("num-slaves") == str(self.replicas - 1)
                 and view.get("num-other-sentinels") == str(self.replicas - 1))
@@ -904,7 +909,9 @@ class SentinelTopology:
         self.flows |= flows_between_pods(self.pids(), self.ips)
 
     def failover(self) -> None:
-        """SENTINEL FAILOVER completes; the old master's pod, restarted, rejoins as a replica."""
+        """SENTINEL FAILOVER completes; the old master's pod, restarted, rejoins as a replica;
+        then the new master's pod is stopped as the kubelet stops it (preStop first: it hands
+        over) and, restarted, rejoins as a replica too."""
         w = self.where
         t0 = time.monotonic()
         check(self.cli(1 % self.replicas, "sentinel", "failover", self.master_name, sentinel=True) == ["OK"], f"{w}: SENTINEL FAILOVER refused")
@@ -920,40 +927,86 @@ class SentinelTopology:
         # A write on the new master, once a replica follows it (min-replicas-to-write).
         check(bool(wait_for(lambda: self.cli(new, "set", self.KEY, "after-failover") == ["OK"], 20, 0.2)),
               f"{w}: the new master refuses writes: {self.cli(new, 'set', self.KEY, 'after-failover')}")
-        # The old master's pod restarts (both containers, fresh emptyDirs, its PVC kept).
         t1 = time.monotonic()
-        self.stop_pod(0)
-        self.starts[0] += 1
-        self.start_container(0, self.rc)
-        self.start_container(0, self.sc)
-        # Its start script made it a replica of the new master: its first answer says so (a
-        # sentinel would convert a second master too, but only after 8 s: Sentinel's wait).
-        first = wait_for(lambda: self.info(0), 5, 0.05)
-        check(first.get("role") == "slave" and first.get("master_host") == moved,
-              f"{w}: the restarted old master came back as {first.get('role')} (master_host {first.get('master_host')}), "
-              f"not as a replica of {moved}")
-        check(bool(wait_for(lambda: self.in_sync(0, new), 20)), f"{w}: the restarted old master is not a replica of {moved} in sync: {self.info(0)}")
-        check(bool(wait_for(lambda: self.cli(0, "get", self.KEY) == ["after-failover"], 10)), f"{w}: the restarted pod lacks the new master's write")
-        roles = [self.info(i).get("role") for i in range(self.replicas)]
-        check(roles.count("master") == 1, f"{w}: after the restart the roles are {roles} (exactly one master expected)")
-        check(self.probe(0, self.rc), f"{w}: the restarted pod's redis readiness probe fails")
-        # Every sentinel (the restarted one too) names the new master; the restarted sentinel is
-        # the same peer as before (one entry per pod, no stale duplicate).
-        for i in range(self.replicas):
-            ok = wait_for(lambda: self.sentinels_complete(i, new), 30, 0.2)
-            check(bool(ok), f"{w}: after the restart pod {i}'s sentinel does not see master {moved} with {self.replicas - 1} replicas and "
-                            f"{self.replicas - 1} other sentinels: {self.master_view(i)}")
-        check(self.agreed_master() == moved, f"{w}: after the restart the sentinels do not agree on {moved}")
-        self.timings["old master restarted until in sync and every sentinel complete"] = time.monotonic() - t1
+        self.restart_pod(0, new, "after-failover")
+        self.timings["old master's pod restarted until in sync and every sentinel complete"] = time.monotonic() - t1
+        # The master's pod stopped as the kubelet does it (a drain, a rollout): preStop first.
+        t2 = time.monotonic()
+        handed = self.restart_pod(new, new, "after-failover")
+        self.timings["master's pod restarted (preStop hand-over included) until in sync and every sentinel complete"] = time.monotonic() - t2
         self.flows |= flows_between_pods(self.pids(), self.ips)
         kinds = {(self.rc["name"], self.rport): "replication", (self.sc["name"], self.rport): "sentinel → redis",
                  (self.sc["name"], self.sport): "sentinel gossip"}
         for kind, what in kinds.items():
             check(kind in self.flows, f"{w}: no {what} connection between pods was seen ({sorted(self.flows)})")
         print(f"{w}: {self.replicas} pods from the manifest's scripts; replicas synced, sentinels agreed on {self.hosts[0]}; "
-              f"SENTINEL FAILOVER → {moved}; restarted {self.hosts[0]} rejoined as its replica; "
+              f"SENTINEL FAILOVER → {moved}; restarted {self.hosts[0]} rejoined as its replica; stopping {moved} handed over to "
+              f"{self.hosts[handed] if handed is not None else '?'}, and it rejoined as a replica; "
               + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
               + "; pod-to-pod flows " + ", ".join(f"{c}→:{p}" for c, p in sorted(self.flows)))
+
+    def stop_like_kubelet(self, i: int) -> None:
+        """Each container's preStop (exec) in its env, then SIGTERM (stop_pod)."""
+        for c in self.pod["containers"]:
+            hook = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+            if hook:
+                argv, env = self._container(i, {**c, "command": hook, "args": []})
+                try:
+                    subprocess.run(argv, env=env, capture_output=True, timeout=self.pod.get("terminationGracePeriodSeconds", 30))
+                except subprocess.TimeoutExpired:
+                    check(False, f"{self.where}: pod {i}'s {c['name']} preStop outlasts the grace period")
+        self.stop_pod(i)
+
+    def restart_pod(self, i: int, master: int, value: str) -> int | None:
+        """Stops pod i as the kubelet does and starts it again (fresh emptyDirs, its PVC kept);
+        checks it comes back at once as a replica of the master (its start script asked the
+        sentinels), with the master's data, and that every sentinel, its own included, sees the
+        same complete topology. If pod i was the master, its preStop must have handed over
+        before it stopped. Returns the master's index afterwards."""
+        w = self.where
+        if i == master:
+            t0 = time.monotonic()
+            self.stop_like_kubelet(i)
+            self.timings["master's preStop hand-over and stop"] = time.monotonic() - t0
+            # Asked right after the hook returned: without it, nothing would have moved the
+            # master yet (the sentinels wait down-after-milliseconds for a stopped one).
+            after = self.agreed_master([k for k in range(self.replicas) if k != i])
+            check(after not in (None, self.hosts[i]), f"{w}: stopping master pod {i} did not hand over first (the sentinels name {after})")
+            if after in (None, self.hosts[i]):
+                return None
+            master = self.hosts.index(after)
+            # Within the failover's own replica reconfiguration (~1 s), not after the 10 s the
+            # sentinels take to find a replica the failover left following the stopped master.
+            check(bool(wait_for(lambda: self.cli(master, "set", self.KEY, value) == ["OK"], 8, 0.2)),
+                  f"{w}: the master after the hand-over refuses writes (no replica follows it): {self.cli(master, 'set', self.KEY, value)}")
+        else:
+            self.stop_like_kubelet(i)
+        self.starts[i] += 1
+        self.start_container(i, self.rc)
+        self.start_container(i, self.sc)
+        # Its first answer already says replica (a sentinel would convert a second master too,
+        # but only after 8 s: Sentinel's wait before it reconfigures an instance).
+        first = wait_for(lambda: self.info(i), 5, 0.05)
+        check(first.get("role") == "slave" and first.get("master_host") == self.hosts[master],
+              f"{w}: the restarted pod {i} came back as {first.get('role')} (master_host {first.get('master_host')}), "
+              f"not as a replica of {self.hosts[master]}")
+        check(bool(wait_for(lambda: self.in_sync(i, master), 20)), f"{w}: the restarted pod {i} is not a replica of {self.hosts[master]} in sync: {self.info(i)}")
+        check(bool(wait_for(lambda: self.cli(i, "get", self.KEY) == [value], 10)), f"{w}: the restarted pod {i} lacks the master's write")
+        roles = [self.info(k).get("role") for k in range(self.replicas)]
+        check(roles.count("master") == 1, f"{w}: after pod {i}'s restart the roles are {roles} (exactly one master expected)")
+        check(self.probe(i, self.rc), f"{w}: the restarted pod {i}'s redis readiness probe fails")
+        # The restarted sentinel is the same peer as before and the restarted redis-server the
+        # same replica (one entry per pod, no stale duplicate); the restarted sentinel knows every
+        # replica at once (it starts once its pod's replica is in sync: it reads the master's
+        # replica list at its start, then every 10 s only) and its readiness probe says so.
+        for k in range(self.replicas):
+            # Under Sentinel's 10 s INFO period for the restarted one: it must not need it.
+            ok = wait_for(lambda: self.sentinels_complete(k, master), 8 if k == i else 30, 0.2)
+            check(bool(ok), f"{w}: after pod {i}'s restart pod {k}'s sentinel does not see master {self.hosts[master]} with "
+                            f"{self.replicas - 1} replicas and {self.replicas - 1} other sentinels: {self.master_view(k)}")
+        check(self.probe(i, self.sc), f"{w}: the restarted pod {i}'s sentinel readiness probe fails")
+        check(self.agreed_master() == self.hosts[master], f"{w}: after pod {i}'s restart the sentinels do not agree on {self.hosts[master]}")
+        return master
 
     def seen(self) -> set[tuple[str, str, int]]:
         """Flows between the set's pods, as (workload, workload, port)."""

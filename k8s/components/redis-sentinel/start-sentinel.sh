@@ -26,6 +26,22 @@ until getent hosts "$host" >/dev/null; do
   sleep 1
 done
 
+# A replica's sentinel starts once its redis-server is in sync (at most 30 s): a sentinel reads
+# the master's replica list when it connects, then every 10 s only, and one that leads a
+# failover without knowing this pod's replica would leave it following the old master.
+if [ "$host" != "$SELF" ]; then
+  tries=0
+  until REDISCLI_AUTH="$REDIS_PASSWORD" timeout 2 redis-cli -h "$POD_IP" -p "$REDIS_PORT" info replication 2>/dev/null |
+    grep -q '^master_link_status:up'; do
+    tries=$((tries + 1))
+    if [ "$tries" -ge 30 ]; then
+      echo "start-sentinel: $SELF not in sync after 30 s; starting anyway"
+      break
+    fi
+    sleep 1
+  done
+fi
+
 conf="$RUN_DIR/sentinel.conf"
 cat >"$conf" <<CONF
 bind $POD_IP
