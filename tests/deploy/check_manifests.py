@@ -739,6 +739,7 @@ class SentinelTopology:
         self.replicas = spec.get("replicas", 1)
         self.service = spec["serviceName"]
         self.claims = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
+        self.policy = spec.get("podManagementPolicy", "OrderedReady")
         self.rc, self.sc = container_by_port(self.pod, "redis"), container_by_port(self.pod, "sentinel")
         self.rport, self.sport = named_port(self.rc, "redis"), named_port(self.sc, "sentinel")
         self.ips = [f"127.0.0.{i + 1}" for i in range(self.replicas)]
@@ -869,11 +870,18 @@ class SentinelTopology:
     # -- the checks --
 
     def start(self) -> None:
-        """Every pod from its manifest; the first master, replicas in sync, sentinels agreeing."""
+        """Every pod from its manifest, both containers at once as the kubelet starts them, in
+        the StatefulSet's order (OrderedReady, the default: pod i+1 is created once pod i is
+        ready); the first master, replicas in sync, sentinels agreeing."""
         t0 = time.monotonic()
         w = self.where
+        ordered = self.policy == "OrderedReady"
         for i in range(self.replicas):
             self.start_container(i, self.rc)
+            self.start_container(i, self.sc)
+            if ordered:
+                ready = wait_for(lambda: self.probe(i, self.rc) and self.probe(i, self.sc), 30, 0.2)
+                check(bool(ready), f"{w}: pod {i} never became ready (OrderedReady: the StatefulSet would never create pod {i + 1})")
         for i in range(self.replicas):
             ok = wait_for(lambda: self.cli(i, "ping") == ["PONG"], 10)
             check(bool(ok), f"{w}: pod {i}'s redis-server did not answer PING with the clients' REDIS_PASSWORD on {self.ips[i]}:{self.rport}")
@@ -889,11 +897,9 @@ class SentinelTopology:
             check(any("READONLY" in line for line in self.cli(i, "set", self.KEY, "x")), f"{w}: replica pod {i} accepts writes")
         for i in range(self.replicas):
             check(self.probe(i, self.rc), f"{w}: pod {i}'s redis readiness probe fails on a master/replica in sync")
-        self.timings["redis up and in sync"] = time.monotonic() - t0
-        # Sentinels once the replicas are in sync (PITFALLS "Sentinel test harness").
+        self.timings["pods up and replicas in sync"] = time.monotonic() - t0
+        # A sentinel reads the master's replicas every 10 s: the first ones may need that long.
         t1 = time.monotonic()
-        for i in range(self.replicas):
-            self.start_container(i, self.sc)
         for i in range(self.replicas):
             ok = wait_for(lambda: self.sentinels_complete(i, 0), 30, 0.2)
             check(bool(ok), f"{w}: pod {i}'s sentinel does not see master {self.hosts[0]} with {self.replicas - 1} replicas and "
