@@ -42,7 +42,9 @@ holds the write and takes a new one), and the old master's pod, restarted, comes
 as the new master's replica (its start script asked the sentinels) with the new write, while
 every sentinel, its own included, sees the same complete topology; then the new master's pod is
 stopped as the kubelet stops it (preStop hooks, then SIGTERM): by the time its hook returns the
-other sentinels name another master, and the pod, restarted, comes back as that one's replica. The connections between the
+other sentinels name another master, and the pod, restarted, comes back as that one's replica;
+last, that master's redis-server is killed: the sentinels fail over by themselves
+(down-after-milliseconds), and the container, restarted, comes back as a replica. The connections between the
 pods (replication, sentinel → redis, sentinel gossip) are flows the policies must allow, in
 both directions between two pods of the set; the clients' REDIS_SENTINELS are flows from the
 manifest (the binary may not follow sentinels yet: it then reaches the first master through
@@ -854,6 +856,20 @@ class SentinelTopology:
                 return answer[0]
         return None
 
+    def tilted(self) -> list[int]:
+        """Pods whose sentinel is in TILT mode: it stopped acting for 30 s because its timer
+        ran late (over 2 s: a loaded machine stalls processes). Not a fault of the manifests."""
+        return [i for i in range(self.replicas) if (i, self.sc["name"]) in self.procs
+                and "sentinel_tilt:1" in self.cli(i, "info", "sentinel", sentinel=True)]
+
+    def calm(self) -> None:
+        """Waits (at most 40 s) until no sentinel is in TILT mode, before a step that needs
+        them to act; noted, since it only says how loaded this machine is."""
+        if tilted := self.tilted():
+            t0 = time.monotonic()
+            wait_for(lambda: not self.tilted(), 40, 0.5)
+            note(f"{self.where}: sentinels {tilted} were in TILT mode (machine load); waited {time.monotonic() - t0:.1f} s")
+
     def pids(self) -> dict[int, tuple[int, str]]:
         return {p.pid: (i, cname) for (i, cname), p in self.procs.items()}
 
@@ -919,6 +935,7 @@ class SentinelTopology:
         then the new master's pod is stopped as the kubelet stops it (preStop first: it hands
         over) and, restarted, rejoins as a replica too."""
         w = self.where
+        self.calm()
         t0 = time.monotonic()
         check(self.cli(1 % self.replicas, "sentinel", "failover", self.master_name, sentinel=True) == ["OK"], f"{w}: SENTINEL FAILOVER refused")
         moved = wait_for(lambda: (m := self.agreed_master()) not in (None, self.hosts[0]) and m, 30, 0.1)
@@ -940,6 +957,8 @@ class SentinelTopology:
         t2 = time.monotonic()
         handed = self.restart_pod(new, new, "after-failover")
         self.timings["master's pod restarted (preStop hand-over included) until in sync and every sentinel complete"] = time.monotonic() - t2
+        # A crash: the sentinels' own detection (down-after-milliseconds) and failover.
+        crashed = self.crash_master(handed, "after-crash") if handed is not None else None
         self.flows |= flows_between_pods(self.pids(), self.ips)
         kinds = {(self.rc["name"], self.rport): "replication", (self.sc["name"], self.rport): "sentinel → redis",
                  (self.sc["name"], self.sport): "sentinel gossip"}
@@ -947,7 +966,8 @@ class SentinelTopology:
             check(kind in self.flows, f"{w}: no {what} connection between pods was seen ({sorted(self.flows)})")
         print(f"{w}: {self.replicas} pods from the manifest's scripts; replicas synced, sentinels agreed on {self.hosts[0]}; "
               f"SENTINEL FAILOVER → {moved}; restarted {self.hosts[0]} rejoined as its replica; stopping {moved} handed over to "
-              f"{self.hosts[handed] if handed is not None else '?'}, and it rejoined as a replica; "
+              f"{self.hosts[handed] if handed is not None else '?'}, and it rejoined as a replica; killing that one's redis-server: "
+              f"{self.hosts[crashed] if crashed is not None else '?'} took over, the restarted container rejoined as a replica; "
               + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
               + "; pod-to-pod flows " + ", ".join(f"{c}→:{p}" for c, p in sorted(self.flows)))
 
@@ -970,6 +990,7 @@ class SentinelTopology:
         same complete topology. If pod i was the master, its preStop must have handed over
         before it stopped. Returns the master's index afterwards."""
         w = self.where
+        self.calm()
         if i == master:
             t0 = time.monotonic()
             self.stop_like_kubelet(i)
@@ -990,6 +1011,35 @@ class SentinelTopology:
         self.starts[i] += 1
         self.start_container(i, self.rc)
         self.start_container(i, self.sc)
+        self.rejoined(i, master, value)
+        return master
+
+    def crash_master(self, master: int, value: str) -> int | None:
+        """Kills the master's redis-server (SIGKILL: no preStop, no shutdown); the sentinels
+        fail over after down-after-milliseconds, and the container, restarted as the kubelet
+        restarts a crashed one (same pod: its emptyDir stays), rejoins as a replica."""
+        w = self.where
+        self.calm()
+        p = self.procs.pop((master, self.rc["name"]))
+        t0 = time.monotonic()
+        p.kill()
+        p.wait()
+        moved = wait_for(lambda: (m := self.agreed_master()) not in (None, self.hosts[master]) and m, 40, 0.1)
+        check(bool(moved), f"{w}: no new master agreed on after {self.hosts[master]}'s redis-server was killed")
+        if not moved:
+            return None
+        self.timings["master killed until every sentinel names a new master"] = time.monotonic() - t0
+        new = self.hosts.index(moved)
+        check(bool(wait_for(lambda: self.cli(new, "set", self.KEY, value) == ["OK"], 20, 0.2)),
+              f"{w}: the master after the crash refuses writes: {self.cli(new, 'set', self.KEY, value)}")
+        self.start_container(master, self.rc)
+        self.rejoined(master, new, value)
+        return new
+
+    def rejoined(self, i: int, master: int, value: str) -> None:
+        """Pod i, just (re)started, is at once a replica of the master, then in sync with its
+        data; exactly one master; every sentinel sees the same complete topology."""
+        w = self.where
         # Its first answer already says replica (a sentinel would convert a second master too,
         # but only after 8 s: Sentinel's wait before it reconfigures an instance).
         first = wait_for(lambda: self.info(i), 5, 0.05)
@@ -1004,7 +1054,7 @@ class SentinelTopology:
         # The restarted sentinel is the same peer as before and the restarted redis-server the
         # same replica (one entry per pod, no stale duplicate); the restarted sentinel knows every
         # replica at once (it starts once its pod's replica is in sync: it reads the master's
-        # replica list at its start, then every 10 s only) and its readiness probe says so.
+        # replica list at its start, then every 10 s only).
         for k in range(self.replicas):
             # Under Sentinel's 10 s INFO period for the restarted one: it must not need it.
             ok = wait_for(lambda: self.sentinels_complete(k, master), 8 if k == i else 30, 0.2)
@@ -1012,7 +1062,6 @@ class SentinelTopology:
                             f"{self.replicas - 1} replicas and {self.replicas - 1} other sentinels: {self.master_view(k)}")
         check(self.probe(i, self.sc), f"{w}: the restarted pod {i}'s sentinel readiness probe fails")
         check(self.agreed_master() == self.hosts[master], f"{w}: after pod {i}'s restart the sentinels do not agree on {self.hosts[master]}")
-        return master
 
     def seen(self) -> set[tuple[str, str, int]]:
         """Flows between the set's pods, as (workload, workload, port)."""
