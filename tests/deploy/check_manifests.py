@@ -632,12 +632,15 @@ def sentinel_static_checks(overlay: str, objs: list[dict], secrets: "Secrets") -
         for role, env in clients.items():
             check(not env.get("REDIS_SENTINELS"), f"{overlay}/{role}: REDIS_SENTINELS set, but no Sentinel topology runs")
         return
-    check(not redis_workloads(objs) or all(
-        any(selects({"matchLabels": svc["spec"]["selector"]}, w["spec"]["template"]["metadata"]["labels"])
-            for svc in by_kind(objs, "Service").values() if "ratelimit" in svc["metadata"]["name"])
-        for w in redis_workloads(objs).values()),
-        f"{overlay}: a single store Redis still runs next to the Sentinel topology: {sorted(redis_workloads(objs))}")
+    # Besides it, only the gateways' rate-limit cache runs a Redis (the base's single store is gone).
     services = by_kind(objs, "Service")
+    limiters = {urlsplit(e["RATE_LIMIT_REDIS_URL"]).hostname
+                for d in role_deployments(objs).values()
+                if (e := container_env(objs, d["spec"]["template"]["spec"]["containers"][0], secrets, f"{overlay}/Deployment")).get("RATE_LIMIT_REDIS_URL")}
+    singles = [n for n, w in redis_workloads(objs).items()
+               if not any(h in services and selects({"matchLabels": services[h]["spec"]["selector"]}, w["spec"]["template"]["metadata"]["labels"])
+                          for h in limiters)]
+    check(not singles, f"{overlay}: a single store Redis still runs next to the Sentinel topology: {singles}")
     cms = by_kind(objs, "ConfigMap")
     for name, w in sets.items():
         where = f"{overlay}/StatefulSet/{name}"
@@ -687,13 +690,11 @@ def sentinel_static_checks(overlay: str, objs: list[dict], secrets: "Secrets") -
                   f"{where}: maxmemory {mm.group(1) if mm else 'unset'} must be set to at most half the limit {limit} (replication buffers and the fork's copy-on-write come on top)")
         # Every client of the store finds it through all of its sentinels, by the pods' names.
         pods = {(f"{name}-{i}.{spec.get('serviceName')}", sport) for i in range(replicas)}
-        sentinel_pw = next((e["valueFrom"]["secretKeyRef"] for e in sc.get("env", []) if e["name"] == "REDISCLI_AUTH"), None)
         for role, env in clients.items():
             check(sentinel_addresses(env) == pods, f"{overlay}/{role}: REDIS_SENTINELS {sorted(sentinel_addresses(env))} is not every sentinel {sorted(pods)}")
             check(bool(env.get("REDIS_SENTINEL_PASSWORD")), f"{overlay}/{role}: no REDIS_SENTINEL_PASSWORD (the sentinels require one)")
             ack = int(env.get("REDIS_MIN_REPLICAS_ACK", "0"))
             check(ack <= replicas - 1, f"{overlay}/{role}: REDIS_MIN_REPLICAS_ACK {ack} exceeds the {replicas - 1} replicas")
-        check(sentinel_pw is not None, f"{where}: the sentinel container has no REDISCLI_AUTH for its probe")
 
 
 def flows_between_pods(pids: dict[int, tuple[int, str]], ips: list[str]) -> set[tuple[str, int]]:
