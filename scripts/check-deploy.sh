@@ -34,6 +34,8 @@ done
 
 step "shellcheck"
 shellcheck scripts/*.sh .ci/run
+# The Redis Sentinel start scripts (POSIX sh, run by the redis image's dash).
+shellcheck -x k8s/components/redis-sentinel/*.sh
 
 step "kubernetes-validate --strict (Secret template)"
 "$BIN/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" k8s/secret-template.yaml

@@ -24,6 +24,32 @@ For each overlay (`kubectl kustomize k8s/overlays/<name>`):
    resolve a Service name, the Prometheus scrape of each annotated port, and the ingress
    controller to the gateway. Anything more or less fails.
 
+Redis with Sentinel (k8s/components/redis-sentinel, prod): statically, the topology's shape (an
+odd number >= 3 of pods, required anti-affinity per node, a PDB keeping all but one, a headless
+governing Service that publishes not-ready pods and no ClusterIP Service over master and
+replicas, a PVC per pod, maxmemory at most half the memory limit, restricted containers with all
+three probes) and that every client of the store (users, auth, the backup CronJob) lists every
+sentinel by its pod's name, with a sentinel password (users: REDIS_MIN_REPLICAS_ACK as the
+overlay expects). Live, every pod's containers run from the manifest's own command lines and
+scripts (ConfigMap volumes laid out, emptyDirs fresh at each pod start, the PVC kept), pod i on
+127.0.0.(i+1) as its status.podIP with the manifest's ports, the pods' names resolving there
+(the private /etc/hosts); one timing-only line is added to redis.conf (HARNESS_REDIS_CONF). With
+the clients' own REDIS_PASSWORD, REDIS_SENTINEL_PASSWORD and REDIS_MASTER_NAME it checks: pod 0
+starts as the master and the others replicate a write, both Redis and Sentinel refuse a client
+without the password, the sentinels agree on the master and see every replica and sentinel;
+after the roles' traffic, `SENTINEL FAILOVER` completes (every sentinel names a new master that
+holds the write and takes a new one), and the old master's pod, restarted, comes back at once
+as the new master's replica (its start script asked the sentinels) with the new write, while
+every sentinel, its own included, sees the same complete topology; then the new master's pod is
+stopped as the kubelet stops it (preStop hooks, then SIGTERM): by the time its hook returns the
+other sentinels name another master, and the pod, restarted, comes back as that one's replica;
+last, that master's redis-server is killed: the sentinels fail over by themselves
+(down-after-milliseconds), and the container, restarted, comes back as a replica. The connections between the
+pods (replication, sentinel → redis, sentinel gossip) are flows the policies must allow, in
+both directions between two pods of the set; the clients' REDIS_SENTINELS are flows from the
+manifest (the binary may not follow sentinels yet: it then reaches the first master through
+REDIS_URL's host, the headless Service); pods that name their peers by host name need DNS.
+
 Authentication (AUTH_MODE, JWT_*, JWKS_*: the gateway's flags of issue 13). Where an overlay turns
 it on with an https JWKS_URL outside the cluster (an external provider; the overlays here trust the
 auth role instead), the gateway's fetch of that host's port
@@ -201,12 +227,24 @@ def run_cronjobs(overlay: str, objs: list[dict], binary: str, secrets: "Secrets"
             check(footer.get("users", 0) >= 1, f"{where}: the export holds no user (footer {footer})")
             url = urlsplit(env.get("REDIS_URL", ""))
             seen.add((name, url.hostname, url.port or 6379))
-        port_to_service = {p["port"]: s for s, svc in services.items() if svc["spec"].get("clusterIP") != "None" for p in svc["spec"]["ports"]}
+        port_to_service = service_by_port(services)
         for role, port in observed:
             check(port in port_to_service, f"{overlay}: {role} connected to port {port}, which is no Service")
             seen.add((role, port_to_service.get(port, "?"), port))
         print(f"{where}: ran `platform {' '.join(c['args'])}` once: exit {code}, {[d.name for d in dumps]}")
     return seen
+
+
+def service_by_port(services: dict[str, dict]) -> dict[int, str]:
+    """Service port → Service name, a ClusterIP Service's first; a headless Service's where no
+    ClusterIP one has the port (with Sentinel, the store's pods have only their headless one)."""
+    out: dict[int, str] = {}
+    for headless in (False, True):
+        for name, svc in services.items():
+            if (svc["spec"].get("clusterIP") == "None") == headless:
+                for p in svc["spec"]["ports"]:
+                    out.setdefault(p["port"], name)
+    return out
 
 
 def redis_workloads(objs: list[dict]) -> dict[str, dict]:
@@ -248,9 +286,20 @@ def start_redis(overlay: str, name: str, workload: dict, objs: list[dict], secre
     if probe:
         ok = subprocess.run(probe, env=auth_env, capture_output=True).returncode == 0
         check(ok, f"{where}: its readiness probe {probe} fails against it")
+    policy, aof = store_policy_checks(where, cli, cache)
+    check("NOAUTH" in " ".join(cli("ping", env=None)), f"{where}: redis answers without the password")
+    print(f"{where}: redis on :{rport} from the manifest's command line ({'rate-limit cache' if cache else 'store'}: "
+          f"maxmemory-policy {policy[0] if policy else '?'}, appendonly {aof[0] if aof else '?'})")
+    return proc
+
+
+def store_policy_checks(where: str, cli, cache: bool) -> tuple[list[str], list[str]]:
+    """The policy a Redis needs for its use (`cli(*cmd)` runs redis-cli against it, with the
+    password): the store never evicts and keeps an AOF; the rate-limit cache evicts and
+    persists nothing."""
     policy = cli("config", "get", "maxmemory-policy")[-1:]
     aof = cli("config", "get", "appendonly")[-1:]
-    save = subprocess.run(["redis-cli", "-p", str(rport), "config", "get", "save"], capture_output=True, text=True, env=auth_env).stdout.splitlines()[1:]
+    save = cli("config", "get", "save")[1:]
     if cache:
         check(policy in (["volatile-ttl"], ["volatile-lru"], ["allkeys-lru"], ["volatile-lfu"], ["allkeys-lfu"]),
               f"{where}: the rate-limit Redis has maxmemory-policy {policy}: it must evict, not refuse writes")
@@ -258,10 +307,7 @@ def start_redis(overlay: str, name: str, workload: dict, objs: list[dict], secre
     else:
         check(policy == ["noeviction"], f"{where}: the store's maxmemory-policy is {policy}")
         check(aof == ["yes"], f"{where}: the store's appendonly is {aof}")
-    check("NOAUTH" in " ".join(cli("ping", env=None)), f"{where}: redis answers without the password")
-    print(f"{where}: redis on :{rport} from the manifest's command line ({'rate-limit cache' if cache else 'store'}: "
-          f"maxmemory-policy {policy[0] if policy else '?'}, appendonly {aof[0] if aof else '?'})")
-    return proc
+    return policy, aof
 
 
 # ---- the gateway's authentication -----------------------------------------------------------
@@ -317,7 +363,10 @@ class Secrets:
         return s
 
 
-def container_env(objs: list[dict], container: dict, secrets: Secrets, where: str) -> dict[str, str]:
+def container_env(objs: list[dict], container: dict, secrets: Secrets, where: str,
+                  pod_fields: dict[str, str] | None = None) -> dict[str, str]:
+    """The container's env as the kubelet gives it; `pod_fields` are the downward API's values
+    (metadata.name, metadata.namespace, status.podIP) for the pod being modelled."""
     cms = by_kind(objs, "ConfigMap")
     env: dict[str, str] = {}
     for src in container.get("envFrom", []):
@@ -339,6 +388,10 @@ def container_env(objs: list[dict], container: dict, secrets: Secrets, where: st
         elif "configMapKeyRef" in item.get("valueFrom", {}):
             ref = item["valueFrom"]["configMapKeyRef"]
             env[item["name"]] = cms[ref["name"]]["data"][ref["key"]]
+        elif "fieldRef" in item.get("valueFrom", {}) and pod_fields is not None:
+            path = item["valueFrom"]["fieldRef"]["fieldPath"]
+            check(path in pod_fields, f"{where}: env {item['name']} reads the pod field {path}, which is not modelled")
+            env[item["name"]] = pod_fields.get(path, "")
         else:
             check(False, f"{where}: env {item['name']} has an unsupported source")
     return env
@@ -420,6 +473,7 @@ def static_checks(overlay: str, objs: list[dict], binary: str) -> None:
         live = c["livenessProbe"]["httpGet"]["path"]
         check(live == "/health/live", f"{where}: liveness must not check dependencies (path {live})")
     cronjob_static_checks(overlay, objs, binary, uid, secrets)
+    sentinel_static_checks(overlay, objs, secrets)
     check(bool(shared), f"{overlay}: no ConfigMaps rendered")
     ns = by_kind(objs, "Namespace")
     check(len(ns) == 1, f"{overlay}: expected one Namespace")
@@ -518,6 +572,501 @@ def prepare_auth(where: str, binary: str, env: dict[str, str]) -> AuthFixture:
         check(ok, f"{where}: the clients file from the Secret is not a list of clients with Argon2 hashes")
     clients_file.write_text(json.dumps([{"client_id": "check-manifests", "secret_hash": phc, "scopes": ["users:read", "users:write"]}]))
     return AuthFixture("check-manifests", secret, len(list(keys_dir.glob("*.pem"))))
+
+
+# ---- Redis with Sentinel (k8s/components/redis-sentinel) -------------------------------------
+
+# Overlays whose users store is a Sentinel topology (prod) rather than the base's single Redis.
+EXPECTED_SENTINEL = {"dev": False, "prod": True}
+# Acknowledged writes where the store fails over (REDIS_MIN_REPLICAS_ACK), per overlay and role.
+EXPECTED_MIN_REPLICAS_ACK = {"prod": {"users": "1"}}
+# Harness-only timing (PITFALLS "Sentinel test harness"): a replica's full sync starts at once
+# instead of after the 5 s wait for more replicas. Nothing else of the manifests' config changes.
+HARNESS_REDIS_CONF = "\n# check_manifests.py (timing only)\nrepl-diskless-sync-delay 0\n"
+
+
+def sentinel_workloads(objs: list[dict]) -> dict[str, dict]:
+    """StatefulSets whose pods run a sentinel (a container port named `sentinel`) next to Redis."""
+    return {n: w for n, w in by_kind(objs, "StatefulSet").items()
+            if any(p.get("name") == "sentinel" for c in w["spec"]["template"]["spec"]["containers"] for p in c.get("ports", []))}
+
+
+def container_by_port(pod: dict, port_name: str) -> dict:
+    return next(c for c in pod["containers"] if any(p.get("name") == port_name for p in c.get("ports", [])))
+
+
+def store_clients(objs: list[dict], secrets: "Secrets", overlay: str) -> dict[str, dict[str, str]]:
+    """Env of every role Deployment and CronJob that uses the users store (a REDIS_URL)."""
+    envs = {name: container_env(objs, d["spec"]["template"]["spec"]["containers"][0], secrets, f"{overlay}/Deployment/{name}")
+            for name, d in role_deployments(objs).items()}
+    envs |= {name: container_env(objs, t["spec"]["containers"][0], secrets, f"{overlay}/CronJob/{name}")
+             for name, t in role_cronjobs(objs).items()}
+    return {n: e for n, e in envs.items() if e.get("REDIS_URL")}
+
+
+def sentinel_addresses(env: dict[str, str]) -> set[tuple[str, int]]:
+    return {(a.strip().rsplit(":", 1)[0], int(a.strip().rsplit(":", 1)[1]))
+            for a in env.get("REDIS_SENTINELS", "").split(",") if a.strip()}
+
+
+def memory_bytes(text: str) -> int:
+    """A Kubernetes quantity (Mi, Gi, M…) or a Redis size (128mb, 1gb…) in bytes."""
+    m = re.fullmatch(r"(\d+)\s*([a-zA-Z]*)", text.strip())
+    if not m:
+        raise ValueError(f"unparsable size {text!r}")
+    units = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3,
+             "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+    return int(m.group(1)) * units[m.group(2).lower()]
+
+
+def sentinel_static_checks(overlay: str, objs: list[dict], secrets: "Secrets") -> None:
+    sets = sentinel_workloads(objs)
+    if overlay in EXPECTED_SENTINEL:
+        check(bool(sets) == EXPECTED_SENTINEL[overlay],
+              f"{overlay}: expected {'a' if EXPECTED_SENTINEL[overlay] else 'no'} Redis Sentinel topology, found {sorted(sets)}")
+    clients = store_clients(objs, secrets, overlay)
+    for role, want in EXPECTED_MIN_REPLICAS_ACK.get(overlay, {}).items():
+        got = clients.get(role, {}).get("REDIS_MIN_REPLICAS_ACK", "0")
+        check(got == want, f"{overlay}/{role}: REDIS_MIN_REPLICAS_ACK is {got}, expected {want}")
+    if not sets:
+        for role, env in clients.items():
+            check(not env.get("REDIS_SENTINELS"), f"{overlay}/{role}: REDIS_SENTINELS set, but no Sentinel topology runs")
+        return
+    # Besides it, only the gateways' rate-limit cache runs a Redis (the base's single store is gone).
+    services = by_kind(objs, "Service")
+    limiters = {urlsplit(e["RATE_LIMIT_REDIS_URL"]).hostname
+                for d in role_deployments(objs).values()
+                if (e := container_env(objs, d["spec"]["template"]["spec"]["containers"][0], secrets, f"{overlay}/Deployment")).get("RATE_LIMIT_REDIS_URL")}
+    singles = [n for n, w in redis_workloads(objs).items()
+               if not any(h in services and selects({"matchLabels": services[h]["spec"]["selector"]}, w["spec"]["template"]["metadata"]["labels"])
+                          for h in limiters)]
+    check(not singles, f"{overlay}: a single store Redis still runs next to the Sentinel topology: {singles}")
+    cms = by_kind(objs, "ConfigMap")
+    for name, w in sets.items():
+        where = f"{overlay}/StatefulSet/{name}"
+        spec = w["spec"]
+        pod = spec["template"]["spec"]
+        labels = spec["template"]["metadata"]["labels"]
+        replicas = spec.get("replicas", 1)
+        check(replicas >= 3 and replicas % 2 == 1, f"{where}: {replicas} pods; a quorum that survives one pod needs an odd number >= 3")
+        rc, sc = container_by_port(pod, "redis"), container_by_port(pod, "sentinel")
+        rport, sport = named_port(rc, "redis"), named_port(sc, "sentinel")
+        # Pods are named <pod>.<serviceName>: that Service must be headless, publish pods before
+        # they are ready (a replica must reach its master to become ready), and carry both ports.
+        svc = services.get(spec.get("serviceName", ""))
+        check(svc is not None and svc["spec"].get("clusterIP") == "None", f"{where}: serviceName {spec.get('serviceName')} is no headless Service")
+        if svc:
+            check(svc["spec"].get("publishNotReadyAddresses") is True, f"{where}: {spec['serviceName']} does not publish not-ready pods (a replica could not find its master)")
+            check({rport, sport} <= {p["port"] for p in svc["spec"]["ports"]}, f"{where}: {spec['serviceName']} lacks port {rport} or {sport}")
+        for sname, other in services.items():
+            if other["spec"].get("clusterIP") != "None" and selects({"matchLabels": other["spec"]["selector"]}, labels):
+                check(False, f"{where}: ClusterIP Service {sname} spreads connections over master and replicas (a write could land on a replica)")
+        check(any(selects(p["spec"]["selector"], labels) and (p["spec"].get("maxUnavailable") == 1 or p["spec"].get("minAvailable") == replicas - 1)
+                  for p in by_kind(objs, "PodDisruptionBudget").values()),
+              f"{where}: no PodDisruptionBudget keeping all but one pod (the sentinels' quorum)")
+        anti = pod.get("affinity", {}).get("podAntiAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", [])
+        check(any(t.get("topologyKey") == "kubernetes.io/hostname" and selects(t.get("labelSelector"), labels) for t in anti),
+              f"{where}: no required pod anti-affinity per node (one node lost would take two sentinels)")
+        check(bool(pod.get("topologySpreadConstraints")), f"{where}: no topologySpreadConstraints")
+        check(pod.get("securityContext", {}).get("runAsNonRoot") is True, f"{where}: runAsNonRoot missing")
+        check(pod.get("automountServiceAccountToken") is False, f"{where}: the service account token is mounted")
+        for c in pod["containers"]:
+            csc = c.get("securityContext", {})
+            check(csc.get("allowPrivilegeEscalation") is False and csc.get("readOnlyRootFilesystem") is True and csc.get("capabilities", {}).get("drop") == ["ALL"],
+                  f"{where}/{c['name']}: container securityContext is not restricted")
+            check(all(p in c for p in ("startupProbe", "livenessProbe", "readinessProbe")), f"{where}/{c['name']}: a probe is missing")
+            check("tcpSocket" in c.get("livenessProbe", {}), f"{where}/{c['name']}: liveness must be the port only (never a peer)")
+            check("limits" in c.get("resources", {}), f"{where}/{c['name']}: no resource limits")
+        claims = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
+        check(any(m["name"] in claims for m in rc.get("volumeMounts", [])), f"{where}: redis-server's data is on no per-pod volume (volumeClaimTemplates)")
+        # maxmemory (the redis.conf the pod mounts) well inside the container's memory limit.
+        confs = [cms[v["configMap"]["name"]]["data"]["redis.conf"] for v in pod.get("volumes", [])
+                 if "configMap" in v and "redis.conf" in cms.get(v["configMap"]["name"], {}).get("data", {})]
+        check(len(confs) == 1, f"{where}: expected one redis.conf among the pod's ConfigMaps, found {len(confs)}")
+        limit = rc.get("resources", {}).get("limits", {}).get("memory")
+        if confs and limit:
+            mm = re.search(r"^maxmemory\s+(\S+)", confs[0], re.M)
+            check(mm is not None and 0 < memory_bytes(mm.group(1)) <= memory_bytes(limit) // 2,
+                  f"{where}: maxmemory {mm.group(1) if mm else 'unset'} must be set to at most half the limit {limit} (replication buffers and the fork's copy-on-write come on top)")
+        # Every client of the store finds it through all of its sentinels, by the pods' names.
+        pods = {(f"{name}-{i}.{spec.get('serviceName')}", sport) for i in range(replicas)}
+        for role, env in clients.items():
+            check(sentinel_addresses(env) == pods, f"{overlay}/{role}: REDIS_SENTINELS {sorted(sentinel_addresses(env))} is not every sentinel {sorted(pods)}")
+            check(bool(env.get("REDIS_SENTINEL_PASSWORD")), f"{overlay}/{role}: no REDIS_SENTINEL_PASSWORD (the sentinels require one)")
+            ack = int(env.get("REDIS_MIN_REPLICAS_ACK", "0"))
+            check(ack <= replicas - 1, f"{overlay}/{role}: REDIS_MIN_REPLICAS_ACK {ack} exceeds the {replicas - 1} replicas")
+
+
+def flows_between_pods(pids: dict[int, tuple[int, str]], ips: list[str]) -> set[tuple[str, int]]:
+    """(container, port) of every established connection a pod's process opened to another pod."""
+    listening = {int(m) for m in re.findall(r":(\d+)\s", subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout)}
+    out = subprocess.run(["ss", "-Htnp", "state", "established"], check=True, capture_output=True, text=True).stdout
+    flows = set()
+    for line in out.splitlines():
+        cols = line.split()
+        local_port = int(cols[2].rsplit(":", 1)[1])
+        peer_ip, peer_port = cols[3].rsplit(":", 1)
+        for pid in map(int, re.findall(r"pid=(\d+)", line)):
+            if pid in pids and local_port not in listening and peer_ip in ips and ips.index(peer_ip) != pids[pid][0]:
+                flows.add((pids[pid][1], int(peer_port)))
+    return flows
+
+
+def wait_for(fn, seconds: float, step: float = 0.1):
+    """fn() until it returns something true or `seconds` pass; its last value."""
+    deadline = time.monotonic() + seconds
+    value = fn()
+    while not value and time.monotonic() < deadline:
+        time.sleep(step)
+        value = fn()
+    return value
+
+
+class SentinelTopology:
+    """One Sentinel StatefulSet run from its manifest: each pod's containers with the pod's own
+    command lines and scripts (ConfigMap volumes laid out in a temp dir, emptyDirs fresh per
+    pod start, the PVC kept across restarts), pod i on 127.0.0.(i+1) (its status.podIP) with
+    the manifest's ports, and the pods' names (<pod>.<serviceName>[.<ns>…]) resolving there.
+    The clients' own settings are used to talk to it: REDIS_PASSWORD, REDIS_SENTINEL_PASSWORD,
+    REDIS_MASTER_NAME, and the hosts of REDIS_SENTINELS."""
+
+    KEY = "check-manifests:sentinel"
+
+    def __init__(self, overlay: str, name: str, workload: dict, objs: list[dict], secrets: "Secrets",
+                 work: Path, namespace: str, client: dict[str, str]):
+        self.where = f"{overlay}/StatefulSet/{name}"
+        self.name, self.objs, self.secrets, self.namespace = name, objs, secrets, namespace
+        self.work = work / name
+        spec = workload["spec"]
+        self.pod = spec["template"]["spec"]
+        self.replicas = spec.get("replicas", 1)
+        self.service = spec["serviceName"]
+        self.claims = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
+        self.policy = spec.get("podManagementPolicy", "OrderedReady")
+        self.rc, self.sc = container_by_port(self.pod, "redis"), container_by_port(self.pod, "sentinel")
+        self.rport, self.sport = named_port(self.rc, "redis"), named_port(self.sc, "sentinel")
+        self.ips = [f"127.0.0.{i + 1}" for i in range(self.replicas)]
+        self.hosts = [f"{name}-{i}.{self.service}" for i in range(self.replicas)]
+        self.password = client.get("REDIS_PASSWORD", "")
+        self.sentinel_password = client.get("REDIS_SENTINEL_PASSWORD", "")
+        self.master_name = client.get("REDIS_MASTER_NAME", "mymaster")
+        self.procs: dict[tuple[int, str], subprocess.Popen] = {}
+        self.starts = [0] * self.replicas
+        self.flows: set[tuple[str, int]] = set()
+        self.uses_names = False
+        self.timings: dict[str, float] = {}
+
+    def hosts_lines(self) -> list[str]:
+        ns = self.namespace
+        return [f"{ip} {h} {h}.{ns} {h}.{ns}.svc {h}.{ns}.svc.cluster.local" for ip, h in zip(self.ips, self.hosts)]
+
+    # -- running the pods' containers as the manifest says --
+
+    def _container(self, i: int, c: dict) -> tuple[list[str], dict[str, str]]:
+        pod_name = f"{self.name}-{i}"
+        fields = {"metadata.name": pod_name, "metadata.namespace": self.namespace, "status.podIP": self.ips[i]}
+        env = container_env(self.objs, c, self.secrets, f"{self.where}/{c['name']}", fields)
+        vols = {v["name"]: v for v in self.pod.get("volumes", [])}
+        cms = by_kind(self.objs, "ConfigMap")
+        local: dict[str, str] = {}
+        for m in c.get("volumeMounts", []):
+            if m["name"] in self.claims:  # this pod's PVC: survives restarts
+                d = self.work / "pvc" / f"{m['name']}-{pod_name}"
+            elif "configMap" in vols.get(m["name"], {}):
+                d = self.work / pod_name / f"start-{self.starts[i]}" / c["name"] / m["name"]
+                d.mkdir(parents=True, exist_ok=True)
+                for key, text in cms[vols[m["name"]]["configMap"]["name"]]["data"].items():
+                    (d / key).write_text(text + (HARNESS_REDIS_CONF if key == "redis.conf" else ""))
+            elif "emptyDir" in vols.get(m["name"], {}):
+                d = self.work / pod_name / f"start-{self.starts[i]}" / c["name"] / m["name"]
+            else:
+                check(False, f"{self.where}: volume {m['name']} is of a kind the check does not model")
+                continue
+            d.mkdir(parents=True, exist_ok=True)
+            local[m["mountPath"].rstrip("/")] = str(d)
+
+        def rewrite(text: str) -> str:
+            for mp in sorted(local, key=len, reverse=True):
+                if text == mp or text.startswith(mp + "/"):
+                    return local[mp] + text[len(mp):]
+            return text
+
+        env = {k: rewrite(v) for k, v in env.items()}
+        env["PATH"] = "/usr/bin:/bin"
+        argv = [rewrite(expand(a, env)) for a in [*c.get("command", []), *c.get("args", [])]]
+        return argv, env
+
+    def start_container(self, i: int, c: dict) -> None:
+        argv, env = self._container(i, c)
+        log = self.work / f"{self.name}-{i}-{c['name']}.log"
+        self.procs[(i, c["name"])] = subprocess.Popen(argv, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT, cwd=self.work)
+
+    def probe(self, i: int, c: dict) -> bool:
+        """The container's readiness probe (exec) as the kubelet runs it, in its env."""
+        argv, env = self._container(i, {**c, "command": c["readinessProbe"]["exec"]["command"], "args": []})
+        try:
+            return subprocess.run(argv, env=env, capture_output=True, timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def stop_pod(self, i: int) -> None:
+        for cname in (self.sc["name"], self.rc["name"]):
+            p = self.procs.pop((i, cname), None)
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+    def stop(self) -> None:
+        for i in range(self.replicas):
+            self.stop_pod(i)
+
+    # -- talking to it with the clients' settings --
+
+    def cli(self, i: int, *cmd: str, sentinel: bool = False, password: str | None = "") -> list[str]:
+        """redis-cli against pod i's redis-server (or sentinel): the client's password by
+        default, `password=None` for none. The reply's lines."""
+        pw = (self.sentinel_password if sentinel else self.password) if password == "" else password
+        env = {"PATH": os.environ["PATH"], **({"REDISCLI_AUTH": pw} if pw is not None else {})}
+        try:
+            out = subprocess.run(["redis-cli", "--raw", "-h", self.ips[i], "-p", str(self.sport if sentinel else self.rport), *cmd],
+                                 capture_output=True, text=True, env=env, timeout=5).stdout
+        except subprocess.TimeoutExpired:
+            return []
+        return out.splitlines()
+
+    def info(self, i: int) -> dict[str, str]:
+        return dict(line.strip().split(":", 1) for line in self.cli(i, "info", "replication") if ":" in line)
+
+    def master_view(self, i: int) -> dict[str, str]:
+        """What pod i's sentinel says of the master (SENTINEL MASTER: field/value lines)."""
+        lines = self.cli(i, "sentinel", "master", self.master_name, sentinel=True)
+        return dict(zip(lines[0::2], lines[1::2])) if len(lines) % 2 == 0 else {}
+
+    def agreed_master(self, among: list[int] | None = None) -> str | None:
+        """The master's host if every sentinel (of the pods `among`, default all) names the
+        same one (get-master-addr-by-name)."""
+        answers = {tuple(self.cli(i, "sentinel", "get-master-addr-by-name", self.master_name, sentinel=True))
+                   for i in (range(self.replicas) if among is None else among)}
+        if len(answers) == 1:
+            (answer,) = answers
+            if len(answer) == 2 and answer[1] == str(self.rport):
+                return answer[0]
+        return None
+
+    def tilted(self) -> list[int]:
+        """Pods whose sentinel is in TILT mode: it stopped acting for 30 s because its timer
+        ran late (over 2 s: a loaded machine stalls processes). Not a fault of the manifests."""
+        return [i for i in range(self.replicas) if (i, self.sc["name"]) in self.procs
+                and "sentinel_tilt:1" in self.cli(i, "info", "sentinel", sentinel=True)]
+
+    def calm(self) -> None:
+        """Waits (at most 40 s) until no sentinel is in TILT mode, before a step that needs
+        them to act; noted, since it only says how loaded this machine is."""
+        if tilted := self.tilted():
+            t0 = time.monotonic()
+            wait_for(lambda: not self.tilted(), 40, 0.5)
+            note(f"{self.where}: sentinels {tilted} were in TILT mode (machine load); waited {time.monotonic() - t0:.1f} s")
+
+    def pids(self) -> dict[int, tuple[int, str]]:
+        return {p.pid: (i, cname) for (i, cname), p in self.procs.items()}
+
+    def in_sync(self, i: int, master: int) -> bool:
+        info = self.info(i)
+        return info.get("role") == "slave" and info.get("master_host") == self.hosts[master] and info.get("master_link_status") == "up"
+
+    def sentinels_complete(self, i: int, master: int) -> bool:
+        """Pod i's sentinel names this master and counts every replica and other sentinel once."""
+        view = self.master_view(i)
+        return (view.get("ip") == self.hosts[master] and view.get("num-slaves") == str(self.replicas - 1)
+                and view.get("num-other-sentinels") == str(self.replicas - 1))
+
+    # -- the checks --
+
+    def start(self) -> None:
+        """Every pod from its manifest, both containers at once as the kubelet starts them, in
+        the StatefulSet's order (OrderedReady, the default: pod i+1 is created once pod i is
+        ready); the first master, replicas in sync, sentinels agreeing."""
+        t0 = time.monotonic()
+        w = self.where
+        ordered = self.policy == "OrderedReady"
+        for i in range(self.replicas):
+            self.start_container(i, self.rc)
+            self.start_container(i, self.sc)
+            if ordered:
+                ready = wait_for(lambda: self.probe(i, self.rc) and self.probe(i, self.sc), 30, 0.2)
+                check(bool(ready), f"{w}: pod {i} never became ready (OrderedReady: the StatefulSet would never create pod {i + 1})")
+        for i in range(self.replicas):
+            ok = wait_for(lambda: self.cli(i, "ping") == ["PONG"], 10)
+            check(bool(ok), f"{w}: pod {i}'s redis-server did not answer PING with the clients' REDIS_PASSWORD on {self.ips[i]}:{self.rport}")
+            check(any("NOAUTH" in line for line in self.cli(i, "ping", password=None)), f"{w}: pod {i}'s redis-server answers without the password")
+            store_policy_checks(f"{w}/pod-{i}", lambda *cmd: self.cli(i, *cmd), cache=False)
+        check(self.info(0).get("role") == "master", f"{w}: pod 0 did not start as the first master ({self.info(0).get('role')})")
+        for i in range(1, self.replicas):
+            check(bool(wait_for(lambda: self.in_sync(i, 0), 15)), f"{w}: pod {i} is not a replica of {self.hosts[0]} in sync: {self.info(i)}")
+        # A write on the master reaches every replica (min-replicas-to-write is met by now).
+        check(self.cli(0, "set", self.KEY, "before-failover") == ["OK"], f"{w}: SET on the master failed")
+        for i in range(1, self.replicas):
+            check(bool(wait_for(lambda: self.cli(i, "get", self.KEY) == ["before-failover"], 10)), f"{w}: pod {i} did not replicate the master's write")
+            check(any("READONLY" in line for line in self.cli(i, "set", self.KEY, "x")), f"{w}: replica pod {i} accepts writes")
+        for i in range(self.replicas):
+            check(self.probe(i, self.rc), f"{w}: pod {i}'s redis readiness probe fails on a master/replica in sync")
+        self.timings["pods up and replicas in sync"] = time.monotonic() - t0
+        # A sentinel reads the master's replicas every 10 s: the first ones may need that long.
+        t1 = time.monotonic()
+        for i in range(self.replicas):
+            ok = wait_for(lambda: self.sentinels_complete(i, 0), 30, 0.2)
+            check(bool(ok), f"{w}: pod {i}'s sentinel does not see master {self.hosts[0]} with {self.replicas - 1} replicas and "
+                            f"{self.replicas - 1} other sentinels: {self.master_view(i)}")
+            check(any("NOAUTH" in line for line in self.cli(i, "ping", sentinel=True, password=None)), f"{w}: pod {i}'s sentinel answers without the password")
+            if self.password != self.sentinel_password:
+                check(self.cli(i, "ping", sentinel=True, password=self.password) != ["PONG"], f"{w}: pod {i}'s sentinel accepts Redis' password")
+            check(self.probe(i, self.sc), f"{w}: pod {i}'s sentinel readiness probe fails")
+        check(self.agreed_master() == self.hosts[0], f"{w}: the sentinels do not agree on {self.hosts[0]} as the master")
+        # Hostnames, not IPs (pod IPs change with each restart): the pods need DNS.
+        self.uses_names = not re.fullmatch(r"[\d.]+|[0-9a-f:]+", self.master_view(0).get("ip", "0"))
+        self.timings["sentinels converged"] = time.monotonic() - t1
+        self.flows |= flows_between_pods(self.pids(), self.ips)
+
+    def failover(self) -> None:
+        """SENTINEL FAILOVER completes; the old master's pod, restarted, rejoins as a replica;
+        then the new master's pod is stopped as the kubelet stops it (preStop first: it hands
+        over) and, restarted, rejoins as a replica too."""
+        w = self.where
+        self.calm()
+        t0 = time.monotonic()
+        check(self.cli(1 % self.replicas, "sentinel", "failover", self.master_name, sentinel=True) == ["OK"], f"{w}: SENTINEL FAILOVER refused")
+        moved = wait_for(lambda: (m := self.agreed_master()) not in (None, self.hosts[0]) and m, 30, 0.1)
+        check(bool(moved), f"{w}: the sentinels do not agree on a new master after SENTINEL FAILOVER "
+                           f"({[self.cli(i, 'sentinel', 'get-master-addr-by-name', self.master_name, sentinel=True) for i in range(self.replicas)]})")
+        if not moved:
+            return
+        new = self.hosts.index(moved)
+        self.timings["SENTINEL FAILOVER until every sentinel names the new master"] = time.monotonic() - t0
+        check(self.info(new).get("role") == "master", f"{w}: the new master {moved} is {self.info(new).get('role')}")
+        check(self.cli(new, "get", self.KEY) == ["before-failover"], f"{w}: the new master lost the write made before the failover")
+        # A write on the new master, once a replica follows it (min-replicas-to-write).
+        check(bool(wait_for(lambda: self.cli(new, "set", self.KEY, "after-failover") == ["OK"], 20, 0.2)),
+              f"{w}: the new master refuses writes: {self.cli(new, 'set', self.KEY, 'after-failover')}")
+        t1 = time.monotonic()
+        self.restart_pod(0, new, "after-failover")
+        self.timings["old master's pod restarted until in sync and every sentinel complete"] = time.monotonic() - t1
+        # The master's pod stopped as the kubelet does it (a drain, a rollout): preStop first.
+        t2 = time.monotonic()
+        handed = self.restart_pod(new, new, "after-failover")
+        self.timings["master's pod restarted (preStop hand-over included) until in sync and every sentinel complete"] = time.monotonic() - t2
+        # A crash: the sentinels' own detection (down-after-milliseconds) and failover.
+        crashed = self.crash_master(handed, "after-crash") if handed is not None else None
+        self.flows |= flows_between_pods(self.pids(), self.ips)
+        kinds = {(self.rc["name"], self.rport): "replication", (self.sc["name"], self.rport): "sentinel → redis",
+                 (self.sc["name"], self.sport): "sentinel gossip"}
+        for kind, what in kinds.items():
+            check(kind in self.flows, f"{w}: no {what} connection between pods was seen ({sorted(self.flows)})")
+        print(f"{w}: {self.replicas} pods from the manifest's scripts; replicas synced, sentinels agreed on {self.hosts[0]}; "
+              f"SENTINEL FAILOVER → {moved}; restarted {self.hosts[0]} rejoined as its replica; stopping {moved} handed over to "
+              f"{self.hosts[handed] if handed is not None else '?'}, and it rejoined as a replica; killing that one's redis-server: "
+              f"{self.hosts[crashed] if crashed is not None else '?'} took over, the restarted container rejoined as a replica; "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
+              + "; pod-to-pod flows " + ", ".join(f"{c}→:{p}" for c, p in sorted(self.flows)))
+
+    def stop_like_kubelet(self, i: int) -> None:
+        """Each container's preStop (exec) in its env, then SIGTERM (stop_pod)."""
+        for c in self.pod["containers"]:
+            hook = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+            if hook:
+                argv, env = self._container(i, {**c, "command": hook, "args": []})
+                try:
+                    subprocess.run(argv, env=env, capture_output=True, timeout=self.pod.get("terminationGracePeriodSeconds", 30))
+                except subprocess.TimeoutExpired:
+                    check(False, f"{self.where}: pod {i}'s {c['name']} preStop outlasts the grace period")
+        self.stop_pod(i)
+
+    def restart_pod(self, i: int, master: int, value: str) -> int | None:
+        """Stops pod i as the kubelet does and starts it again (fresh emptyDirs, its PVC kept);
+        checks it comes back at once as a replica of the master (its start script asked the
+        sentinels), with the master's data, and that every sentinel, its own included, sees the
+        same complete topology. If pod i was the master, its preStop must have handed over
+        before it stopped. Returns the master's index afterwards."""
+        w = self.where
+        self.calm()
+        if i == master:
+            t0 = time.monotonic()
+            self.stop_like_kubelet(i)
+            self.timings["master's preStop hand-over and stop"] = time.monotonic() - t0
+            # Asked right after the hook returned: without it, nothing would have moved the
+            # master yet (the sentinels wait down-after-milliseconds for a stopped one).
+            after = self.agreed_master([k for k in range(self.replicas) if k != i])
+            check(after not in (None, self.hosts[i]), f"{w}: stopping master pod {i} did not hand over first (the sentinels name {after})")
+            if after in (None, self.hosts[i]):
+                return None
+            master = self.hosts.index(after)
+            # Within the failover's own replica reconfiguration (~1 s), not after the 10 s the
+            # sentinels take to find a replica the failover left following the stopped master.
+            check(bool(wait_for(lambda: self.cli(master, "set", self.KEY, value) == ["OK"], 8, 0.2)),
+                  f"{w}: the master after the hand-over refuses writes (no replica follows it): {self.cli(master, 'set', self.KEY, value)}")
+        else:
+            self.stop_like_kubelet(i)
+        self.starts[i] += 1
+        self.start_container(i, self.rc)
+        self.start_container(i, self.sc)
+        self.rejoined(i, master, value)
+        return master
+
+    def crash_master(self, master: int, value: str) -> int | None:
+        """Kills the master's redis-server (SIGKILL: no preStop, no shutdown); the sentinels
+        fail over after down-after-milliseconds, and the container, restarted as the kubelet
+        restarts a crashed one (same pod: its emptyDir stays), rejoins as a replica."""
+        w = self.where
+        self.calm()
+        p = self.procs.pop((master, self.rc["name"]))
+        t0 = time.monotonic()
+        p.kill()
+        p.wait()
+        moved = wait_for(lambda: (m := self.agreed_master()) not in (None, self.hosts[master]) and m, 40, 0.1)
+        check(bool(moved), f"{w}: no new master agreed on after {self.hosts[master]}'s redis-server was killed")
+        if not moved:
+            return None
+        self.timings["master killed until every sentinel names a new master"] = time.monotonic() - t0
+        new = self.hosts.index(moved)
+        check(bool(wait_for(lambda: self.cli(new, "set", self.KEY, value) == ["OK"], 20, 0.2)),
+              f"{w}: the master after the crash refuses writes: {self.cli(new, 'set', self.KEY, value)}")
+        self.start_container(master, self.rc)
+        self.rejoined(master, new, value)
+        return new
+
+    def rejoined(self, i: int, master: int, value: str) -> None:
+        """Pod i, just (re)started, is at once a replica of the master, then in sync with its
+        data; exactly one master; every sentinel sees the same complete topology."""
+        w = self.where
+        # Its first answer already says replica (a sentinel would convert a second master too,
+        # but only after 8 s: Sentinel's wait before it reconfigures an instance).
+        first = wait_for(lambda: self.info(i), 5, 0.05)
+        check(first.get("role") == "slave" and first.get("master_host") == self.hosts[master],
+              f"{w}: the restarted pod {i} came back as {first.get('role')} (master_host {first.get('master_host')}), "
+              f"not as a replica of {self.hosts[master]}")
+        check(bool(wait_for(lambda: self.in_sync(i, master), 20)), f"{w}: the restarted pod {i} is not a replica of {self.hosts[master]} in sync: {self.info(i)}")
+        check(bool(wait_for(lambda: self.cli(i, "get", self.KEY) == [value], 10)), f"{w}: the restarted pod {i} lacks the master's write")
+        roles = [self.info(k).get("role") for k in range(self.replicas)]
+        check(roles.count("master") == 1, f"{w}: after pod {i}'s restart the roles are {roles} (exactly one master expected)")
+        check(self.probe(i, self.rc), f"{w}: the restarted pod {i}'s redis readiness probe fails")
+        # The restarted sentinel is the same peer as before and the restarted redis-server the
+        # same replica (one entry per pod, no stale duplicate); the restarted sentinel knows every
+        # replica at once (it starts once its pod's replica is in sync: it reads the master's
+        # replica list at its start, then every 10 s only).
+        for k in range(self.replicas):
+            # Under Sentinel's 10 s INFO period for the restarted one: it must not need it.
+            ok = wait_for(lambda: self.sentinels_complete(k, master), 8 if k == i else 30, 0.2)
+            check(bool(ok), f"{w}: after pod {i}'s restart pod {k}'s sentinel does not see master {self.hosts[master]} with "
+                            f"{self.replicas - 1} replicas and {self.replicas - 1} other sentinels: {self.master_view(k)}")
+        check(self.probe(i, self.sc), f"{w}: the restarted pod {i}'s sentinel readiness probe fails")
+        check(self.agreed_master() == self.hosts[master], f"{w}: after pod {i}'s restart the sentinels do not agree on {self.hosts[master]}")
+
+    def seen(self) -> set[tuple[str, str, int]]:
+        """Flows between the set's pods, as (workload, workload, port)."""
+        return {(self.name, self.name, port) for _, port in self.flows}
 
 
 # ---- 2. live run ------------------------------------------------------------------------------
@@ -725,8 +1274,9 @@ def ecdsa_der_to_raw(der: bytes, size: int = 32) -> bytes:
     return out
 
 
-def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str, int]]:
-    """Runs the manifests' containers; returns the outbound flows seen (src, dst service, port)."""
+def live_run(overlay: str, objs: list[dict], binary: str) -> tuple[set[tuple[str, str, int]], set[str]]:
+    """Runs the manifests' containers; returns the outbound flows seen (src, dst service, port)
+    and the workloads seen naming their peers by host name (they need DNS)."""
     secrets = Secrets.from_objects(objs)
     services = by_kind(objs, "Service")
     namespace = next(iter(by_kind(objs, "Namespace")))
@@ -740,6 +1290,11 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
     targets = {name: t for name, e in envs.items() if (t := jwks_target(e, services, namespace)) and not t.in_cluster}
     stand_ins: dict[str, JwksStandIn] = {}
     service_ports = {p["port"] for s in services.values() for p in s["spec"]["ports"]}
+    # The users store as a Sentinel topology, talked to with its main client's settings.
+    clients = store_clients(objs, secrets, overlay)
+    client = clients.get("users") or next(iter(clients.values()), {})
+    topologies = [SentinelTopology(overlay, name, w, objs, secrets, work, namespace, client)
+                  for name, w in sentinel_workloads(objs).items()]
     try:
         # Service names (short and FQDN) resolve to loopback: every Service port is distinct.
         hosts = ["127.0.0.1 localhost"]
@@ -747,6 +1302,9 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
             hosts.append(f"127.0.0.1 {svc} {svc}.{namespace} {svc}.{namespace}.svc {svc}.{namespace}.svc.cluster.local")
         # So does the identity provider's host, its port served by the stand-in.
         hosts += sorted({f"127.0.0.1 {t.host}" for t in targets.values()})
+        # And each Sentinel pod's name to its own loopback address (its status.podIP).
+        for topology in topologies:
+            hosts += topology.hosts_lines()
         (work / "hosts").write_text("\n".join(hosts) + "\n")
         subprocess.run(["mount", "--bind", str(work / "hosts"), "/etc/hosts"], check=True)
         for name, t in targets.items():
@@ -760,6 +1318,9 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
             cache = any(selects({"matchLabels": services[h]["spec"]["selector"]}, workload["spec"]["template"]["metadata"]["labels"])
                         for h in limiter_hosts if h in services)
             procs.append(start_redis(overlay, rname, workload, objs, secrets, work, cache))
+        # Before the roles: they find the master through the sentinels.
+        for topology in topologies:
+            topology.start()
 
         # Users and auth first (the gateway's readiness depends on users, and with auth on on
         # the auth role's key set), then the gateway.
@@ -845,7 +1406,7 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
         jobs_seen = run_cronjobs(overlay, objs, binary, secrets, work, services)
 
         # Map the remote ports back to Services (or to the provider outside).
-        port_to_service = {p["port"]: name for name, s in services.items() if s["spec"].get("clusterIP") != "None" for p in s["spec"]["ports"]}
+        port_to_service = service_by_port(services)
         port_to_service.update({s.target.port: INTERNET for s in stand_ins.values()})
         seen = set()
         for role, port in flows:
@@ -859,7 +1420,12 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
                 seen.add((pids.get(pid, "?"), INTERNET, stand_in.target.port))
             print(f"{overlay}/{name}: JWKS fetched {len(stand_in.fetched_by)}x from the stand-in for {stand_in.target.url} "
                   f"({stand_in.alg}); tokens signed with it were used for the traffic")
-        return seen | jobs_seen
+        # After the roles' traffic: a role that does not follow the sentinels yet reached the
+        # first master through REDIS_URL's host.
+        for topology in topologies:
+            topology.failover()
+            seen |= topology.seen()
+        return seen | jobs_seen, {t.name for t in topologies if t.uses_names}
     finally:
         for stand_in in stand_ins.values():
             stand_in.close()
@@ -873,6 +1439,8 @@ def live_run(overlay: str, objs: list[dict], binary: str) -> set[tuple[str, str,
                 code = p.wait()
             if p.pid in pids:
                 check(code == 0, f"{overlay}/{pids[p.pid]}: exit code {code} after SIGTERM (log: {work / (pids[p.pid] + '.log')})")
+        for topology in topologies:
+            topology.stop()
         subprocess.run(["umount", "/etc/hosts"], check=False)
 
 
@@ -971,7 +1539,11 @@ def direction_allows(policies: list[dict], ns: str, subject: Peer, other: Peer, 
     return False
 
 
-def policy_checks(overlay: str, objs: list[dict], seen: set[tuple[str, str, int]]) -> None:
+# The second pod of a StatefulSet with several (flows between its pods are flows too).
+OTHER_POD = "/other-pod"
+
+
+def policy_checks(overlay: str, objs: list[dict], seen: set[tuple[str, str, int]], resolvers: set[str] = frozenset()) -> None:
     (ns_obj,) = by_kind(objs, "Namespace").values()
     ns = ns_obj["metadata"]["name"]
     ns_labels = {**ns_obj["metadata"].get("labels", {}), "kubernetes.io/metadata.name": ns}
@@ -986,6 +1558,8 @@ def policy_checks(overlay: str, objs: list[dict], seen: set[tuple[str, str, int]
             tmpl = w["spec"]["template"]
             ports = tuple((p.get("name"), p["containerPort"], p.get("protocol", "TCP")) for c in tmpl["spec"]["containers"] for p in c.get("ports", []))
             ours[name] = Peer(name, ns, tuple(sorted(tmpl["metadata"]["labels"].items())), tuple(sorted(ns_labels.items())), ports, next(pod_ips))
+            if kind == "StatefulSet" and w["spec"].get("replicas", 1) > 1:
+                ours[name + OTHER_POD] = Peer(name + OTHER_POD, ns, ours[name].labels, ours[name].ns_labels, ports, next(pod_ips))
     for name, tmpl in role_cronjobs(objs).items():
         ours[name] = Peer(name, ns, tuple(sorted(tmpl["metadata"]["labels"].items())), tuple(sorted(ns_labels.items())), (), next(pod_ips))
 
@@ -1036,9 +1610,24 @@ def policy_checks(overlay: str, objs: list[dict], seen: set[tuple[str, str, int]
     service_to_workload = {}
     for sname, s in services.items():
         for wname, w in ours.items():
-            if selects({"matchLabels": s["spec"]["selector"]}, w.lab()):
+            if selects({"matchLabels": s["spec"]["selector"]}, w.lab()) and not wname.endswith(OTHER_POD):
                 service_to_workload[sname] = wname
     expected = {(src, service_to_workload.get(svc, svc), port, "TCP") for (src, svc, port) in seen}
+    # The clients of a Sentinel topology ask its sentinels (seen live when the binary follows
+    # them; from the manifest always): to the workload of the host's Service (<pod>.<service>).
+    for name, env in envs.items():
+        for host, port in sentinel_addresses(env):
+            svc = host.split(".")[1] if "." in host else host
+            expected.add((name, service_to_workload.get(svc, svc), port, "TCP"))
+    # A workload that names its peers by host name resolves them.
+    for name in resolvers:
+        expected |= {(name, "kube-dns", 53, "UDP"), (name, "kube-dns", 53, "TCP")}
+    # Several pods of one workload: a flow between two of them goes both ways (any pod may be
+    # the master), and a flow to or from the workload concerns each of its pods.
+    def pods_of(name: str) -> list[str]:
+        return [name, name + OTHER_POD] if name + OTHER_POD in ours else [name]
+    expected = {(a, b, port, proto) for (src, dst, port, proto) in expected
+                for a in pods_of(src) for b in pods_of(dst) if a != b}
     # Names the roles resolve: the hosts of their URLs, when not IP literals.
     for name, env in envs.items():
         hosts = [re.sub(r"^[a-z]+://(?:[^@/]*@)?([^:/]+).*$", r"\1", v) for k, v in env.items() if k.endswith("_URL")]
@@ -1101,8 +1690,8 @@ def main() -> int:
     for overlay in overlays:
         objs = render(overlay)
         static_checks(overlay, objs, binary)
-        seen = live_run(overlay, objs, binary)
-        policy_checks(overlay, objs, seen)
+        seen, resolvers = live_run(overlay, objs, binary)
+        policy_checks(overlay, objs, seen, resolvers)
     for f in FAILURES:
         print(f"FAIL {f}", file=sys.stderr)
     print(f"check_manifests: {len(FAILURES)} failure(s) in {', '.join(overlays)}")
