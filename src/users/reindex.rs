@@ -35,6 +35,10 @@ pub(super) const BATCH: usize = 1000;
 /// Users per `reindex_batch.lua`: Redis runs nothing else meanwhile (about 1 ms at 1 M users).
 /// At most 2000: a Lua `unpack` takes at most 8000 values (LUAI_MAXCSTACK).
 const SCRIPT_BATCH: usize = 500;
+/// Users read, then sorted together before they are indexed `SCRIPT_BATCH` at a time: the
+/// more are sorted together, the closer consecutive inserts land in the sorted sets (memory
+/// stays bounded: about 10 MB).
+const SORT_GROUP: usize = 32_768;
 /// Ids per closer look (one variadic `EXISTS` each) in a batch whose count is short.
 const LOOK_CLOSER: usize = 32;
 /// Batches read ahead of the indexing (memory stays bounded by this many batches).
@@ -103,13 +107,24 @@ pub async fn reindex(store: &UserStore) -> Result<Report, StoreError> {
     let (batches, mut to_index) = tokio::sync::mpsc::channel::<Vec<Read>>(READ_AHEAD);
     let read = async move { scan_users(&mut reader, batches).await };
     let index = async {
-        while let Some(batch) = to_index.recv().await {
-            let users = parse(batch, &mut report);
-            report.users += users.len() as u64;
-            let changed = index_users(&mut writer, users, &mut report).await?;
-            reindex_changed(&mut writer, changed, &mut report).await?;
+        let mut group: Vec<Parsed> = Vec::with_capacity(SORT_GROUP + BATCH);
+        loop {
+            let batch = to_index.recv().await;
+            let last = batch.is_none();
+            if let Some(batch) = batch {
+                group.extend(parse(batch, &mut report));
+            }
+            if group.len() >= SORT_GROUP || (last && !group.is_empty()) {
+                report.users += group.len() as u64;
+                sort_oldest_first(&mut group);
+                let users = std::mem::replace(&mut group, Vec::with_capacity(SORT_GROUP + BATCH));
+                let changed = index_users(&mut writer, users, &mut report).await?;
+                reindex_changed(&mut writer, changed, &mut report).await?;
+            }
+            if last {
+                return Ok::<_, StoreError>(());
+            }
         }
-        Ok::<_, StoreError>(())
     };
     tokio::try_join!(read, index)?;
 
@@ -215,8 +230,14 @@ fn parse(batch: Vec<Read>, report: &mut Report) -> Vec<Parsed> {
             _ => report.unreadable(store::user_key(&id)),
         }
     }
-    users.sort_unstable_by(|a, b| (a.score, &a.user.id).cmp(&(b.score, &b.user.id)));
+    sort_oldest_first(&mut users);
     users
+}
+
+/// Oldest first, then by id: the older of two users with one email keeps it, and inserts in
+/// order land near each other in the sorted sets' skiplists (fewer cache misses in Redis).
+fn sort_oldest_first(users: &mut [Parsed]) {
+    users.sort_unstable_by(|a, b| (a.score, &a.user.id).cmp(&(b.score, &b.user.id)));
 }
 
 /// Adds the users `ids` (that exist and are readable) to our indexes; a user that changes
