@@ -122,8 +122,11 @@ fn reindex_against_a_down_redis_fails_with_a_clear_message() {
 /// Writes `n` users the way the seeds' services do, pipelined; their ids.
 pub async fn seed_many(url: &str, n: usize, tag: &str) -> Vec<String> {
     let client = redis::Client::open(url).expect("redis url");
+    // redis-rs gives up on a reply after 0.5 s by default: too short beside a busy reindex.
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(20)));
     let mut conn = client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("redis connection");
     let mut ids = Vec::with_capacity(n);

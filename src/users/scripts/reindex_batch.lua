@@ -42,11 +42,18 @@ if #live == 0 then
 end
 local indexed = redis.call('SADD', KEYS[1], unpack(ids))
 local added = redis.call('ZADD', KEYS[2], 'NX', unpack(ordered))
-local scores = redis.call('ZMSCORE', KEYS[2], unpack(ids))
+-- When every id was new (a first reindex), users:by_created holds each at the time given.
+local scores = {}
+if added < #ids then
+  scores = redis.call('ZMSCORE', KEYS[2], unpack(ids))
+end
 local emails = {}
 for j, i in ipairs(live) do
   local at = (i - 1) * 4
-  if scores[j] then
+  if added == #ids then
+    lex[#lex + 1] = 0
+    lex[#lex + 1] = ARGV[at + 4]
+  elseif scores[j] then
     lex[#lex + 1] = 0
     if tonumber(scores[j]) == tonumber(ARGV[at + 3]) then
       lex[#lex + 1] = ARGV[at + 4]
