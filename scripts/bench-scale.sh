@@ -9,7 +9,9 @@
 #      list, the first page included) and of POST /users (new emails);
 #   4. times `platform users export`, FLUSHALL and `platform users import` of that export
 #      (users/s; the importer's peak RSS).
-# It prints one line per N and Redis' bytes per user (seed format alone, and with our indexes).
+# It prints one line per N: reindex users/s and its peak RSS, the three latencies, export and
+# import users/s and the importer's peak RSS, Redis' bytes per user (seed format alone, and
+# with our indexes).
 # Per-request latencies must stay flat in N (every request is O(log n + page) in Redis).
 # Every step is bounded (BENCH_SCALE_TIMEOUT, 600 s); the release binary is built if missing.
 set -euo pipefail
@@ -106,14 +108,15 @@ def ms(p):
 print("%.2f/%.2f" % (ms(50), ms(99)))' <<<"$out"
 }
 
-printf '%-8s %9s %14s %14s %14s %9s %9s %9s %8s %8s\n' users reindex/s "get p50/p99" "list p50/p99" \
-  "create p50/p99" export/s import/s rss_MB seed_B/u idx_B/u
+printf '%-8s %9s %8s %14s %14s %14s %9s %9s %8s %8s %8s\n' users reindex/s rss_MB "get p50/p99" \
+  "list p50/p99" "create p50/p99" export/s import/s rss_MB seed_B/u idx_B/u
 for n in $SIZES; do
   cli flushall >/dev/null
   base=$(mem)
   python3 scripts/seed_users.py "$n" | cli --pipe >/dev/null
   seeded=$(mem)
   t_reindex=$(timed "$BIN" users reindex --redis-url "$url" --redis-timeout 10s)
+  reindex_rss=$(( $(cat "$work/rss") / 1024 ))
   indexed=$(mem)
   [ "$(cli zcard users:by_created)" = "$n" ] || { echo "reindex indexed $(cli zcard users:by_created) of $n" >&2; exit 1; }
 
@@ -133,8 +136,8 @@ for n in $SIZES; do
   t_import=$(timed "$BIN" users import --redis-url "$url" --redis-timeout 10s "$work/users.jsonl")
   rss=$(( $(cat "$work/rss") / 1024 ))
   [ "$(cli scard users:index)" = "$total" ] || { echo "import restored $(cli scard users:index) of $total" >&2; exit 1; }
-  printf '%-8s %9s %14s %14s %14s %9s %9s %9s %8s %8s\n' "$n" "$(rate "$n" "$t_reindex")" \
-    "$get" "$list" "$create" "$(rate "$total" "$t_export")" "$(rate "$total" "$t_import")" "$rss" \
+  printf '%-8s %9s %8s %14s %14s %14s %9s %9s %8s %8s %8s\n' "$n" "$(rate "$n" "$t_reindex")" \
+    "$reindex_rss" "$get" "$list" "$create" "$(rate "$total" "$t_export")" "$(rate "$total" "$t_import")" "$rss" \
     $(( (seeded - base) / n )) $(( (indexed - base) / n ))
   echo "  ($n users: reindex ${t_reindex}s, export ${t_export}s, import ${t_import}s; latencies in ms, wrk -c$CONNECTIONS ${SECONDS_PER_RUN}s each)"
   rm -f "$work/users.jsonl"
