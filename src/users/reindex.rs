@@ -37,7 +37,7 @@ pub(super) const BATCH: usize = 1000;
 const SCRIPT_BATCH: usize = 500;
 /// Users read, then sorted together before they are indexed `SCRIPT_BATCH` at a time: the
 /// more are sorted together, the closer consecutive inserts land in the sorted sets (memory
-/// stays bounded: about 10 MB).
+/// stays bounded: the command's peak RSS is ~38 MB at 1 M users).
 const SORT_GROUP: usize = 32_768;
 /// Ids per closer look (one variadic `EXISTS` each) in a batch whose count is short.
 const LOOK_CLOSER: usize = 32;
