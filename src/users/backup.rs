@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use deadpool_redis::redis::{self, AsyncCommands};
+use redis::{self, AsyncCommands};
 use serde::{Deserialize, Serialize};
 use slog::Logger;
 use uuid::Uuid;

@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use deadpool_redis::redis;
+use redis::{self, aio::ConnectionLike};
 use slog::Logger;
 
 use super::reindex::{self, BATCH, Report};
-use super::store::{BY_CREATED, INDEX, StoreError, UserStore};
+use super::store::{BY_CREATED, INDEX, StoreError, UserStore, ordered_member};
 
 /// How often the counts are compared (one round trip: SCARD + ZCARD).
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -111,13 +111,15 @@ async fn tick(
                     .arg(BATCH)
                     .query_async(&mut conn)
                     .await?;
-                let mut pipe = redis::pipe();
-                for id in &ids {
-                    pipe.zscore(BY_CREATED, id);
-                }
                 let scores: Vec<Option<f64>> = match ids.is_empty() {
                     true => Vec::new(),
-                    false => pipe.query_async(&mut conn).await?,
+                    false => {
+                        redis::cmd("ZMSCORE")
+                            .arg(BY_CREATED)
+                            .arg(&ids)
+                            .query_async(&mut conn)
+                            .await?
+                    }
                 };
                 let missing: Vec<String> = ids
                     .into_iter()
@@ -145,8 +147,14 @@ async fn tick(
                     .arg(BATCH)
                     .query_async(&mut conn)
                     .await?;
-                let ids: Vec<&String> = batch.iter().step_by(2).collect();
-                report.dangling_ids_removed += reindex::drop_dangling(&mut conn, &ids).await?;
+                let entries: Vec<(&str, String)> = batch
+                    .chunks_exact(2)
+                    .map(|pair| {
+                        let member = ordered_member(reindex::score_ms(&pair[1]), &pair[0]);
+                        (pair[0].as_str(), member)
+                    })
+                    .collect();
+                report.dangling_ids_removed += reindex::drop_dangling(&mut conn, &entries).await?;
                 match next {
                     0 => break,
                     next => Pass::Dangling(next),
@@ -168,7 +176,7 @@ async fn tick(
     Ok(true)
 }
 
-async fn counts(conn: &mut crate::redis::Connection) -> Result<(u64, u64), StoreError> {
+async fn counts(conn: &mut impl ConnectionLike) -> Result<(u64, u64), StoreError> {
     Ok(redis::pipe()
         .scard(INDEX)
         .zcard(BY_CREATED)

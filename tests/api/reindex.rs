@@ -122,8 +122,11 @@ fn reindex_against_a_down_redis_fails_with_a_clear_message() {
 /// Writes `n` users the way the seeds' services do, pipelined; their ids.
 pub async fn seed_many(url: &str, n: usize, tag: &str) -> Vec<String> {
     let client = redis::Client::open(url).expect("redis url");
+    // redis-rs gives up on a reply after 0.5 s by default: too short beside a busy reindex.
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(20)));
     let mut conn = client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("redis connection");
     let mut ids = Vec::with_capacity(n);
@@ -279,4 +282,245 @@ async fn users_the_seed_service_writes_are_listed_and_guarded_without_a_manual_s
         },
     )
     .await;
+}
+
+/// The score and `users:by_created_lex` member of a user created at `at` (as the store writes).
+fn ordered_entry(at_ms: i64, id: &str) -> (String, String) {
+    (at_ms.to_string(), format!("{at_ms:015}:{id}"))
+}
+
+#[actix_web::test]
+async fn a_user_deleted_or_changed_between_its_read_and_its_indexing_is_not_indexed() {
+    // The batch script as the reindex runs it, with two users as they were read before a
+    // concurrent delete (all entries gone) and a concurrent email change: neither may be
+    // indexed from the stale read, nor keep a guard for an address it no longer has.
+    let redis = RedisServer::start();
+    let gone = seed_user(
+        &redis,
+        "Gone",
+        "gone@example.com",
+        "2024-01-01T00:00:00.000Z",
+    );
+    let moved = seed_user(
+        &redis,
+        "Moved",
+        "old@example.com",
+        "2024-02-01T00:00:00.000Z",
+    );
+    let gone_raw = redis.cli(&["GET", &format!("user:{gone}")]);
+    let moved_raw = redis.cli(&["GET", &format!("user:{moved}")]);
+    redis.cli(&["DEL", &format!("user:{gone}")]);
+    redis.cli(&["SREM", "users:index", &gone]);
+    redis.cli(&[
+        "SET",
+        &format!("user:{moved}"),
+        &moved_raw.replace("old@", "new@"),
+    ]);
+
+    let script = redis::Script::new(include_str!("../../src/users/scripts/reindex_batch.lua"));
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key("users:index")
+        .key("users:by_created")
+        .key("users:by_created_lex");
+    invocation
+        .key(format!("user:{gone}"))
+        .key(format!("user:{moved}"));
+    invocation
+        .key("users:email:gone@example.com")
+        .key("users:email:old@example.com");
+    for (id, raw, at) in [
+        (&gone, &gone_raw, 1_704_067_200_000i64),
+        (&moved, &moved_raw, 1_706_745_600_000),
+    ] {
+        let (score, member) = ordered_entry(at, id);
+        invocation
+            .arg(id.as_str())
+            .arg(raw.as_str())
+            .arg(score)
+            .arg(member);
+    }
+    let mut conn = redis::Client::open(redis.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let outcome: (u64, u64, u64, Vec<u64>, Vec<u64>, Vec<String>) = invocation
+        .invoke_async(&mut conn)
+        .await
+        .expect("script ran");
+    assert_eq!(outcome, (0, 0, 0, vec![1, 2], vec![], vec![]));
+    assert_eq!(redis.cli(&["ZCARD", "users:by_created"]), "0");
+    assert_eq!(redis.cli(&["ZCARD", "users:by_created_lex"]), "0");
+    assert_eq!(redis.cli(&["SISMEMBER", "users:index", &gone]), "0");
+    assert_eq!(redis.cli(&["EXISTS", "users:email:gone@example.com"]), "0");
+    assert_eq!(redis.cli(&["EXISTS", "users:email:old@example.com"]), "0");
+
+    // The command itself reads the changed user again and indexes it as it now is.
+    let done = summary(&reindex(&redis.url()));
+    assert_eq!(
+        (done["users"].as_u64(), done["changed"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(redis.cli(&["GET", "users:email:new@example.com"]), moved);
+    assert_eq!(redis.cli(&["EXISTS", "users:email:old@example.com"]), "0");
+}
+
+#[actix_web::test]
+async fn users_deleted_through_the_api_during_a_reindex_stay_deleted() {
+    let app = spawn_app_with(RedisServer::start(), &[]).await;
+    let url = app.redis.url();
+    let seeded = seed_many(&url, 20_000, "race").await;
+    let command = actix_web::rt::task::spawn_blocking(move || reindex(&url));
+    // Seeded users, oldest and newest, deleted while the command (and the role's reconciler)
+    // index them: the delete removes every entry; a stale read must not put one back.
+    let deleted: Vec<&String> = seeded.iter().step_by(50).collect();
+    for id in &deleted {
+        let status = app.delete(&format!("/users/{id}")).await.status;
+        assert!(status == 204 || status == 404, "{status}");
+    }
+    let done = summary(&command.await.expect("reindex ran"));
+    assert_eq!(done["duplicate_emails"], 0, "{done}");
+    let expected = seeded.len() - deleted.len();
+    let page = app.get("/users?limit=1").await;
+    assert_eq!(page.header("x-total-count"), Some(expected.to_string()));
+    for (i, id) in seeded.iter().enumerate().step_by(50) {
+        assert_eq!(app.redis.cli(&["EXISTS", &format!("user:{id}")]), "0");
+        assert_eq!(
+            app.redis.cli(&["SISMEMBER", "users:index", id]),
+            "0",
+            "{id}"
+        );
+        assert_eq!(
+            app.redis.cli(&["ZSCORE", "users:by_created", id]),
+            "",
+            "{id}"
+        );
+        let email = format!("users:email:race{i}@example.com");
+        assert_eq!(app.redis.cli(&["EXISTS", &email]), "0", "{email}");
+    }
+    let expected = seeded.len() - deleted.len();
+    assert_eq!(
+        app.stored_counts(),
+        (expected, expected, expected, expected)
+    );
+    let lex: usize = app
+        .redis
+        .cli(&["ZCARD", "users:by_created_lex"])
+        .parse()
+        .expect("count");
+    assert_eq!(lex, expected);
+}
+
+#[actix_web::test]
+async fn dangling_entries_of_all_three_indexes_are_removed() {
+    let redis = RedisServer::start();
+    let kept = seed_user(
+        &redis,
+        "Kept",
+        "kept@example.com",
+        "2024-01-01T00:00:00.000Z",
+    );
+    // An id only users:index still holds; one only the ordered indexes hold.
+    let only_index = uuid::Uuid::new_v4().to_string();
+    redis.cli(&["SADD", "users:index", &only_index]);
+    let only_ordered = uuid::Uuid::new_v4().to_string();
+    let (score, member) = ordered_entry(1_704_067_200_000, &only_ordered);
+    redis.cli(&["ZADD", "users:by_created", &score, &only_ordered]);
+    redis.cli(&["ZADD", "users:by_created_lex", "0", &member]);
+    // Members of users:by_created_lex that users:by_created does not hold: not one of ours,
+    // and an existing user's at a time that is not its own.
+    let (_, wrong_time) = ordered_entry(5, &kept);
+    redis.cli(&[
+        "ZADD",
+        "users:by_created_lex",
+        "0",
+        "junk",
+        "0",
+        &wrong_time,
+    ]);
+    // A record whose id is not its key's: reported, left alone.
+    let other = uuid::Uuid::new_v4().to_string();
+    let json = redis.cli(&["GET", &format!("user:{kept}")]);
+    redis.cli(&["SET", &format!("user:{other}"), &json]);
+
+    let done = summary(&reindex(&redis.url()));
+    assert_eq!(done["users"], 1, "{done}");
+    assert_eq!(done["dangling_ids_removed"], 2, "{done}");
+    assert_eq!(done["dangling_members_removed"], 2, "{done}");
+    assert_eq!(done["unreadable"], 1, "{done}");
+    assert_eq!(redis.cli(&["SMEMBERS", "users:index"]), kept);
+    assert_eq!(redis.cli(&["ZRANGE", "users:by_created", "0", "-1"]), kept);
+    let (_, own) = ordered_entry(1_704_067_200_000, &kept);
+    assert_eq!(
+        redis.cli(&["ZRANGE", "users:by_created_lex", "0", "-1"]),
+        own
+    );
+
+    let again = summary(&reindex(&redis.url()));
+    assert_eq!(
+        (
+            again["dangling_ids_removed"].as_u64(),
+            again["dangling_members_removed"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+}
+
+#[actix_web::test]
+async fn an_email_guard_another_user_holds_is_reported_and_kept() {
+    let redis = RedisServer::start();
+    let holder = seed_user(
+        &redis,
+        "Holder",
+        "holder@example.com",
+        "2024-01-01T00:00:00.000Z",
+    );
+    let first = summary(&reindex(&redis.url()));
+    assert_eq!(first["email_guards_added"], 1);
+    // The seed service then writes a second user with the holder's address (case aside).
+    let late = seed_user(
+        &redis,
+        "Late",
+        "HOLDER@example.com",
+        "2023-01-01T00:00:00.000Z",
+    );
+    let lines = reindex(&redis.url());
+    let done = summary(&lines);
+    assert_eq!(done["duplicate_emails"], 1, "{done}");
+    assert_eq!(done["added_to_by_created"], 1, "{done}");
+    let dup = lines
+        .iter()
+        .find(|l| l["msg"] == "duplicate email left for a human to resolve")
+        .expect("reported");
+    assert_eq!(dup["email"], "holder@example.com");
+    assert_eq!(dup["kept_by"].as_str(), Some(holder.as_str()));
+    assert_eq!(dup["also_used_by"].as_str(), Some(late.as_str()));
+    assert_eq!(
+        redis.cli(&["GET", "users:email:holder@example.com"]),
+        holder
+    );
+}
+
+#[actix_web::test]
+async fn the_ordered_member_follows_the_time_users_by_created_already_holds() {
+    // users:by_created already holds the user at another time than its record's (an older
+    // version's data): its member in users:by_created_lex is built for that time, so the two
+    // ordered indexes agree; before 1970 too (the member's negative form).
+    let redis = RedisServer::start();
+    let id = seed_user(
+        &redis,
+        "Early",
+        "early@example.com",
+        "1969-12-31T23:59:59.000Z",
+    );
+    redis.cli(&["ZADD", "users:by_created", "-1500", &id]);
+    let done = summary(&reindex(&redis.url()));
+    assert_eq!(done["added_to_by_created"], 0, "{done}");
+    assert_eq!(done["dangling_members_removed"], 0, "{done}");
+    assert_eq!(
+        redis.cli(&["ZRANGE", "users:by_created_lex", "0", "-1"]),
+        format!("-999999999998500:{id}")
+    );
+    assert_eq!(redis.cli(&["ZSCORE", "users:by_created", &id]), "-1500");
 }
