@@ -200,6 +200,9 @@ impl Stopping {
         if let Err(e) = closed {
             warn!(self.log, "the listening socket stays open until the stop"; "error" => e.to_string());
         }
+        // Only now are clients told to reconnect: they find the socket refusing, never a
+        // backlog about to be reset.
+        self.draining.close_connections();
         // Clients on open connections get their answers, each with `Connection: close`, and
         // reconnect elsewhere; a connection with nothing to send is closed by the stop below.
         let until = since + self.drain_time;

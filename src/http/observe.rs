@@ -160,7 +160,7 @@ fn respond(
     if res
         .request()
         .app_data::<web::Data<Ops>>()
-        .is_some_and(|ops| ops.is_draining())
+        .is_some_and(|ops| ops.closes_connections())
     {
         res.response_mut()
             .head_mut()

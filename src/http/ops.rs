@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
@@ -17,18 +17,32 @@ use crate::telemetry::metrics::Metrics;
 /// Upper bound of one readiness check (CONTRACT §6).
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Set once shutdown starts: readiness answers 503 from then on, and every answer carries
-/// `Connection: close` (`observe`), so keep-alive clients leave before the connection closes.
+/// Set once shutdown starts: readiness answers 503 from then on. Once the role's listening
+/// socket is shut as well, every answer carries `Connection: close` (`observe`), so keep-alive
+/// clients leave before the connection closes; not before, or a client told to reconnect
+/// could land in the listen backlog just before it is shut and be reset after writing.
 #[derive(Clone, Default, Debug)]
-pub struct Draining(Arc<AtomicBool>);
+pub struct Draining(Arc<AtomicU8>);
+
+const NOT_READY: u8 = 1;
+const CLOSING_CONNECTIONS: u8 = 2;
 
 impl Draining {
     pub fn start(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.fetch_max(NOT_READY, Ordering::SeqCst);
+    }
+
+    /// The listening socket is shut: answers now end their connection.
+    pub fn close_connections(&self) {
+        self.0.fetch_max(CLOSING_CONNECTIONS, Ordering::SeqCst);
     }
 
     pub fn is_draining(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.load(Ordering::SeqCst) >= NOT_READY
+    }
+
+    pub fn closes_connections(&self) -> bool {
+        self.0.load(Ordering::SeqCst) >= CLOSING_CONNECTIONS
     }
 }
 
@@ -92,8 +106,9 @@ impl Ops {
     }
 
     /// Whether the role is shutting down; every answer then closes its connection (`observe`).
-    pub fn is_draining(&self) -> bool {
-        self.draining.is_draining()
+    /// Whether answers end their connection (shutdown, the listener shut).
+    pub fn closes_connections(&self) -> bool {
+        self.draining.closes_connections()
     }
 
     /// Mounts the four endpoints (any other method: 405 with `Allow`).
