@@ -129,10 +129,11 @@ impl Application {
     }
 }
 
-/// Serves every application until SIGTERM/SIGINT. Then none is ready any more, every answer
-/// carries `Connection: close` (the `observe` middleware), and they stop one after the other in
-/// list order (list a role before the roles it calls): each closes its listening socket (new
-/// connections are refused), serves what arrives on its open connections until none is left or
+/// Serves every application until SIGTERM/SIGINT. Then none is ready any more, and they stop
+/// one after the other in list order (list a role before the roles it calls): each closes its
+/// listening socket (new connections are refused), from then on answers with
+/// `Connection: close` (the `observe` middleware), serves what arrives on its open connections
+/// until none is left or
 /// the drain time since the signal is over, then stops (idle connections closed, in-flight
 /// requests finished within the rest of the shutdown timeout), closes what it holds and logs
 /// `stopped`.
