@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::io::tcp::TcpSettings;
+use redis::io::tcp::socket2::TcpKeepalive;
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError,
     RedisFuture, RedisResult, Value,
@@ -35,7 +37,22 @@ const WRITE_CONNECTIONS: usize = 1;
 /// the URL) when given.
 pub fn connection_info(url: &url::Url, password: Option<&Secret>) -> RedisResult<ConnectionInfo> {
     let info = url.as_str().into_connection_info()?;
-    Ok(with_password(info, password))
+    Ok(with_password(info, password).set_tcp_settings(tcp_settings()))
+}
+
+/// TCP keepalive and `TCP_USER_TIMEOUT` on every Redis and sentinel socket: redis-rs sets
+/// neither, so a host that vanishes without a reset (node loss, partition) would leave an idle
+/// connection looking open, and one with unanswered data in flight retrying, for ~15 min
+/// (`tcp_retries2`). With these the kernel gives up on it within ~25 s; a reply that times
+/// out drops the connection at once anyway (`Connection`).
+pub fn tcp_settings() -> TcpSettings {
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    TcpSettings::default()
+        .set_keepalive(keepalive)
+        .set_user_timeout(Duration::from_secs(25))
 }
 
 fn with_password(info: ConnectionInfo, password: Option<&Secret>) -> ConnectionInfo {
@@ -147,10 +164,10 @@ impl Connection {
         if let Err(e) = &result {
             let broken = match e.code() {
                 Some(code) => demoted(code),
-                // A reply that came late is not a broken connection: the command may still
-                // run (a stalled Redis), and closing would drop it and every other one queued.
-                None if e.is_timeout() => false,
-                // Not an answer of the server: the connection failed; another one is opened.
+                // Not an answer of the server (a failed connection, or a reply that came late:
+                // a host gone without a reset looks the same as a stalled Redis): the next
+                // operation opens another connection. Operations already sent on this one keep
+                // it until they end, so a stalled command may still run; it was answered 503.
                 None => true,
             };
             if broken {
@@ -170,10 +187,41 @@ impl Connection {
     }
 }
 
+/// Drops the connection from its slot if the operation's future is dropped before Redis
+/// answered: the caller's timeout (`--redis-timeout` around a whole operation) fired first, and
+/// a connection that gave no answer in time is not reused (deadpool's recycling `PING` used to
+/// replace it; without this a host gone without a reset timed every request out for minutes).
+struct Unanswered<'a> {
+    connection: &'a Connection,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let c = self.connection;
+            c.redis.discard(c.slot, c.generation, &timed_out_error());
+        }
+    }
+}
+
+fn timed_out_error() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no answer within --redis-timeout",
+    ))
+}
+
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let result = self.conn.req_packed_command(cmd).await;
+            let mut conn = self.conn.clone();
+            let mut guard = Unanswered {
+                connection: self,
+                answered: false,
+            };
+            let result = conn.req_packed_command(cmd).await;
+            guard.answered = true;
             if let Ok(value) = &result {
                 self.check_value(value);
             }
@@ -188,7 +236,13 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let result = self.conn.req_packed_commands(pipeline, offset, count).await;
+            let mut conn = self.conn.clone();
+            let mut guard = Unanswered {
+                connection: self,
+                answered: false,
+            };
+            let result = conn.req_packed_commands(pipeline, offset, count).await;
+            guard.answered = true;
             if let Ok(values) = &result {
                 values.iter().for_each(|v| self.check_value(v));
             }

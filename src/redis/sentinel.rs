@@ -236,7 +236,9 @@ impl Sentinels {
                         .set_password(password.expose()),
                     None => info.redis_settings().clone(),
                 };
-                Ok(info.set_redis_settings(redis))
+                Ok(info
+                    .set_redis_settings(redis)
+                    .set_tcp_settings(super::tcp_settings()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let fence = Arc::new(Fence::default());
