@@ -155,8 +155,11 @@ pub struct Connection {
 }
 
 /// Replies that mean the server is not (or no longer) a master that accepts our writes.
+/// `NOREPLICAS` is not one: a real master says it while fewer replicas than its
+/// `min-replicas-to-write` are connected (our Kubernetes Redis sets 1); the write is answered
+/// 503 and the connection, and the master's address, are kept.
 fn demoted(code: &str) -> bool {
-    matches!(code, "READONLY" | "NOREPLICAS" | "MASTERDOWN")
+    matches!(code, "READONLY" | "MASTERDOWN")
 }
 
 impl Connection {

@@ -106,3 +106,27 @@ async fn a_reply_timeout_replaces_the_connection_and_requests_recover() {
         "a new connection after the timeout: {before} -> {after}"
     );
 }
+
+/// `NOREPLICAS` comes from a real master (`min-replicas-to-write` with too few replicas): the
+/// write is answered 503 and nothing is thrown away, no reconnect per request; writes work
+/// again once the replicas are back (here: the setting lifted).
+#[actix_web::test]
+async fn noreplicas_answers_503_and_keeps_the_connection() {
+    let app = spawn_app().await;
+    app.create_user("Ada", "ada@example.com").await;
+    app.redis
+        .cli(&["CONFIG", "SET", "min-replicas-to-write", "1"]);
+    let before = connections_received(&app);
+    for i in 0..5 {
+        let body = format!(r#"{{"name":"B","email":"b{i}@example.com"}}"#);
+        app.json("POST", "/users", &body)
+            .await
+            .assert_error(503, "store_unavailable");
+    }
+    // Only the `cli` call itself connected: the shared connection was kept.
+    assert_eq!(connections_received(&app), before + 1);
+    app.redis
+        .cli(&["CONFIG", "SET", "min-replicas-to-write", "0"]);
+    assert_eq!(app.stored_counts().0, 1, "nothing was stored meanwhile");
+    app.create_user("B", "b@example.com").await;
+}
