@@ -462,6 +462,15 @@ impl Redis {
                 .query_async(&mut connection)
                 .await?;
             if acked < u64::from(wanted) {
+                // The next write opens a new connection: the writes queued behind this `WAIT`
+                // on this one each wait their turn, and would run ever later after their
+                // 503s; they end with this connection's last operation (within
+                // --redis-timeout). A `WAIT` that times out drops it too (`Unanswered`).
+                self.discard(
+                    connection.slot,
+                    connection.generation,
+                    &RedisError::from((redis::ErrorKind::Client, "the write is not confirmed")),
+                );
                 return Err(RedisFailure::Unconfirmed(format!(
                     "{acked} of {wanted} replicas confirmed it within {wait_ms} ms"
                 )));

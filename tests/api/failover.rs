@@ -478,3 +478,28 @@ async fn the_auth_role_confirms_its_account_writes_too() {
     let reply = auth.json("POST", "/auth/register", body).await;
     assert_eq!(reply.status, 201, "{}", reply.body);
 }
+
+/// A write that no replica confirmed drops the write connection: the writes queued behind its
+/// `WAIT` must not run ever later on it, each after its own 503.
+#[actix_web::test]
+async fn an_unconfirmed_write_drops_the_write_connection() {
+    use crate::helpers::{RedisServer, spawn_app_with};
+    use crate::store_round_trips::connections_received;
+    let app = spawn_app_with(
+        RedisServer::start(),
+        &["--redis-min-replicas-ack", "1", "--redis-timeout", "1s"],
+    )
+    .await;
+    assert_eq!(app.get("/users").await.status, 200, "the read connection");
+    let before = connections_received(&app);
+    for i in 0..2 {
+        let body = format!(r#"{{"name":"W","email":"w{i}@example.com"}}"#);
+        app.json("POST", "/users", &body)
+            .await
+            .assert_error(503, "store_unavailable");
+    }
+    // One write connection each (and the `cli` call's own); kept, it would be one in all.
+    let after = connections_received(&app);
+    assert!(after >= before + 3, "{before} -> {after}");
+    assert_eq!(app.get("/users").await.status, 200, "reads go on");
+}

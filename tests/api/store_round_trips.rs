@@ -44,7 +44,7 @@ async fn n_reads_cost_redis_n_gets_and_nothing_per_request_besides() {
 }
 
 /// `total_connections_received` of `INFO stats` (each `cli` call counts one itself).
-fn connections_received(app: &crate::helpers::TestApp) -> u64 {
+pub fn connections_received(app: &crate::helpers::TestApp) -> u64 {
     app.redis
         .cli(&["INFO", "stats"])
         .lines()
