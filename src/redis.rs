@@ -103,8 +103,9 @@ struct Inner {
     writers: Vec<Slot>,
     next_writer: AtomicUsize,
     /// Bumped whenever every connection must go (the master changed): a connect that started
-    /// before is not kept.
-    topology: AtomicU64,
+    /// before is not kept. A connection is stored, and every slot emptied, under this lock, so
+    /// none to the old master can be stored after a switch dropped the connections.
+    topology: std::sync::Mutex<u64>,
     log: Logger,
 }
 
@@ -297,7 +298,7 @@ impl Redis {
                 main: Slot::default(),
                 writers: (0..writers).map(|_| Slot::default()).collect(),
                 next_writer: AtomicUsize::new(0),
-                topology: AtomicU64::new(0),
+                topology: std::sync::Mutex::new(0),
                 log,
             }),
         };
@@ -353,9 +354,17 @@ impl Redis {
 
     /// Drops every connection (the master changed).
     fn discard_all(&self) {
-        self.inner.topology.fetch_add(1, Ordering::SeqCst);
+        let mut topology = self.topology();
+        *topology += 1;
         self.inner.main.discard(None);
         self.inner.writers.iter().for_each(|w| w.discard(None));
+    }
+
+    fn topology(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.inner
+            .topology
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The connection for reads (and writes without acknowledgement), opened if there is none.
@@ -381,17 +390,19 @@ impl Redis {
         if let Some(current) = slot.current() {
             return Ok(wrap(current));
         }
-        let topology = self.inner.topology.load(Ordering::SeqCst);
+        let topology = *self.topology();
         let conn = tokio::time::timeout(timeout, self.open())
             .await
             .map_err(|_| RedisFailure::Timeout(timeout))??;
-        if self.inner.topology.load(Ordering::SeqCst) != topology {
+        let now = self.topology();
+        if *now != topology {
             return Err(RedisFailure::Unconfirmed(
                 "the master changed while connecting".into(),
             ));
         }
         let generation = slot.generation.fetch_add(1, Ordering::SeqCst) + 1;
         *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, conn.clone()));
+        drop(now);
         Ok(wrap((generation, conn)))
     }
 

@@ -27,6 +27,13 @@ use crate::config::RedisSettings;
 /// or whose end we missed); during a failover the leader publishes an event at least every
 /// second or so.
 const FENCE_QUIET: Duration = Duration::from_secs(5);
+/// How long the master a `+switch-master` switched away from is not connected to again
+/// whatever a sentinel says: a sentinel that has not heard of the switch still names it, and
+/// after a planned failover it answers `ROLE` as a master for a while; writes it takes are
+/// lost when it is demoted. Sentinel's default `failover-timeout` (3 min), by which any
+/// sentinel has long learnt the new configuration (a switch back to it is announced by a
+/// `+switch-master` of its own, which ends this).
+const SWITCHED_AWAY: Duration = Duration::from_secs(180);
 /// Pause between attempts to (re)subscribe to a sentinel.
 const RESUBSCRIBE: Duration = Duration::from_secs(1);
 /// How often a subscription is PINGed: a frozen or unreachable sentinel would otherwise look
@@ -193,6 +200,8 @@ struct Switch {
     old: String,
     /// The highest epoch announced before it.
     epoch: u64,
+    /// When it was acted on.
+    at: Option<Instant>,
 }
 
 struct Shared {
@@ -207,6 +216,10 @@ struct Shared {
     last_switch: Mutex<Switch>,
     /// The highest epoch an event announced.
     epoch_seen: AtomicU64,
+    /// The master the current connections go to (`<ip> <port>`), once one was connected to.
+    current: Mutex<Option<String>>,
+    /// Connect and reply bounds for asking a sentinel outside a connect.
+    config: AsyncConnectionConfig,
     fence: Arc<Fence>,
     timeout: Duration,
     log: Logger,
@@ -250,6 +263,10 @@ impl Sentinels {
                 hint: Mutex::default(),
                 last_switch: Mutex::default(),
                 epoch_seen: AtomicU64::new(0),
+                current: Mutex::default(),
+                config: AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(settings.redis_timeout))
+                    .set_response_timeout(Some(settings.redis_timeout)),
                 fence: fence.clone(),
                 timeout: settings.redis_timeout,
                 log,
@@ -297,9 +314,11 @@ impl Sentinels {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if let Some((host, port)) = hint {
+        if let Some((host, port)) = hint
+            && !shared.switched_away_from(&host, port)
+        {
             match shared.master_at(&host, port, config).await {
-                Ok(conn) => return Ok(conn),
+                Ok(conn) => return Ok(shared.connected(&host, port, conn)),
                 Err(_) => self.forget_hint(),
             }
         }
@@ -311,10 +330,13 @@ impl Sentinels {
         let mut tried = Vec::new();
         while let Some(answer) = asked.next().await {
             match answer {
-                Ok(Some(address)) if !tried.contains(&address) => {
+                Ok(Some(address))
+                    if !tried.contains(&address)
+                        && !shared.switched_away_from(&address.0, address.1) =>
+                {
                     tried.push(address.clone());
                     match shared.master_at(&address.0, address.1, config).await {
-                        Ok(conn) => return Ok(conn),
+                        Ok(conn) => return Ok(shared.connected(&address.0, address.1, conn)),
                         Err(e) => last = Some(e),
                     }
                 }
@@ -332,6 +354,52 @@ impl Sentinels {
 }
 
 impl Shared {
+    /// Whether `host:port` is the master the last `+switch-master` switched away from, less
+    /// than `SWITCHED_AWAY` ago: a sentinel naming it has not heard of the switch.
+    fn switched_away_from(&self, host: &str, port: u16) -> bool {
+        let last = self.last_switch.lock().unwrap_or_else(|e| e.into_inner());
+        last.at.is_some_and(|at| at.elapsed() < SWITCHED_AWAY)
+            && last.old == format!("{host} {port}")
+    }
+
+    /// Notes the master a connection was opened to.
+    fn connected(
+        &self,
+        host: &str,
+        port: u16,
+        conn: MultiplexedConnection,
+    ) -> MultiplexedConnection {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{host} {port}"));
+        conn
+    }
+
+    /// After a (re)subscription: a `+switch-master` may have been missed while it was down, so
+    /// the sentinel is asked for the master; if it names another one than the connections go
+    /// to (and not the one a switch left), they go and the master is found anew.
+    async fn check_master(
+        &self,
+        index: usize,
+        sentinel: &str,
+        on_switch: &(dyn Fn() + Send + Sync),
+    ) {
+        let Ok(Some((host, port))) = self.ask(index, &self.config).await else {
+            return;
+        };
+        let named = format!("{host} {port}");
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if current.is_none_or(|c| c == named) || self.switched_away_from(&host, port) {
+            return;
+        }
+        warn!(self.log, "a sentinel names another master: finding it anew";
+            "sentinel" => sentinel, "named" => &named);
+        *self.hint.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        on_switch();
+    }
+
     /// The master's address as sentinel `index` tells it.
     async fn ask(
         &self,
@@ -411,6 +479,7 @@ async fn listen_one(shared: Arc<Shared>, index: usize, on_switch: Arc<dyn Fn() +
                     on_switch();
                 }
                 info!(shared.log, "listening to a sentinel"; "sentinel" => &sentinel);
+                shared.check_master(index, &sentinel, &*on_switch).await;
                 let (mut sink, mut messages) = pubsub.split();
                 let mut heartbeat = tokio::time::interval(HEARTBEAT);
                 heartbeat.tick().await;
@@ -480,6 +549,7 @@ impl Shared {
                     payload: payload.to_owned(),
                     old: words[1..3].join(" "),
                     epoch: self.epoch_seen.load(Ordering::SeqCst),
+                    at: Some(Instant::now()),
                 };
             }
             *self.hint.lock().unwrap_or_else(|e| e.into_inner()) = Some(((*host).to_owned(), port));
