@@ -72,6 +72,15 @@ fn about(payload: &str, name: &str) -> bool {
     }
 }
 
+/// Events of the promotion stage: a replica was (being) made master, so writes the old master
+/// takes from now on are lost when it is demoted, however long the rest takes (a replica's
+/// full resync of a large data set may be silent for longer than `FENCE_QUIET`).
+fn promotion_event(channel: &str) -> bool {
+    channel == "+promoted-slave"
+        || channel == "+failover-state-reconf-slaves"
+        || channel.starts_with("+slave-reconf-")
+}
+
 /// The `<ip> <port>` of the master an event is about, when it names one.
 fn master_address(payload: &str) -> Option<String> {
     let words: Vec<&str> = payload.split(' ').collect();
@@ -103,6 +112,10 @@ pub struct Fence {
 struct FenceState {
     /// The last failover event, while one is under way.
     failover: Option<Instant>,
+    /// When the promotion stage was first seen: from then the fence stays until
+    /// `+switch-master` (or `SWITCHED_AWAY`, Sentinel's default failover-timeout), not only
+    /// until a quiet period.
+    promoted: Option<Instant>,
     /// Sentinels listened to right now.
     live: usize,
     /// Whether any sentinel was ever listened to.
@@ -117,6 +130,13 @@ impl Fence {
     fn blocked(state: &mut FenceState) -> Option<String> {
         if state.live == 0 {
             return Some("no sentinel is listened to".into());
+        }
+        match state.promoted {
+            Some(at) if at.elapsed() < SWITCHED_AWAY => {
+                return Some("a replica was promoted; waiting for the switch".into());
+            }
+            Some(_) => state.promoted = None,
+            None => {}
         }
         match state.failover {
             Some(at) if at.elapsed() < FENCE_QUIET => Some("a failover is under way".into()),
@@ -149,20 +169,32 @@ impl Fence {
         }
     }
 
-    fn failover_event(&self) {
+    fn failover_event(&self, promotion: bool) {
         let mut state = self.state();
-        state.failover = Some(Instant::now());
+        let now = Instant::now();
+        state.failover = Some(now);
+        if promotion && state.promoted.is_none() {
+            state.promoted = Some(now);
+        }
         self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// An attempt aborted: no replica is promoted by it.
+    fn aborted(&self) {
+        self.state().promoted = None;
     }
 
     /// Another sentinel confirmed the switch: the fence goes, the epoch stays.
     fn lift(&self) {
-        self.state().failover = None;
+        let mut state = self.state();
+        state.failover = None;
+        state.promoted = None;
     }
 
     fn switched(&self) {
         let mut state = self.state();
         state.failover = None;
+        state.promoted = None;
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -562,7 +594,10 @@ impl Shared {
             && about(payload, &self.master_name)
             && !self.after_switch(channel, payload)
         {
-            self.fence.failover_event();
+            self.fence.failover_event(promotion_event(channel));
+            if channel.starts_with("-failover-abort") {
+                self.fence.aborted();
+            }
             info!(self.log, "failover under way; writes wait for its end"; "sentinel" => sentinel,
                 "event" => channel, "detail" => payload);
         }
@@ -620,7 +655,7 @@ mod tests {
         assert!(!fence.subscribed(true), "the first subscription");
         let epoch = fence.open_epoch().expect("open");
         assert!(fence.still(epoch).is_ok());
-        fence.failover_event();
+        fence.failover_event(false);
         assert!(fence.still(epoch).is_err(), "overlapped an event");
         assert!(fence.open_epoch().is_err(), "fenced until the switch");
         fence.switched();
@@ -629,5 +664,43 @@ mod tests {
         assert!(!fence.subscribed(false));
         assert!(fence.open_epoch().is_err());
         assert!(fence.subscribed(true), "back after none was listened to");
+    }
+
+    #[test]
+    fn after_a_promotion_the_fence_outlasts_the_quiet_period_until_the_switch() {
+        let fence = Fence::default();
+        fence.subscribed(true);
+        let long_ago = |fence: &Fence| {
+            let earlier = Instant::now().checked_sub(FENCE_QUIET * 2).expect("uptime");
+            fence.state().failover = Some(earlier);
+        };
+        // An early event alone: the fence lifts after the quiet period (an aborted attempt).
+        fence.failover_event(false);
+        assert!(fence.open_epoch().is_err());
+        long_ago(&fence);
+        assert!(fence.open_epoch().is_ok(), "quiet period over");
+        // Once a replica was promoted: no event for longer than the quiet period (a long
+        // resync) and the fence still holds, until the switch.
+        for channel in [
+            "+promoted-slave",
+            "+failover-state-reconf-slaves",
+            "+slave-reconf-sent",
+        ] {
+            assert!(promotion_event(channel), "{channel}");
+        }
+        assert!(!promotion_event("+try-failover"));
+        fence.failover_event(true);
+        long_ago(&fence);
+        assert!(
+            fence.open_epoch().is_err(),
+            "promoted: fenced until the switch"
+        );
+        fence.switched();
+        assert!(fence.open_epoch().is_ok());
+        // An abort after a promotion falls back to the quiet period.
+        fence.failover_event(true);
+        fence.aborted();
+        long_ago(&fence);
+        assert!(fence.open_epoch().is_ok());
     }
 }
