@@ -170,13 +170,22 @@ impl Drop for Node {
 pub struct Topology {
     pub data: Vec<Node>,
     pub sentinels: Vec<Node>,
+    /// Held while the topology lives (dropped after its nodes): one topology at a time, as
+    /// six processes with 1 s `down-after-milliseconds` next to another six on a busy CPU
+    /// start false failovers.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Serialises the tests that start a topology (`cargo test` runs tests in parallel).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Topology {
     /// Starts the master and two replicas, waits until both are in sync, then the sentinels,
     /// and waits until each sentinel knows both replicas and the two other sentinels (a leader
     /// that does not know a replica aborts the failover).
     pub fn start() -> Self {
+        // A test that panicked poisons it; the next one may still run.
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let master = Node::data(None);
         let replicas = [Node::data(Some(master.port)), Node::data(Some(master.port))];
         wait_until(Duration::from_secs(15), || {
@@ -197,7 +206,11 @@ impl Topology {
         });
         let mut data = vec![master];
         data.extend(replicas);
-        Self { data, sentinels }
+        Self {
+            data,
+            sentinels,
+            _serial: serial,
+        }
     }
 
     /// `host:port,…` of the sentinels, as `--redis-sentinels` takes them.
