@@ -666,6 +666,73 @@ mod tests {
         assert!(fence.subscribed(true), "back after none was listened to");
     }
 
+    fn sentinels() -> Sentinels {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            redis: RedisSettings,
+        }
+        let flags = <Flags as clap::Parser>::try_parse_from([
+            "test",
+            "--redis-url",
+            "redis://127.0.0.1:1/0",
+            "--redis-sentinels",
+            "127.0.0.1:2",
+        ])
+        .expect("flags parse");
+        let template = "redis://127.0.0.1:1/0"
+            .into_connection_info()
+            .expect("a URL");
+        let log = Logger::root(slog::Discard, slog::o!());
+        Sentinels::new(&flags.redis, template, log).expect("sentinels")
+    }
+
+    #[test]
+    fn after_a_switch_its_old_master_is_never_taken_again_and_a_promotion_fences_until_it() {
+        let sentinels = sentinels();
+        let shared = &sentinels.shared;
+        shared.fence.subscribed(true);
+        assert!(
+            !shared.switched_away_from("127.0.0.1", 1000),
+            "no switch yet"
+        );
+        // The leader's promotion stage, then a silence longer than the quiet period.
+        shared.event(
+            "s",
+            "+promoted-slave",
+            "slave 127.0.0.1:2000 127.0.0.1 2000 @ mymaster 127.0.0.1 1000",
+            &|| {},
+        );
+        let earlier = Instant::now().checked_sub(FENCE_QUIET * 2).expect("uptime");
+        shared.fence.state().failover = Some(earlier);
+        assert!(
+            shared.fence.open_epoch().is_err(),
+            "fenced until the switch"
+        );
+        let switched = std::sync::atomic::AtomicBool::new(false);
+        shared.event(
+            "s",
+            "+switch-master",
+            "mymaster 127.0.0.1 1000 127.0.0.1 2000",
+            &|| switched.store(true, Ordering::SeqCst),
+        );
+        assert!(switched.load(Ordering::SeqCst), "connections dropped");
+        assert!(shared.fence.open_epoch().is_ok(), "writes resume");
+        // A lagging sentinel still names the old master: it is not taken, the new one is.
+        assert!(shared.switched_away_from("127.0.0.1", 1000));
+        assert!(!shared.switched_away_from("127.0.0.1", 2000));
+        let hint = shared.hint.lock().expect("hint").clone();
+        assert_eq!(hint, Some(("127.0.0.1".to_owned(), 2000)));
+        // The tail of that failover fences nothing.
+        shared.event(
+            "s",
+            "+slave-reconf-done",
+            "slave 127.0.0.1:3000 127.0.0.1 3000 @ mymaster 127.0.0.1 1000",
+            &|| {},
+        );
+        assert!(shared.fence.open_epoch().is_ok());
+    }
+
     #[test]
     fn after_a_promotion_the_fence_outlasts_the_quiet_period_until_the_switch() {
         let fence = Fence::default();
