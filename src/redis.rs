@@ -463,6 +463,15 @@ impl Redis {
             epoch,
             mut connection,
         } = write;
+        let fenced = |epoch: Option<u64>| match (&self.inner.target, epoch) {
+            (Target::Sentinel(sentinels), Some(epoch)) => sentinels
+                .fence
+                .still(epoch)
+                .map_err(RedisFailure::Unconfirmed),
+            _ => Ok(()),
+        };
+        // A write a failover event overlapped is refused before its `WAIT`, not after it.
+        fenced(epoch)?;
         let wanted = self.inner.min_replicas_ack;
         if wanted > 0 {
             // Half the operation's bound, so an unconfirmed write is answered, not timed out.
@@ -487,13 +496,8 @@ impl Redis {
                 )));
             }
         }
-        if let (Target::Sentinel(sentinels), Some(epoch)) = (&self.inner.target, epoch) {
-            sentinels
-                .fence
-                .still(epoch)
-                .map_err(RedisFailure::Unconfirmed)?;
-        }
-        Ok(())
+        // And one that an event overlapped during its `WAIT`.
+        fenced(epoch)
     }
 
     /// Stops listening to the sentinels.
