@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::io::tcp::TcpSettings;
+use redis::io::tcp::socket2::TcpKeepalive;
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError,
     RedisFuture, RedisResult, Value,
@@ -35,7 +37,22 @@ const WRITE_CONNECTIONS: usize = 1;
 /// the URL) when given.
 pub fn connection_info(url: &url::Url, password: Option<&Secret>) -> RedisResult<ConnectionInfo> {
     let info = url.as_str().into_connection_info()?;
-    Ok(with_password(info, password))
+    Ok(with_password(info, password).set_tcp_settings(tcp_settings()))
+}
+
+/// TCP keepalive and `TCP_USER_TIMEOUT` on every Redis and sentinel socket: redis-rs sets
+/// neither, so a host that vanishes without a reset (node loss, partition) would leave an idle
+/// connection looking open, and one with unanswered data in flight retrying, for ~15 min
+/// (`tcp_retries2`). With these the kernel gives up on it within ~25 s; a reply that times
+/// out drops the connection at once anyway (`Connection`).
+pub fn tcp_settings() -> TcpSettings {
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    TcpSettings::default()
+        .set_keepalive(keepalive)
+        .set_user_timeout(Duration::from_secs(25))
 }
 
 fn with_password(info: ConnectionInfo, password: Option<&Secret>) -> ConnectionInfo {
@@ -86,8 +103,9 @@ struct Inner {
     writers: Vec<Slot>,
     next_writer: AtomicUsize,
     /// Bumped whenever every connection must go (the master changed): a connect that started
-    /// before is not kept.
-    topology: AtomicU64,
+    /// before is not kept. A connection is stored, and every slot emptied, under this lock, so
+    /// none to the old master can be stored after a switch dropped the connections.
+    topology: std::sync::Mutex<u64>,
     log: Logger,
 }
 
@@ -138,8 +156,11 @@ pub struct Connection {
 }
 
 /// Replies that mean the server is not (or no longer) a master that accepts our writes.
+/// `NOREPLICAS` is not one: a real master says it while fewer replicas than its
+/// `min-replicas-to-write` are connected (our Kubernetes Redis sets 1); the write is answered
+/// 503 and the connection, and the master's address, are kept.
 fn demoted(code: &str) -> bool {
-    matches!(code, "READONLY" | "NOREPLICAS" | "MASTERDOWN")
+    matches!(code, "READONLY" | "MASTERDOWN")
 }
 
 impl Connection {
@@ -147,10 +168,10 @@ impl Connection {
         if let Err(e) = &result {
             let broken = match e.code() {
                 Some(code) => demoted(code),
-                // A reply that came late is not a broken connection: the command may still
-                // run (a stalled Redis), and closing would drop it and every other one queued.
-                None if e.is_timeout() => false,
-                // Not an answer of the server: the connection failed; another one is opened.
+                // Not an answer of the server (a failed connection, or a reply that came late:
+                // a host gone without a reset looks the same as a stalled Redis): the next
+                // operation opens another connection. Operations already sent on this one keep
+                // it until they end, so a stalled command may still run; it was answered 503.
                 None => true,
             };
             if broken {
@@ -170,10 +191,41 @@ impl Connection {
     }
 }
 
+/// Drops the connection from its slot if the operation's future is dropped before Redis
+/// answered: the caller's timeout (`--redis-timeout` around a whole operation) fired first, and
+/// a connection that gave no answer in time is not reused (deadpool's recycling `PING` used to
+/// replace it; without this a host gone without a reset timed every request out for minutes).
+struct Unanswered<'a> {
+    connection: &'a Connection,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let c = self.connection;
+            c.redis.discard(c.slot, c.generation, &timed_out_error());
+        }
+    }
+}
+
+fn timed_out_error() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no answer within --redis-timeout",
+    ))
+}
+
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let result = self.conn.req_packed_command(cmd).await;
+            let mut conn = self.conn.clone();
+            let mut guard = Unanswered {
+                connection: self,
+                answered: false,
+            };
+            let result = conn.req_packed_command(cmd).await;
+            guard.answered = true;
             if let Ok(value) = &result {
                 self.check_value(value);
             }
@@ -188,7 +240,13 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let result = self.conn.req_packed_commands(pipeline, offset, count).await;
+            let mut conn = self.conn.clone();
+            let mut guard = Unanswered {
+                connection: self,
+                answered: false,
+            };
+            let result = conn.req_packed_commands(pipeline, offset, count).await;
+            guard.answered = true;
             if let Ok(values) = &result {
                 values.iter().for_each(|v| self.check_value(v));
             }
@@ -240,7 +298,7 @@ impl Redis {
                 main: Slot::default(),
                 writers: (0..writers).map(|_| Slot::default()).collect(),
                 next_writer: AtomicUsize::new(0),
-                topology: AtomicU64::new(0),
+                topology: std::sync::Mutex::new(0),
                 log,
             }),
         };
@@ -296,9 +354,17 @@ impl Redis {
 
     /// Drops every connection (the master changed).
     fn discard_all(&self) {
-        self.inner.topology.fetch_add(1, Ordering::SeqCst);
+        let mut topology = self.topology();
+        *topology += 1;
         self.inner.main.discard(None);
         self.inner.writers.iter().for_each(|w| w.discard(None));
+    }
+
+    fn topology(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.inner
+            .topology
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The connection for reads (and writes without acknowledgement), opened if there is none.
@@ -324,17 +390,19 @@ impl Redis {
         if let Some(current) = slot.current() {
             return Ok(wrap(current));
         }
-        let topology = self.inner.topology.load(Ordering::SeqCst);
+        let topology = *self.topology();
         let conn = tokio::time::timeout(timeout, self.open())
             .await
             .map_err(|_| RedisFailure::Timeout(timeout))??;
-        if self.inner.topology.load(Ordering::SeqCst) != topology {
+        let now = self.topology();
+        if *now != topology {
             return Err(RedisFailure::Unconfirmed(
                 "the master changed while connecting".into(),
             ));
         }
         let generation = slot.generation.fetch_add(1, Ordering::SeqCst) + 1;
         *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, conn.clone()));
+        drop(now);
         Ok(wrap((generation, conn)))
     }
 
@@ -395,6 +463,15 @@ impl Redis {
             epoch,
             mut connection,
         } = write;
+        let fenced = |epoch: Option<u64>| match (&self.inner.target, epoch) {
+            (Target::Sentinel(sentinels), Some(epoch)) => sentinels
+                .fence
+                .still(epoch)
+                .map_err(RedisFailure::Unconfirmed),
+            _ => Ok(()),
+        };
+        // A write a failover event overlapped is refused before its `WAIT`, not after it.
+        fenced(epoch)?;
         let wanted = self.inner.min_replicas_ack;
         if wanted > 0 {
             // Half the operation's bound, so an unconfirmed write is answered, not timed out.
@@ -405,18 +482,22 @@ impl Redis {
                 .query_async(&mut connection)
                 .await?;
             if acked < u64::from(wanted) {
+                // The next write opens a new connection: the writes queued behind this `WAIT`
+                // on this one each wait their turn, and would run ever later after their
+                // 503s; they end with this connection's last operation (within
+                // --redis-timeout). A `WAIT` that times out drops it too (`Unanswered`).
+                self.discard(
+                    connection.slot,
+                    connection.generation,
+                    &RedisError::from((redis::ErrorKind::Client, "the write is not confirmed")),
+                );
                 return Err(RedisFailure::Unconfirmed(format!(
                     "{acked} of {wanted} replicas confirmed it within {wait_ms} ms"
                 )));
             }
         }
-        if let (Target::Sentinel(sentinels), Some(epoch)) = (&self.inner.target, epoch) {
-            sentinels
-                .fence
-                .still(epoch)
-                .map_err(RedisFailure::Unconfirmed)?;
-        }
-        Ok(())
+        // And one that an event overlapped during its `WAIT`.
+        fenced(epoch)
     }
 
     /// Stops listening to the sentinels.

@@ -136,8 +136,9 @@ impl Accounts {
     {
         // --redis-pool-wait sheds the users role's requests; here the Argon2 permits are the
         // bottleneck, so a turn is waited for within the whole --redis-timeout.
-        let _permit = self.redis.permit(true).await?;
+        // The wait is inside --redis-timeout, which bounds the whole operation.
         match tokio::time::timeout(self.timeout, async {
+            let _permit = self.redis.permit(true).await?;
             if !write {
                 return Ok(op(self.redis.connection().await?).await?);
             }

@@ -27,6 +27,13 @@ use crate::config::RedisSettings;
 /// or whose end we missed); during a failover the leader publishes an event at least every
 /// second or so.
 const FENCE_QUIET: Duration = Duration::from_secs(5);
+/// How long the master a `+switch-master` switched away from is not connected to again
+/// whatever a sentinel says: a sentinel that has not heard of the switch still names it, and
+/// after a planned failover it answers `ROLE` as a master for a while; writes it takes are
+/// lost when it is demoted. Sentinel's default `failover-timeout` (3 min), by which any
+/// sentinel has long learnt the new configuration (a switch back to it is announced by a
+/// `+switch-master` of its own, which ends this).
+const SWITCHED_AWAY: Duration = Duration::from_secs(180);
 /// Pause between attempts to (re)subscribe to a sentinel.
 const RESUBSCRIBE: Duration = Duration::from_secs(1);
 /// How often a subscription is PINGed: a frozen or unreachable sentinel would otherwise look
@@ -65,6 +72,15 @@ fn about(payload: &str, name: &str) -> bool {
     }
 }
 
+/// Events of the promotion stage: a replica was (being) made master, so writes the old master
+/// takes from now on are lost when it is demoted, however long the rest takes (a replica's
+/// full resync of a large data set may be silent for longer than `FENCE_QUIET`).
+fn promotion_event(channel: &str) -> bool {
+    channel == "+promoted-slave"
+        || channel == "+failover-state-reconf-slaves"
+        || channel.starts_with("+slave-reconf-")
+}
+
 /// The `<ip> <port>` of the master an event is about, when it names one.
 fn master_address(payload: &str) -> Option<String> {
     let words: Vec<&str> = payload.split(' ').collect();
@@ -96,6 +112,10 @@ pub struct Fence {
 struct FenceState {
     /// The last failover event, while one is under way.
     failover: Option<Instant>,
+    /// When the promotion stage was first seen: from then the fence stays until
+    /// `+switch-master` (or `SWITCHED_AWAY`, Sentinel's default failover-timeout), not only
+    /// until a quiet period.
+    promoted: Option<Instant>,
     /// Sentinels listened to right now.
     live: usize,
     /// Whether any sentinel was ever listened to.
@@ -110,6 +130,13 @@ impl Fence {
     fn blocked(state: &mut FenceState) -> Option<String> {
         if state.live == 0 {
             return Some("no sentinel is listened to".into());
+        }
+        match state.promoted {
+            Some(at) if at.elapsed() < SWITCHED_AWAY => {
+                return Some("a replica was promoted; waiting for the switch".into());
+            }
+            Some(_) => state.promoted = None,
+            None => {}
         }
         match state.failover {
             Some(at) if at.elapsed() < FENCE_QUIET => Some("a failover is under way".into()),
@@ -142,20 +169,32 @@ impl Fence {
         }
     }
 
-    fn failover_event(&self) {
+    fn failover_event(&self, promotion: bool) {
         let mut state = self.state();
-        state.failover = Some(Instant::now());
+        let now = Instant::now();
+        state.failover = Some(now);
+        if promotion && state.promoted.is_none() {
+            state.promoted = Some(now);
+        }
         self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// An attempt aborted: no replica is promoted by it.
+    fn aborted(&self) {
+        self.state().promoted = None;
     }
 
     /// Another sentinel confirmed the switch: the fence goes, the epoch stays.
     fn lift(&self) {
-        self.state().failover = None;
+        let mut state = self.state();
+        state.failover = None;
+        state.promoted = None;
     }
 
     fn switched(&self) {
         let mut state = self.state();
         state.failover = None;
+        state.promoted = None;
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -193,6 +232,8 @@ struct Switch {
     old: String,
     /// The highest epoch announced before it.
     epoch: u64,
+    /// When it was acted on.
+    at: Option<Instant>,
 }
 
 struct Shared {
@@ -207,6 +248,10 @@ struct Shared {
     last_switch: Mutex<Switch>,
     /// The highest epoch an event announced.
     epoch_seen: AtomicU64,
+    /// The master the current connections go to (`<ip> <port>`), once one was connected to.
+    current: Mutex<Option<String>>,
+    /// Connect and reply bounds for asking a sentinel outside a connect.
+    config: AsyncConnectionConfig,
     fence: Arc<Fence>,
     timeout: Duration,
     log: Logger,
@@ -236,7 +281,9 @@ impl Sentinels {
                         .set_password(password.expose()),
                     None => info.redis_settings().clone(),
                 };
-                Ok(info.set_redis_settings(redis))
+                Ok(info
+                    .set_redis_settings(redis)
+                    .set_tcp_settings(super::tcp_settings()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let fence = Arc::new(Fence::default());
@@ -248,6 +295,10 @@ impl Sentinels {
                 hint: Mutex::default(),
                 last_switch: Mutex::default(),
                 epoch_seen: AtomicU64::new(0),
+                current: Mutex::default(),
+                config: AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(settings.redis_timeout))
+                    .set_response_timeout(Some(settings.redis_timeout)),
                 fence: fence.clone(),
                 timeout: settings.redis_timeout,
                 log,
@@ -295,9 +346,11 @@ impl Sentinels {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if let Some((host, port)) = hint {
+        if let Some((host, port)) = hint
+            && !shared.switched_away_from(&host, port)
+        {
             match shared.master_at(&host, port, config).await {
-                Ok(conn) => return Ok(conn),
+                Ok(conn) => return Ok(shared.connected(&host, port, conn)),
                 Err(_) => self.forget_hint(),
             }
         }
@@ -309,10 +362,13 @@ impl Sentinels {
         let mut tried = Vec::new();
         while let Some(answer) = asked.next().await {
             match answer {
-                Ok(Some(address)) if !tried.contains(&address) => {
+                Ok(Some(address))
+                    if !tried.contains(&address)
+                        && !shared.switched_away_from(&address.0, address.1) =>
+                {
                     tried.push(address.clone());
                     match shared.master_at(&address.0, address.1, config).await {
-                        Ok(conn) => return Ok(conn),
+                        Ok(conn) => return Ok(shared.connected(&address.0, address.1, conn)),
                         Err(e) => last = Some(e),
                     }
                 }
@@ -330,6 +386,52 @@ impl Sentinels {
 }
 
 impl Shared {
+    /// Whether `host:port` is the master the last `+switch-master` switched away from, less
+    /// than `SWITCHED_AWAY` ago: a sentinel naming it has not heard of the switch.
+    fn switched_away_from(&self, host: &str, port: u16) -> bool {
+        let last = self.last_switch.lock().unwrap_or_else(|e| e.into_inner());
+        last.at.is_some_and(|at| at.elapsed() < SWITCHED_AWAY)
+            && last.old == format!("{host} {port}")
+    }
+
+    /// Notes the master a connection was opened to.
+    fn connected(
+        &self,
+        host: &str,
+        port: u16,
+        conn: MultiplexedConnection,
+    ) -> MultiplexedConnection {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{host} {port}"));
+        conn
+    }
+
+    /// After a (re)subscription: a `+switch-master` may have been missed while it was down, so
+    /// the sentinel is asked for the master; if it names another one than the connections go
+    /// to (and not the one a switch left), they go and the master is found anew.
+    async fn check_master(
+        &self,
+        index: usize,
+        sentinel: &str,
+        on_switch: &(dyn Fn() + Send + Sync),
+    ) {
+        let Ok(Some((host, port))) = self.ask(index, &self.config).await else {
+            return;
+        };
+        let named = format!("{host} {port}");
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if current.is_none_or(|c| c == named) || self.switched_away_from(&host, port) {
+            return;
+        }
+        warn!(self.log, "a sentinel names another master: finding it anew";
+            "sentinel" => sentinel, "named" => &named);
+        *self.hint.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        on_switch();
+    }
+
     /// The master's address as sentinel `index` tells it.
     async fn ask(
         &self,
@@ -409,6 +511,7 @@ async fn listen_one(shared: Arc<Shared>, index: usize, on_switch: Arc<dyn Fn() +
                     on_switch();
                 }
                 info!(shared.log, "listening to a sentinel"; "sentinel" => &sentinel);
+                shared.check_master(index, &sentinel, &*on_switch).await;
                 let (mut sink, mut messages) = pubsub.split();
                 let mut heartbeat = tokio::time::interval(HEARTBEAT);
                 heartbeat.tick().await;
@@ -478,6 +581,7 @@ impl Shared {
                     payload: payload.to_owned(),
                     old: words[1..3].join(" "),
                     epoch: self.epoch_seen.load(Ordering::SeqCst),
+                    at: Some(Instant::now()),
                 };
             }
             *self.hint.lock().unwrap_or_else(|e| e.into_inner()) = Some(((*host).to_owned(), port));
@@ -490,7 +594,10 @@ impl Shared {
             && about(payload, &self.master_name)
             && !self.after_switch(channel, payload)
         {
-            self.fence.failover_event();
+            self.fence.failover_event(promotion_event(channel));
+            if channel.starts_with("-failover-abort") {
+                self.fence.aborted();
+            }
             info!(self.log, "failover under way; writes wait for its end"; "sentinel" => sentinel,
                 "event" => channel, "detail" => payload);
         }
@@ -548,7 +655,7 @@ mod tests {
         assert!(!fence.subscribed(true), "the first subscription");
         let epoch = fence.open_epoch().expect("open");
         assert!(fence.still(epoch).is_ok());
-        fence.failover_event();
+        fence.failover_event(false);
         assert!(fence.still(epoch).is_err(), "overlapped an event");
         assert!(fence.open_epoch().is_err(), "fenced until the switch");
         fence.switched();
@@ -557,5 +664,110 @@ mod tests {
         assert!(!fence.subscribed(false));
         assert!(fence.open_epoch().is_err());
         assert!(fence.subscribed(true), "back after none was listened to");
+    }
+
+    fn sentinels() -> Sentinels {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            redis: RedisSettings,
+        }
+        let flags = <Flags as clap::Parser>::try_parse_from([
+            "test",
+            "--redis-url",
+            "redis://127.0.0.1:1/0",
+            "--redis-sentinels",
+            "127.0.0.1:2",
+        ])
+        .expect("flags parse");
+        let template = "redis://127.0.0.1:1/0"
+            .into_connection_info()
+            .expect("a URL");
+        let log = Logger::root(slog::Discard, slog::o!());
+        Sentinels::new(&flags.redis, template, log).expect("sentinels")
+    }
+
+    #[test]
+    fn after_a_switch_its_old_master_is_never_taken_again_and_a_promotion_fences_until_it() {
+        let sentinels = sentinels();
+        let shared = &sentinels.shared;
+        shared.fence.subscribed(true);
+        assert!(
+            !shared.switched_away_from("127.0.0.1", 1000),
+            "no switch yet"
+        );
+        // The leader's promotion stage, then a silence longer than the quiet period.
+        shared.event(
+            "s",
+            "+promoted-slave",
+            "slave 127.0.0.1:2000 127.0.0.1 2000 @ mymaster 127.0.0.1 1000",
+            &|| {},
+        );
+        let earlier = Instant::now().checked_sub(FENCE_QUIET * 2).expect("uptime");
+        shared.fence.state().failover = Some(earlier);
+        assert!(
+            shared.fence.open_epoch().is_err(),
+            "fenced until the switch"
+        );
+        let switched = std::sync::atomic::AtomicBool::new(false);
+        shared.event(
+            "s",
+            "+switch-master",
+            "mymaster 127.0.0.1 1000 127.0.0.1 2000",
+            &|| switched.store(true, Ordering::SeqCst),
+        );
+        assert!(switched.load(Ordering::SeqCst), "connections dropped");
+        assert!(shared.fence.open_epoch().is_ok(), "writes resume");
+        // A lagging sentinel still names the old master: it is not taken, the new one is.
+        assert!(shared.switched_away_from("127.0.0.1", 1000));
+        assert!(!shared.switched_away_from("127.0.0.1", 2000));
+        let hint = shared.hint.lock().expect("hint").clone();
+        assert_eq!(hint, Some(("127.0.0.1".to_owned(), 2000)));
+        // The tail of that failover fences nothing.
+        shared.event(
+            "s",
+            "+slave-reconf-done",
+            "slave 127.0.0.1:3000 127.0.0.1 3000 @ mymaster 127.0.0.1 1000",
+            &|| {},
+        );
+        assert!(shared.fence.open_epoch().is_ok());
+    }
+
+    #[test]
+    fn after_a_promotion_the_fence_outlasts_the_quiet_period_until_the_switch() {
+        let fence = Fence::default();
+        fence.subscribed(true);
+        let long_ago = |fence: &Fence| {
+            let earlier = Instant::now().checked_sub(FENCE_QUIET * 2).expect("uptime");
+            fence.state().failover = Some(earlier);
+        };
+        // An early event alone: the fence lifts after the quiet period (an aborted attempt).
+        fence.failover_event(false);
+        assert!(fence.open_epoch().is_err());
+        long_ago(&fence);
+        assert!(fence.open_epoch().is_ok(), "quiet period over");
+        // Once a replica was promoted: no event for longer than the quiet period (a long
+        // resync) and the fence still holds, until the switch.
+        for channel in [
+            "+promoted-slave",
+            "+failover-state-reconf-slaves",
+            "+slave-reconf-sent",
+        ] {
+            assert!(promotion_event(channel), "{channel}");
+        }
+        assert!(!promotion_event("+try-failover"));
+        fence.failover_event(true);
+        long_ago(&fence);
+        assert!(
+            fence.open_epoch().is_err(),
+            "promoted: fenced until the switch"
+        );
+        fence.switched();
+        assert!(fence.open_epoch().is_ok());
+        // An abort after a promotion falls back to the quiet period.
+        fence.failover_event(true);
+        fence.aborted();
+        long_ago(&fence);
+        assert!(fence.open_epoch().is_ok());
     }
 }

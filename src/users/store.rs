@@ -207,38 +207,40 @@ impl UserStore {
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let started = Instant::now();
-        let result = match self.redis.permit(false).await {
-            Err(e) => Err(e.into()),
-            Ok(_permit) => match tokio::time::timeout(self.timeout, async {
-                match access {
-                    Access::Read => op(self.redis.connection().await?).await,
-                    Access::Write => {
-                        let write = self.redis.begin_write().await?;
-                        let answer = op(write.connection.clone()).await;
-                        // An answer Redis gave (even "taken" or "missing") is confirmed too: a
-                        // replayed create or a 409 must not rest on a write a failover drops.
-                        if matches!(
-                            answer,
-                            Ok(_)
-                                | Err(StoreError::DuplicateEmail
-                                    | StoreError::Conflict
-                                    | StoreError::IdempotencyKeyReused
-                                    | StoreError::NotFound)
-                        ) {
-                            self.redis.confirm_write(write).await?;
-                        }
-                        answer
+        // The wait for a permit is inside --redis-timeout: it bounds the whole operation.
+        let result = match tokio::time::timeout(self.timeout, async {
+            let permit = self.redis.permit(false).await?;
+            match access {
+                Access::Read => op(self.redis.connection().await?).await,
+                Access::Write => {
+                    let write = self.redis.begin_write().await?;
+                    let answer = op(write.connection.clone()).await;
+                    // A `WAIT` holds no permit: reads are not shed behind writes that
+                    // wait for replicas (each still ends within --redis-timeout).
+                    drop(permit);
+                    // An answer Redis gave (even "taken" or "missing") is confirmed too: a
+                    // replayed create or a 409 must not rest on a write a failover drops.
+                    if matches!(
+                        answer,
+                        Ok(_)
+                            | Err(StoreError::DuplicateEmail
+                                | StoreError::Conflict
+                                | StoreError::IdempotencyKeyReused
+                                | StoreError::NotFound)
+                    ) {
+                        self.redis.confirm_write(write).await?;
                     }
+                    answer
                 }
-            })
-            .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
-                    "redis did not answer within {:?}",
-                    self.timeout
-                ))),
-            },
+            }
+        })
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
+                "redis did not answer within {:?}",
+                self.timeout
+            ))),
         };
         let status = match &result {
             Ok(_)

@@ -47,6 +47,8 @@ struct Figures {
     acknowledged: usize,
     lost: usize,
     refused: usize,
+    /// Writes the fence refused (their logged cause names the failover).
+    fenced: usize,
     gap: Duration,
     slowest_refusal: Duration,
 }
@@ -206,17 +208,32 @@ async fn run(kind: Kind, ack: u8) -> Figures {
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or_default();
+    let fenced = role
+        .stdout()
+        .lines()
+        .filter(|l| {
+            l.contains("a failover is under way")
+                || l.contains("a replica was promoted")
+                || l.contains("a failover event came during the write")
+        })
+        .count();
     let figures = Figures {
         acknowledged,
         lost,
         refused,
+        fenced,
         gap,
         slowest_refusal,
     };
     eprintln!(
         "failover {kind:?}, --redis-min-replicas-ack {ack}: {} acknowledged, {} lost, {} refused \
-         (503, slowest {:?}), write gap {:?}",
-        figures.acknowledged, figures.lost, figures.refused, figures.slowest_refusal, figures.gap
+         (503, slowest {:?}; {} by the fence), write gap {:?}",
+        figures.acknowledged,
+        figures.lost,
+        figures.refused,
+        figures.slowest_refusal,
+        figures.fenced,
+        figures.gap
     );
     assert!(
         acknowledged > 100,
@@ -237,6 +254,12 @@ async fn a_crash_failover_without_acknowledged_writes_recovers_with_fast_503s() 
 async fn a_planned_failover_loses_no_acknowledged_write_thanks_to_the_fence() {
     let figures = run(Kind::Planned, 0).await;
     assert_eq!(figures.lost, 0, "acknowledged writes lost");
+    // The fence acted: writes came during the failover and were refused, not taken by the
+    // old master (a run where none was refused proves nothing about the fence).
+    assert!(
+        figures.refused > 0 && figures.fenced > 0,
+        "no write was refused by the fence during the failover"
+    );
 }
 
 #[actix_web::test]
@@ -249,6 +272,10 @@ async fn a_crash_failover_with_acknowledged_writes_loses_none() {
 async fn a_planned_failover_with_acknowledged_writes_loses_none() {
     let figures = run(Kind::Planned, 1).await;
     assert_eq!(figures.lost, 0, "acknowledged writes lost");
+    assert!(
+        figures.refused > 0 && figures.fenced > 0,
+        "no write was refused by the fence during the failover"
+    );
 }
 
 /// `platform users` following the topology's master, once it takes writes.
@@ -477,4 +504,29 @@ async fn the_auth_role_confirms_its_account_writes_too() {
         r#"{"name":"Bo","email":"bo@example.com","password":"correct horse battery staple"}"#;
     let reply = auth.json("POST", "/auth/register", body).await;
     assert_eq!(reply.status, 201, "{}", reply.body);
+}
+
+/// A write that no replica confirmed drops the write connection: the writes queued behind its
+/// `WAIT` must not run ever later on it, each after its own 503.
+#[actix_web::test]
+async fn an_unconfirmed_write_drops_the_write_connection() {
+    use crate::helpers::{RedisServer, spawn_app_with};
+    use crate::store_round_trips::connections_received;
+    let app = spawn_app_with(
+        RedisServer::start(),
+        &["--redis-min-replicas-ack", "1", "--redis-timeout", "1s"],
+    )
+    .await;
+    assert_eq!(app.get("/users").await.status, 200, "the read connection");
+    let before = connections_received(&app);
+    for i in 0..2 {
+        let body = format!(r#"{{"name":"W","email":"w{i}@example.com"}}"#);
+        app.json("POST", "/users", &body)
+            .await
+            .assert_error(503, "store_unavailable");
+    }
+    // One write connection each (and the `cli` call's own); kept, it would be one in all.
+    let after = connections_received(&app);
+    assert!(after >= before + 3, "{before} -> {after}");
+    assert_eq!(app.get("/users").await.status, 200, "reads go on");
 }

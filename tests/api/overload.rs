@@ -192,3 +192,42 @@ async fn the_users_role_sheds_beyond_its_own_cap_and_labels_the_route() {
     );
     assert_eq!(shed_count(&metrics, "in_flight"), 1);
 }
+
+/// `--redis-timeout` bounds a whole operation, the wait for a permit included: with one
+/// permit and Redis frozen, a request that comes 1.5 s after another waits for the permit
+/// and ends at its own timeout (3 s), not at the other's end plus a timeout (4.5 s).
+#[actix_web::test]
+async fn the_wait_for_a_permit_counts_within_the_redis_timeout() {
+    let app = spawn_app_with(
+        RedisServer::start(),
+        &[
+            "--redis-pool-size",
+            "1",
+            "--redis-pool-wait",
+            "3s",
+            "--redis-timeout",
+            "3s",
+        ],
+    )
+    .await;
+    let user = app.create_user("Ada", "ada@example.com").await;
+    let path = format!("/users/{}", user["id"].as_str().unwrap_or_default());
+    app.redis.pause();
+    let requests = [0, 1500].map(|delay| {
+        let (app, path) = (&app, &path);
+        async move {
+            actix_web::rt::time::sleep(Duration::from_millis(delay)).await;
+            let started = Instant::now();
+            let reply = app.get(path).await;
+            (reply.status, started.elapsed())
+        }
+    });
+    let replies = join_all(requests).await;
+    app.redis.resume();
+    for (status, took) in &replies {
+        assert_eq!(*status, 503, "{replies:?}");
+        // The timeout (3 s) and 1 s of slack for a loaded machine; with the permit waited
+        // for outside the timeout the second one ends after 4.5 s.
+        assert!(*took < Duration::from_millis(4000), "{replies:?}");
+    }
+}

@@ -21,81 +21,98 @@ pub struct Node {
 }
 
 impl Node {
-    fn spawn(port: u16, password: &'static str, dir: tempfile::TempDir, args: &[&str]) -> Self {
-        let child = Command::new("redis-server")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (make test installs it)");
-        let node = Self {
-            port,
-            password,
-            dir,
-            child: Some(child),
-        };
-        wait_until(Duration::from_secs(10), || {
-            node.try_cli(&["PING"]).is_some_and(|o| o == "PONG")
-        });
-        node
+    /// Starts `redis-server` with the arguments `args` gives for a free port and a directory;
+    /// on another port again if it exits at once (`free_port` may hand a port to two parallel
+    /// tests, and the second one's bind fails).
+    fn spawn(password: &'static str, args: impl Fn(u16, &std::path::Path) -> Vec<String>) -> Self {
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = tempfile::tempdir().expect("temp dir");
+            let child = Command::new("redis-server")
+                .args(args(port, dir.path()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (make test installs it)");
+            let mut node = Self {
+                port,
+                password,
+                dir,
+                child: Some(child),
+            };
+            let mut exited = false;
+            wait_until(Duration::from_secs(10), || {
+                exited = node
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+                exited || node.try_cli(&["PING"]).is_some_and(|o| o == "PONG")
+            });
+            if !exited {
+                return node;
+            }
+        }
+        panic!("redis-server exited at start three times (ports taken?)")
     }
 
     /// A data node: the master (`replica_of` none) or a replica of the master on that port.
     fn data(replica_of: Option<u16>) -> Self {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let dir_text = dir.path().display().to_string();
-        let port_text = port.to_string();
-        let mut args = vec![
-            "--port",
-            &port_text,
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            &dir_text,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory-policy",
-            "noeviction",
-            "--requirepass",
-            DATA_PASSWORD,
-            "--masterauth",
-            DATA_PASSWORD,
-            // Else the first sync waits 5 s for more replicas.
-            "--repl-diskless-sync-delay",
-            "0",
-        ];
-        let master_port = replica_of.map(|p| p.to_string());
-        if let Some(master_port) = &master_port {
-            args.extend(["--replicaof", "127.0.0.1", master_port]);
-        }
-        Self::spawn(port, DATA_PASSWORD, dir, &args)
+        Self::spawn(DATA_PASSWORD, |port, dir| {
+            let mut args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                &dir.display().to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+                "--requirepass",
+                DATA_PASSWORD,
+                "--masterauth",
+                DATA_PASSWORD,
+                // Else the first sync waits 5 s for more replicas.
+                "--repl-diskless-sync-delay",
+                "0",
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            if let Some(master_port) = replica_of {
+                args.extend([
+                    "--replicaof".into(),
+                    "127.0.0.1".into(),
+                    master_port.to_string(),
+                ]);
+            }
+            args
+        })
     }
 
     /// A sentinel watching the master on `master_port`, quick to decide (1 s to call it down).
     fn sentinel(master_port: u16) -> Self {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let conf = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
-                 sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
-                 sentinel auth-pass {MASTER_NAME} {DATA_PASSWORD}\n\
-                 sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-                 sentinel failover-timeout {MASTER_NAME} 4000\n\
-                 sentinel parallel-syncs {MASTER_NAME} 2\n\
-                 requirepass {SENTINEL_PASSWORD}\n\
-                 sentinel sentinel-pass {SENTINEL_PASSWORD}\n",
-                dir = dir.path().display(),
-            ),
-        )
-        .expect("sentinel config written");
-        let conf_text = conf.display().to_string();
-        Self::spawn(port, SENTINEL_PASSWORD, dir, &[&conf_text, "--sentinel"])
+        Self::spawn(SENTINEL_PASSWORD, |port, dir| {
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                     sentinel auth-pass {MASTER_NAME} {DATA_PASSWORD}\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                     sentinel failover-timeout {MASTER_NAME} 4000\n\
+                     sentinel parallel-syncs {MASTER_NAME} 2\n\
+                     requirepass {SENTINEL_PASSWORD}\n\
+                     sentinel sentinel-pass {SENTINEL_PASSWORD}\n",
+                    dir = dir.display(),
+                ),
+            )
+            .expect("sentinel config written");
+            vec![conf.display().to_string(), "--sentinel".into()]
+        })
     }
 
     pub fn address(&self) -> String {
@@ -170,13 +187,22 @@ impl Drop for Node {
 pub struct Topology {
     pub data: Vec<Node>,
     pub sentinels: Vec<Node>,
+    /// Held while the topology lives (dropped after its nodes): one topology at a time, as
+    /// six processes with 1 s `down-after-milliseconds` next to another six on a busy CPU
+    /// start false failovers.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Serialises the tests that start a topology (`cargo test` runs tests in parallel).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Topology {
     /// Starts the master and two replicas, waits until both are in sync, then the sentinels,
     /// and waits until each sentinel knows both replicas and the two other sentinels (a leader
     /// that does not know a replica aborts the failover).
     pub fn start() -> Self {
+        // A test that panicked poisons it; the next one may still run.
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let master = Node::data(None);
         let replicas = [Node::data(Some(master.port)), Node::data(Some(master.port))];
         wait_until(Duration::from_secs(15), || {
@@ -197,7 +223,11 @@ impl Topology {
         });
         let mut data = vec![master];
         data.extend(replicas);
-        Self { data, sentinels }
+        Self {
+            data,
+            sentinels,
+            _serial: serial,
+        }
     }
 
     /// `host:port,…` of the sentinels, as `--redis-sentinels` takes them.
