@@ -16,7 +16,9 @@
 # the gateway's), quotas too large to refuse anything: (al)/(a) and (ar)/(a) are what deciding
 # costs per request (BENCH_LIMITS=off drops both).
 # BENCH_BASELINE_BIN=path adds (a0), the gateway of another build (e.g. the last release's
-# binary), measured in the same rounds: (a)/(a0) is a before/after with the control's spread.
+# binary), measured in the same rounds: (a)/(a0) is a before/after with the control's spread;
+# and that build's users role, directly (b0) and behind this gateway (ab0), on the same Redis:
+# (b)/(b0), (a)/(ab0) with the Redis CPU per request of each.
 # Knobs: BENCH_SECONDS (5 per round), BENCH_ROUNDS (3), BENCH_CONNECTIONS (64),
 # BENCH_THREADS (2), BENCH_USERS (200), BENCH_NGINX_LOG (on), BENCH_CONTROL (on), BENCH_LIMITS (on),
 # BENCH_BASELINE_BIN (none).
@@ -54,9 +56,11 @@ REDIS_PORT=$(free_port); USERS_PORT=$(free_port); GATEWAY_PORT=$(free_port); NGI
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
   --maxmemory-policy noeviction >/dev/null & pids+=($!)
+REDIS_PID=$!
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 "$BIN" users --host 127.0.0.1 --port "$USERS_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" >/dev/null & pids+=($!)
+USERS_PID=$!
 # shellcheck disable=SC2086 # BENCH_GATEWAY_ARGS holds several flags: split on purpose.
 "$BIN" gateway ${BENCH_GATEWAY_ARGS:-} --host 127.0.0.1 --port "$GATEWAY_PORT" --users-url "http://127.0.0.1:$USERS_PORT" >/dev/null & pids+=($!)
 GATEWAY_PID=$!
@@ -98,10 +102,18 @@ if [ "${BENCH_LIMITS:-on}" != off ]; then
 fi
 BASELINE=()
 if [ -n "${BENCH_BASELINE_BIN:-}" ]; then
-  BASELINE_PORT=$(free_port)
+  BASELINE_PORT=$(free_port); BASELINE_USERS_PORT=$(free_port); BASELINE_HOP_PORT=$(free_port)
   # shellcheck disable=SC2086 # as above
   "$BENCH_BASELINE_BIN" gateway ${BENCH_GATEWAY_ARGS:-} --host 127.0.0.1 --port "$BASELINE_PORT" --users-url "http://127.0.0.1:$USERS_PORT" >/dev/null & pids+=($!)
   BASELINE=(--target "a0|(a0) the baseline gateway|$BASELINE_PORT|/api|$!")
+  # The baseline's users role on the same Redis and data, directly (b0) and behind this
+  # build's gateway (ab0): (b)/(b0) and (a)/(ab0) are the users role's before/after, with the
+  # Redis CPU each request costs.
+  "$BENCH_BASELINE_BIN" users --host 127.0.0.1 --port "$BASELINE_USERS_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" >/dev/null & pids+=($!)
+  BASELINE+=(--target "b0|(b0) baseline users directly|$BASELINE_USERS_PORT||$!")
+  # shellcheck disable=SC2086 # as above
+  "$BIN" gateway ${BENCH_GATEWAY_ARGS:-} --host 127.0.0.1 --port "$BASELINE_HOP_PORT" --users-url "http://127.0.0.1:$BASELINE_USERS_PORT" >/dev/null & pids+=($!)
+  BASELINE+=(--target "ab0|(ab0) gateway → baseline users|$BASELINE_HOP_PORT|/api|$!")
 fi
 
 if [ "${BENCH_NGINX_LOG:-on}" = off ]; then
@@ -150,6 +162,8 @@ wait_port "$USERS_PORT" /health/ready
 wait_port "$GATEWAY_PORT" /health/ready
 [ -z "${CONTROL_PORT:-}" ] || wait_port "$CONTROL_PORT" /health/ready
 [ -z "${BASELINE_PORT:-}" ] || wait_port "$BASELINE_PORT" /health/ready
+[ -z "${BASELINE_USERS_PORT:-}" ] || wait_port "$BASELINE_USERS_PORT" /health/ready
+[ -z "${BASELINE_HOP_PORT:-}" ] || wait_port "$BASELINE_HOP_PORT" /health/ready
 [ -z "${AUTH_PORT:-}" ] || wait_port "$AUTH_PORT" /health/ready
 [ -z "${LOCAL_PORT:-}" ] || wait_port "$LOCAL_PORT" /health/ready
 [ -z "${SHARED_PORT:-}" ] || wait_port "$SHARED_PORT" /health/ready
@@ -185,7 +199,7 @@ LUA
 python3 scripts/bench_measure.py --lua "$work/ids.lua" --threads "$THREADS" --connections "$CONNECTIONS" \
   --seconds "$SECONDS_PER_ROUND" --rounds "$ROUNDS" \
   --target "a|(a) gateway → users|$GATEWAY_PORT|/api|$GATEWAY_PID" \
-  --target "b|(b) users directly|$USERS_PORT||" \
+  --target "b|(b) users directly|$USERS_PORT||$USERS_PID" --redis-pid "$REDIS_PID" \
   --target "c|(c) nginx → users|$NGINX_PORT|/api|$NGINX_PID" \
   "${CONTROL[@]}" "${AUTH[@]}" "${LIMITS[@]}" "${BASELINE[@]}"
 if [ "${BENCH_NGINX_LOG:-on}" != off ] && [ ! -s "$work/nginx-access.log" ]; then

@@ -69,6 +69,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--target", action="append", required=True)
+    parser.add_argument("--redis-pid", type=int, help="Redis' pid: its CPU per request too")
     args = parser.parse_args()
 
     targets = []
@@ -76,20 +77,25 @@ def main():
         key, label, port, prefix, pid, *flags = spec.split("|")
         targets.append({"key": key, "label": label, "port": port, "prefix": prefix,
                         "auth": "auth" in flags,
-                        "pid": int(pid) if pid else None, "runs": [], "ticks": []})
+                        "pid": int(pid) if pid else None, "runs": [], "ticks": [],
+                        "redis_ticks": []})
 
     for t in targets:  # connections, pools and caches warm; not counted
         wrk(args, t["port"], t["prefix"], args.warmup, t["auth"])
     for _ in range(args.rounds):
         for t in targets:
             before = cpu_ticks(t["pid"]) if t["pid"] else 0
+            redis_before = cpu_ticks(args.redis_pid) if args.redis_pid else 0
             t["runs"].append(wrk(args, t["port"], t["prefix"], args.seconds, t["auth"]))
             if t["pid"]:
                 t["ticks"].append(cpu_ticks(t["pid"]) - before)
+            if args.redis_pid:
+                t["redis_ticks"].append(cpu_ticks(args.redis_pid) - redis_before)
 
     print(f"\n{args.rounds} interleaved rounds of {args.seconds} s per target "
           f"(medians), wrk -t{args.threads} -c{args.connections}, {os.cpu_count()} cores")
-    print(f"{'target':<28} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU µs/req':>17}")
+    print(f"{'target':<28} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU µs/req':>17}"
+          f" {'Redis CPU µs/req':>17}")
     by_key = {}
     for t in targets:
         runs = t["runs"]
@@ -100,10 +106,15 @@ def main():
         if t["pid"]:
             cpu = sum(t["ticks"]) / TICKS * 1e6 / sum(r[0] for r in runs)
             cpu_rounds = [k / TICKS * 1e6 / r[0] for k, r in zip(t["ticks"], runs)]
+        redis_cpu = None
+        if t["redis_ticks"]:
+            redis_cpu = sum(t["redis_ticks"]) / TICKS * 1e6 / sum(r[0] for r in runs)
         by_key[t["key"]] = {"rps": rps, "cpu": cpu, "rounds": [r[1] for r in runs],
-                            "cpu_rounds": cpu_rounds}
+                            "cpu_rounds": cpu_rounds, "redis_cpu": redis_cpu}
         cpu_text = f"{cpu:.1f}" if cpu is not None else "-"
-        print(f"{t['label']:<28} {rps:>11.0f} {p50:>8.2f} {p99:>8.2f} {cpu_text:>17}")
+        redis_text = f"{redis_cpu:.1f}" if redis_cpu is not None else "-"
+        print(f"{t['label']:<28} {rps:>11.0f} {p50:>8.2f} {p99:>8.2f} {cpu_text:>17}"
+              f" {redis_text:>17}")
 
     def ratio(x, y, what, note=""):
         per_round = [p / q for p, q in zip(by_key[x]["rounds"], by_key[y]["rounds"])]
@@ -123,6 +134,9 @@ def main():
         ratio("a", "a2", "the same gateway twice (noise floor; 1.0 on a quiet machine)")
     if "a0" in by_key:
         ratio("a", "a0", "this build vs the baseline build")
+    if "b0" in by_key:
+        ratio("b", "b0", "users directly, this build vs the baseline build")
+        ratio("a", "ab0", "through the gateway, this users vs the baseline users")
     print()
     cpu_ratio("a", "c", "proxy CPU per request, gateway/nginx (lower is leaner)")
     if "a2" in by_key:
@@ -135,6 +149,12 @@ def main():
         cpu_ratio("ar", "a", "CPU per request, shared limits on vs off (gateway only)")
     if "a0" in by_key:
         cpu_ratio("a", "a0", "CPU per request, this build vs the baseline build")
+    if "b0" in by_key:
+        cpu_ratio("b", "b0", "users CPU per request, this build vs the baseline build")
+        if by_key["b"]["redis_cpu"] and by_key["b0"]["redis_cpu"]:
+            for x, y in (("b", "b0"), ("a", "ab0")):
+                print(f"({x})/({y}) Redis CPU per request, this users vs the baseline users: "
+                      f"{by_key[x]['redis_cpu'] / by_key[y]['redis_cpu']:.2f}")
 
 
 if __name__ == "__main__":
