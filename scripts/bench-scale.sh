@@ -2,14 +2,18 @@
 # Benchmark, not a test: the users role and its maintenance at scale. For each size N
 # (BENCH_SCALE_SIZES, default "10000 100000 1000000"), into a throwaway Redis:
 #   1. preloads N users in the seeds' format (scripts/seed_users.py piped into redis-cli --pipe);
-#   2. times `platform users reindex` (users/s);
+#   2. times `platform users reindex` (users/s) and its Redis CPU per user; on a second preload of
+#      the same size, scripts/reindex_floor.py measures the floor under any reindex: the Redis
+#      CPU per user of the index writes alone, unchecked, in the cheapest order (floor/s =
+#      1e6 / that, the best rate with Redis 100% busy: Redis runs commands on one thread);
 #   3. starts the users role on that data and measures, with wrk (BENCH_SCALE_SECONDS, 5 s each,
 #      BENCH_SCALE_CONNECTIONS, 4), the latency (p50/p99) of GET /users/{id} over 1000 random
 #      users, of a list page (GET /users?limit=50 from 1000 random cursors spread over the whole
 #      list, the first page included) and of POST /users (new emails);
 #   4. times `platform users export`, FLUSHALL and `platform users import` of that export
 #      (users/s; the importer's peak RSS).
-# It prints one line per N: reindex users/s and its peak RSS, the three latencies, export and
+# It prints one line per N: reindex users/s, its Redis µs per user, the floor's Redis µs per user
+# and floor/s, the reindex's peak RSS, the three latencies, export and
 # import users/s and the importer's peak RSS, Redis' bytes per user (seed format alone, and
 # with our indexes).
 # Per-request latencies must stay flat in N (every request is O(log n + page) in Redis).
@@ -41,6 +45,8 @@ cli() { redis-cli -p "$port" "$@"; }
 for _ in $(seq 50); do cli ping >/dev/null 2>&1 && break; sleep 0.1; done
 url="redis://127.0.0.1:$port"
 mem() { cli info memory | sed -n 's/^used_memory:\([0-9]*\).*/\1/p'; }
+# Redis' CPU seconds so far (user + system).
+redis_cpu() { cli info cpu | awk -F: '/^used_cpu_(user|sys):/ { s += $2 } END { printf "%.3f", s }'; }
 # Seconds a command took (GNU time: also its peak RSS in KiB, into $work/rss).
 timed() {
   local start end
@@ -108,14 +114,21 @@ def ms(p):
 print("%.2f/%.2f" % (ms(50), ms(99)))' <<<"$out"
 }
 
-printf '%-8s %9s %8s %14s %14s %14s %9s %9s %8s %8s %8s\n' users reindex/s rss_MB "get p50/p99" \
-  "list p50/p99" "create p50/p99" export/s import/s rss_MB seed_B/u idx_B/u
+printf '%-8s %9s %7s %7s %8s %8s %14s %14s %14s %9s %9s %8s %8s %8s\n' users reindex/s redis_us \
+  floor_us floor/s rss_MB "get p50/p99" "list p50/p99" "create p50/p99" export/s import/s rss_MB seed_B/u idx_B/u
 for n in $SIZES; do
+  cli flushall >/dev/null
+  python3 scripts/seed_users.py "$n" | cli --pipe >/dev/null
+  floor=$(timeout "$STEP_TIMEOUT" python3 scripts/reindex_floor.py "$port") || { echo "floor failed" >&2; exit 1; }
+  floor_us=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["redis_us_per_user"])' "$floor")
+  floor_rate=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["bound_users_per_s"])' "$floor")
   cli flushall >/dev/null
   base=$(mem)
   python3 scripts/seed_users.py "$n" | cli --pipe >/dev/null
   seeded=$(mem)
+  cpu_before=$(redis_cpu)
   t_reindex=$(timed "$BIN" users reindex --redis-url "$url" --redis-timeout 10s)
+  reindex_us=$(echo "scale=2; ($(redis_cpu) - $cpu_before) * 1000000 / $n" | bc -l)
   reindex_rss=$(( $(cat "$work/rss") / 1024 ))
   indexed=$(mem)
   [ "$(cli zcard users:by_created)" = "$n" ] || { echo "reindex indexed $(cli zcard users:by_created) of $n" >&2; exit 1; }
@@ -136,9 +149,10 @@ for n in $SIZES; do
   t_import=$(timed "$BIN" users import --redis-url "$url" --redis-timeout 10s "$work/users.jsonl")
   rss=$(( $(cat "$work/rss") / 1024 ))
   [ "$(cli scard users:index)" = "$total" ] || { echo "import restored $(cli scard users:index) of $total" >&2; exit 1; }
-  printf '%-8s %9s %8s %14s %14s %14s %9s %9s %8s %8s %8s\n' "$n" "$(rate "$n" "$t_reindex")" \
-    "$reindex_rss" "$get" "$list" "$create" "$(rate "$total" "$t_export")" "$(rate "$total" "$t_import")" "$rss" \
+  printf '%-8s %9s %7s %7s %8s %8s %14s %14s %14s %9s %9s %8s %8s %8s\n' "$n" "$(rate "$n" "$t_reindex")" \
+    "$reindex_us" "$floor_us" "$floor_rate" "$reindex_rss" "$get" "$list" "$create" "$(rate "$total" "$t_export")" "$(rate "$total" "$t_import")" "$rss" \
     $(( (seeded - base) / n )) $(( (indexed - base) / n ))
+  echo "  floor, Redis µs per user by command: $(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["commands_us_per_user"])' "$floor")"
   echo "  ($n users: reindex ${t_reindex}s, export ${t_export}s, import ${t_import}s; latencies in ms, wrk -c$CONNECTIONS ${SECONDS_PER_RUN}s each)"
   rm -f "$work/users.jsonl"
 done
