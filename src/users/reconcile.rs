@@ -1,6 +1,8 @@
 //! The users role's background reconciler: indexes users that another writer (the seeds'
 //! Node.js service during a migration) put in `users:index` but not in our indexes, and drops
-//! ordered-index entries whose user that writer deleted. No manual step, bounded work per tick.
+//! ordered-index entries whose user that writer deleted, and, a step per tick, sweeps the email
+//! guards for those whose owner that writer deleted or gave another address (a guard left
+//! behind would refuse that address forever). No manual step, bounded work per tick.
 
 use std::time::{Duration, Instant};
 
@@ -37,13 +39,20 @@ enum Pass {
 }
 
 /// Runs the reconciler until the returned handle is aborted: once at start, then every second.
+/// Each tick also takes one step of the endless guard sweep (one SCAN step of `BATCH` slots:
+/// a pass over 1 M users' keys takes about half an hour, at ~2 ms of Redis work a second).
 pub fn spawn(store: UserStore, log: Logger) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut state = State::default();
+        let mut guards: u64 = 0;
         loop {
             let mut report = Report::default();
             if let Err(e) = tick(&store, &mut state, &mut report).await {
                 slog::debug!(log, "reconciler tick failed"; "error" => %e);
+            }
+            match sweep_guards(&store, guards, &mut report).await {
+                Ok(next) => guards = next,
+                Err(e) => slog::debug!(log, "guard sweep step failed"; "error" => %e),
             }
             log_report(&log, &report);
             tokio::time::sleep(INTERVAL).await;
@@ -65,12 +74,27 @@ pub async fn until_settled(store: &UserStore, log: &Logger) -> Result<(), StoreE
     }
 }
 
+async fn sweep_guards(
+    store: &UserStore,
+    cursor: u64,
+    report: &mut Report,
+) -> Result<u64, StoreError> {
+    let mut conn = store.connection().await?;
+    reindex::sweep_guards(&mut conn, cursor, true, report).await
+}
+
 fn log_report(log: &Logger, report: &Report) {
-    if report.added_to_by_created + report.email_guards_added + report.dangling_ids_removed > 0 {
+    if report.added_to_by_created
+        + report.email_guards_added
+        + report.dangling_ids_removed
+        + report.stale_guards_removed
+        > 0
+    {
         slog::info!(log, "reconciled users written by another service";
             "added_to_by_created" => report.added_to_by_created,
             "email_guards_added" => report.email_guards_added,
-            "dangling_ids_removed" => report.dangling_ids_removed);
+            "dangling_ids_removed" => report.dangling_ids_removed,
+            "stale_guards_removed" => report.stale_guards_removed);
     }
     for dup in &report.duplicate_emails {
         slog::warn!(log, "duplicate email left for a human to resolve";

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::store::{self, BY_CREATED, BY_CREATED_LEX, INDEX, StoreError, UserStore};
 use crate::accounts::domain::User;
-use crate::accounts::parse_ordered_member;
+use crate::accounts::{EMAIL_PREFIX, parse_ordered_member};
 use crate::telemetry::metrics::Metrics;
 
 /// Indexes a batch of users, each if it still is what was read.
@@ -29,6 +29,9 @@ static DROP_DANGLING: LazyLock<Script> =
 /// Removes `users:by_created_lex` members that `users:by_created` does not hold.
 static PRUNE_LEX: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/reindex_prune_lex.lua")));
+/// Drops (or moves) email guards whose owner is gone or has another address now.
+static DROP_STALE_GUARDS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/drop_stale_guards.lua")));
 
 /// Keys or ids asked for per round trip.
 pub(super) const BATCH: usize = 1000;
@@ -59,6 +62,9 @@ pub struct Report {
     pub dangling_ids_removed: u64,
     /// Members removed from `users:by_created_lex` that `users:by_created` does not hold.
     pub dangling_members_removed: u64,
+    /// Email guards dropped because their owner is gone or has another address now (a guard
+    /// that moved to the owner's new address is counted here and in `email_guards_added`).
+    pub stale_guards_removed: u64,
     pub unreadable_count: u64,
     pub duplicate_email_count: u64,
     /// Users that changed after being read every time they were read (left to their writer).
@@ -79,6 +85,17 @@ pub struct Duplicate {
 }
 
 impl Report {
+    fn duplicate(&mut self, email: &str, kept_by: String, also_used_by: &str) {
+        self.duplicate_email_count += 1;
+        if self.duplicate_emails.len() < MAX_LISTED {
+            self.duplicate_emails.push(Duplicate {
+                email: email.to_lowercase(),
+                kept_by,
+                also_used_by: also_used_by.to_owned(),
+            });
+        }
+    }
+
     fn unreadable(&mut self, key: String) {
         self.unreadable_count += 1;
         if self.unreadable.len() < MAX_LISTED {
@@ -147,6 +164,14 @@ pub async fn reindex(store: &UserStore) -> Result<Report, StoreError> {
     }
     if index != lex {
         report.dangling_ids_removed += drop_dangling_in(&mut writer, INDEX).await?;
+    }
+    // Guards another writer left behind (it deleted a user or changed its email); a first
+    // migration wrote every guard there is for a user it had just checked.
+    if !written_by_us {
+        let mut cursor = sweep_guards(&mut writer, 0, false, &mut report).await?;
+        while cursor != 0 {
+            cursor = sweep_guards(&mut writer, cursor, false, &mut report).await?;
+        }
     }
     Ok(report)
 }
@@ -335,14 +360,7 @@ async fn index_users<C: ConnectionLike + Send>(
             let Some(Parsed { user, .. }) = at(position) else {
                 continue;
             };
-            report.duplicate_email_count += 1;
-            if report.duplicate_emails.len() < MAX_LISTED {
-                report.duplicate_emails.push(Duplicate {
-                    email: user.email.to_lowercase(),
-                    kept_by: owner,
-                    also_used_by: user.id.clone(),
-                });
-            }
+            report.duplicate(&user.email, owner, &user.id);
         }
     }
     Ok(changed)
@@ -510,6 +528,99 @@ async fn prune_lex<C: ConnectionLike + Send>(
     }
 }
 
+/// One SCAN step over the email guards from `cursor`: drops those whose owner is gone, moves
+/// those whose owner has another address now to that address (if nobody holds it), each after
+/// checking in the same script that the guard and the owner's record are still what was read.
+/// A guard whose owner's record is not a user is left alone. A new address another user holds
+/// is reported as a duplicate when `report_taken` (a reindex has just reported every user's).
+/// The next cursor (0: the pass is done).
+pub(super) async fn sweep_guards<C: ConnectionLike + Send>(
+    conn: &mut C,
+    cursor: u64,
+    report_taken: bool,
+    report: &mut Report,
+) -> Result<u64, StoreError> {
+    let (next, guards): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(format!("{EMAIL_PREFIX}*"))
+        .arg("COUNT")
+        .arg(BATCH)
+        .query_async(conn)
+        .await?;
+    if guards.is_empty() {
+        return Ok(next);
+    }
+    let owners: Vec<Option<String>> = redis::cmd("MGET").arg(&guards).query_async(conn).await?;
+    let held: Vec<(String, String)> = guards
+        .into_iter()
+        .zip(owners)
+        .filter_map(|(guard, owner)| owner.map(|owner| (guard, owner)))
+        .collect();
+    if held.is_empty() {
+        return Ok(next);
+    }
+    let raws: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(user_keys(
+            &held.iter().map(|(_, owner)| owner).collect::<Vec<_>>(),
+        ))
+        .query_async(conn)
+        .await?;
+    // (guard, owner, the owner's JSON as read or "", the owner's guard now or the guard itself)
+    let stale: Vec<(&str, &str, &str, String, String)> = held
+        .iter()
+        .zip(&raws)
+        .filter_map(|((guard, owner), raw)| match raw {
+            None => Some((
+                guard.as_str(),
+                owner.as_str(),
+                "",
+                guard.clone(),
+                owner.clone(),
+            )),
+            Some(raw) => match serde_json::from_str::<User>(raw) {
+                Ok(user) if user.id == *owner => {
+                    let now = store::email_key(&user.email);
+                    let moved = now != *guard;
+                    moved.then_some((
+                        guard.as_str(),
+                        owner.as_str(),
+                        raw.as_str(),
+                        now,
+                        user.email,
+                    ))
+                }
+                _ => None,
+            },
+        })
+        .collect();
+    if stale.is_empty() {
+        return Ok(next);
+    }
+    let mut invocation = DROP_STALE_GUARDS.prepare_invoke();
+    for (guard, owner, raw, now, _) in &stale {
+        invocation
+            .key(*guard)
+            .key(store::user_key(owner))
+            .key(now)
+            .arg(*owner)
+            .arg(*raw);
+    }
+    let (dropped, added, taken, owners): (u64, u64, Vec<usize>, Vec<String>) =
+        invocation.invoke_async(conn).await?;
+    report.stale_guards_removed += dropped;
+    report.email_guards_added += added;
+    for (position, owner) in taken.into_iter().zip(owners) {
+        let Some((_, id, _, _, email)) = stale.get(position.wrapping_sub(1)) else {
+            continue;
+        };
+        if report_taken {
+            report.duplicate(email, owner, id);
+        }
+    }
+    Ok(next)
+}
+
 /// A score as Redis prints it, as whole ms (what our scripts write; anything else truncated).
 pub(super) fn score_ms(score: &str) -> i64 {
     score.parse::<f64>().map_or(0, |s| s as i64)
@@ -536,6 +647,7 @@ pub async fn run(
         "email_guards_added" => report.email_guards_added,
         "dangling_ids_removed" => report.dangling_ids_removed,
         "dangling_members_removed" => report.dangling_members_removed,
+        "stale_guards_removed" => report.stale_guards_removed,
         "duplicate_emails" => report.duplicate_email_count,
         "unreadable" => report.unreadable_count,
         "changed" => report.changed_count,

@@ -265,7 +265,7 @@ async fn users_the_seed_service_writes_are_listed_and_guarded_without_a_manual_s
     )
     .await
     .assert_error(409, "duplicate_email");
-    // A user the seed service deletes leaves the list too.
+    // A user the seed service deletes leaves the list too...
     app.redis.cli(&["DEL", &format!("user:{during}")]);
     app.redis.cli(&["SREM", "users:index", &during]);
     poll_until(
@@ -282,6 +282,99 @@ async fn users_the_seed_service_writes_are_listed_and_guarded_without_a_manual_s
         },
     )
     .await;
+    // ...and frees its address (the seed service never touches our guards: the reconciler's
+    // sweep finds the guard whose owner is gone).
+    let guard = |email: &str| app.redis.cli(&["GET", &format!("users:email:{email}")]);
+    poll_until(
+        Duration::from_secs(30),
+        "guard of a deleted seed user",
+        async || guard("during@example.com").trim().is_empty(),
+    )
+    .await;
+    let created = app
+        .json(
+            "POST",
+            "/users",
+            r#"{"name":"X","email":"During@example.com"}"#,
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    // A user whose address the seed service changes keeps only its new one.
+    let changed = app.redis.cli(&["GET", &format!("user:{before}")]);
+    let changed = changed
+        .trim()
+        .replace("before@example.com", "Before2@example.com");
+    app.redis.cli(&["SET", &format!("user:{before}"), &changed]);
+    poll_until(
+        Duration::from_secs(30),
+        "guard moved to the new address",
+        async || {
+            guard("before@example.com").trim().is_empty()
+                && guard("before2@example.com").trim() == before
+        },
+    )
+    .await;
+    let created = app
+        .json(
+            "POST",
+            "/users",
+            r#"{"name":"Y","email":"before@example.com"}"#,
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    app.json(
+        "POST",
+        "/users",
+        r#"{"name":"Z","email":"BEFORE2@example.com"}"#,
+    )
+    .await
+    .assert_error(409, "duplicate_email");
+}
+
+#[actix_web::test]
+async fn guards_the_seed_service_left_behind_are_dropped_or_moved_by_a_reindex() {
+    let redis = RedisServer::start();
+    let at = "2024-01-01T00:00:00.000Z";
+    let gone = seed_user(&redis, "Gone", "gone@example.com", at);
+    let moved = seed_user(&redis, "Moved", "moved@example.com", at);
+    let kept = seed_user(&redis, "Kept", "Kept@example.com", at);
+    let taken = seed_user(&redis, "Taken", "taken@example.com", at);
+    let mover = seed_user(&redis, "Mover", "mover@example.com", at);
+    let first = summary(&reindex(&redis.url()));
+    assert_eq!(first["email_guards_added"], 5, "{first}");
+    assert_eq!(first["stale_guards_removed"], 0, "{first}");
+
+    // The seed service deletes one user and changes two addresses; it never touches our guards.
+    redis.cli(&["DEL", &format!("user:{gone}")]);
+    redis.cli(&["SREM", "users:index", &gone]);
+    let readdress = |id: &str, from: &str, to: &str| {
+        let json = redis.cli(&["GET", &format!("user:{id}")]);
+        redis.cli(&["SET", &format!("user:{id}"), &json.trim().replace(from, to)]);
+    };
+    readdress(&moved, "moved@example.com", "New@example.com");
+    readdress(&mover, "mover@example.com", "TAKEN@example.com");
+
+    let done = summary(&reindex(&redis.url()));
+    assert_eq!(done["stale_guards_removed"], 3, "{done}");
+    assert_eq!(done["email_guards_added"], 1, "{done}");
+    assert_eq!(done["duplicate_emails"], 1, "{done}");
+    assert_eq!(done["dangling_ids_removed"], 1, "{done}");
+    let owner = |email: &str| {
+        let owner = redis.cli(&["GET", &format!("users:email:{email}")]);
+        owner.trim().to_owned()
+    };
+    assert_eq!(owner("gone@example.com"), "");
+    assert_eq!(owner("moved@example.com"), "");
+    assert_eq!(owner("new@example.com"), moved);
+    assert_eq!(owner("kept@example.com"), kept);
+    assert_eq!(owner("taken@example.com"), taken);
+    assert_eq!(owner("mover@example.com"), "");
+
+    // Nothing left to do: a re-run changes nothing (the duplicate is reported again).
+    let again = summary(&reindex(&redis.url()));
+    assert_eq!(again["stale_guards_removed"], 0, "{again}");
+    assert_eq!(again["email_guards_added"], 0, "{again}");
+    assert_eq!(again["duplicate_emails"], 1, "{again}");
 }
 
 /// The score and `users:by_created_lex` member of a user created at `at` (as the store writes).
@@ -523,4 +616,44 @@ async fn the_ordered_member_follows_the_time_users_by_created_already_holds() {
         format!("-999999999998500:{id}")
     );
     assert_eq!(redis.cli(&["ZSCORE", "users:by_created", &id]), "-1500");
+}
+
+/// The guard sweep's script drops or moves a guard only if the guard and its owner's record are
+/// still what the sweep read: a create, update or delete in between is never undone.
+#[test]
+fn a_stale_guard_is_dropped_only_while_it_and_its_owner_are_as_read() {
+    let script = include_str!("../../src/users/scripts/drop_stale_guards.lua");
+    let redis = RedisServer::start();
+    let id = uuid::Uuid::new_v4().to_string();
+    let user = |email: &str| {
+        format!(r#"{{"id":"{id}","name":"A","email":"{email}","created_at":"x","updated_at":"x"}}"#)
+    };
+    let (old, new) = ("users:email:old@example.com", "users:email:new@example.com");
+    redis.cli(&["SET", old, &id]);
+    redis.cli(&["SET", &format!("user:{id}"), &user("new@example.com")]);
+    let sweep = |read: &str| {
+        redis.cli(&[
+            "EVAL",
+            script,
+            "3",
+            old,
+            &format!("user:{id}"),
+            new,
+            &id,
+            read,
+        ])
+    };
+    // Read before the owner changed again (or while it was gone): nothing happens.
+    sweep(&user("newer@example.com"));
+    sweep("");
+    assert_eq!(redis.cli(&["GET", old]).trim(), id);
+    assert_eq!(redis.cli(&["GET", new]).trim(), "");
+    // Read as it is: the guard moves to the owner's address.
+    sweep(&user("new@example.com"));
+    assert_eq!(redis.cli(&["GET", old]).trim(), "");
+    assert_eq!(redis.cli(&["GET", new]).trim(), id);
+    // A guard that another user took over since the read stays that user's.
+    redis.cli(&["SET", old, "someone-else"]);
+    sweep(&user("new@example.com"));
+    assert_eq!(redis.cli(&["GET", old]).trim(), "someone-else");
 }
