@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::cursor::Cursor;
 use super::reindex::BATCH;
-use super::store::{self, BY_CREATED, BY_CREATED_LEX, INDEX, UserStore};
+use super::store::{self, BY_CREATED, BY_CREATED_LEX, INDEX, StoreError, UserStore};
 use crate::accounts::domain::User;
 use crate::accounts::{CREATE, credential_key, to_json};
 use crate::config::{ExportArgs, UsersSettings};
@@ -217,6 +217,18 @@ struct ImportReport {
     footer: Option<Footer>,
 }
 
+impl ImportReport {
+    /// Adds a batch's counts (and its listed conflicts, up to `MAX_LISTED`).
+    fn add(&mut self, batch: ImportReport) {
+        self.imported += batch.imported;
+        self.identical += batch.identical;
+        self.email_conflicts += batch.email_conflicts;
+        self.id_conflicts += batch.id_conflicts;
+        let room = MAX_LISTED.saturating_sub(self.listed.len());
+        self.listed.extend(batch.listed.into_iter().take(room));
+    }
+}
+
 /// The `import` command.
 pub async fn import(settings: &UsersSettings, file: &Path, log: &Logger) -> anyhow::Result<()> {
     let log = &crate::telemetry::logging::for_service(log, super::SERVICE);
@@ -278,7 +290,6 @@ async fn read_and_import(
         header.format,
         header.version
     );
-    let mut conn = store.connection().await?;
     let mut batch: Vec<User> = Vec::with_capacity(BATCH);
     for line in lines {
         let line = line?;
@@ -293,7 +304,7 @@ async fn read_and_import(
             }
             batch.push(user);
             if batch.len() == BATCH {
-                import_batch(&mut conn, &batch, &mut report).await?;
+                import_batch(store, &batch, &mut report).await?;
                 batch.clear();
             }
         } else if let Ok(footer) = serde_json::from_str::<Footer>(&line) {
@@ -302,21 +313,41 @@ async fn read_and_import(
             report.invalid += 1;
         }
     }
-    import_batch(&mut conn, &batch, &mut report).await?;
+    import_batch(store, &batch, &mut report).await?;
     Ok(report)
+}
+
+/// Imports `batch` as one store write: refused during a failover, and done only once
+/// confirmed (`--redis-min-replicas-ack`), like the API's own creates, so an import never
+/// reports users imported that a failover can still drop (it fails; a re-run is idempotent).
+async fn import_batch(
+    store: &UserStore,
+    batch: &[User],
+    report: &mut ImportReport,
+) -> Result<(), StoreError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    // Counted only once the write is confirmed.
+    let mut counted = ImportReport::default();
+    let counts = &mut counted;
+    store
+        .write("import", |mut conn| async move {
+            import_batch_on(&mut conn, batch, counts).await
+        })
+        .await?;
+    report.add(counted);
+    Ok(())
 }
 
 /// One MGET to skip identical users and spot ids in use, one pipeline of `create.lua` (the
 /// API's own atomic create, with the id and timestamps of the file), one MGET of the owners of
 /// emails that were taken.
-async fn import_batch(
+async fn import_batch_on(
     conn: &mut crate::redis::Connection,
     batch: &[User],
     report: &mut ImportReport,
-) -> anyhow::Result<()> {
-    if batch.is_empty() {
-        return Ok(());
-    }
+) -> Result<(), StoreError> {
     let keys: Vec<String> = batch.iter().map(|u| store::user_key(&u.id)).collect();
     let existing: Vec<Option<String>> = conn.mget(&keys).await?;
     let mut fresh = Vec::new();
@@ -357,7 +388,11 @@ async fn import_batch(
             "taken" => taken.push(*user),
             // Written meanwhile (or twice in the file): not ours to overwrite.
             "exists" => report.id_conflicts += 1,
-            other => return Err(crate::accounts::unexpected("create", other)),
+            other => {
+                return Err(StoreError::Unavailable(crate::accounts::unexpected(
+                    "create", other,
+                )));
+            }
         }
     }
     report.email_conflicts += taken.len() as u64;

@@ -188,7 +188,11 @@ impl UserStore {
 
     /// `run` for an operation that writes: refused during a failover, and answered as done
     /// only once confirmed (`Redis::confirm_write`: `WAIT`, no failover event meanwhile).
-    async fn write<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, StoreError>
+    pub(super) async fn write<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        op: F,
+    ) -> Result<T, StoreError>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,

@@ -232,3 +232,57 @@ async fn export_to_a_directory_keeps_the_newest_n_files() {
     assert!(err.contains("--keep needs --dir"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// An import writes as the API does: with `--redis-min-replicas-ack`, a batch counts as imported
+/// only once a replica confirms it, so an import never reports users that a failover can drop.
+#[actix_web::test]
+async fn an_import_reports_users_imported_only_once_a_replica_confirms_them() {
+    let source = RedisServer::start();
+    for i in 0..3 {
+        seed_user(
+            &source,
+            "U",
+            &format!("u{i}@example.com"),
+            "2024-01-01T00:00:00.000Z",
+        );
+    }
+    let dir = temp_dir("ack");
+    let file = dir.join("users.jsonl");
+    export(&source.url(), &file, &[]);
+    let path = file.to_str().unwrap();
+    let acknowledged = [
+        "import",
+        path,
+        "--redis-min-replicas-ack",
+        "1",
+        "--redis-timeout",
+        "1s",
+    ];
+
+    // No replica: nothing confirms the writes, so the import fails instead of reporting them.
+    let master = RedisServer::start();
+    let (code, done, _, err) = users_task(&master.url(), &acknowledged, "import done");
+    assert_eq!(code, Some(1), "{done}");
+    assert_eq!(done, Value::Null, "no summary of an unconfirmed import");
+    assert!(err.contains("import failed"), "{err}");
+
+    // With a replica in sync, the same import (idempotent) is confirmed; the replica holds all.
+    let replica = RedisServer::start();
+    master.cli(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
+    replica.cli(&["REPLICAOF", "127.0.0.1", &master.port.to_string()]);
+    crate::helpers::poll_until(
+        std::time::Duration::from_secs(10),
+        "replica in sync",
+        async || {
+            replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        },
+    )
+    .await;
+    let (code, done, _, err) = users_task(&master.url(), &acknowledged, "import done");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(done["users"], 3, "{done}");
+    assert_eq!(stored_users(&replica), stored_users(&source));
+    std::fs::remove_dir_all(&dir).ok();
+}
