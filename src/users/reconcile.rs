@@ -40,7 +40,7 @@ enum Pass {
 
 /// Runs the reconciler until the returned handle is aborted: once at start, then every second.
 /// Each tick also takes one step of the endless guard sweep (one SCAN step of `BATCH` slots:
-/// X.
+/// a pass over 1 M users' keys takes about half an hour, at ~3 ms of Redis work a second).
 pub fn spawn(store: UserStore, log: Logger) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut state = State::default();
