@@ -314,7 +314,29 @@ async fn read_and_import(
         }
     }
     import_batch(store, &batch, &mut report).await?;
+    confirm_all(store).await?;
     Ok(report)
+}
+
+/// Where an import's last write goes (expires within a minute; nothing reads it).
+const CONFIRMATION: &str = "users:import:confirmation";
+
+/// One last write, confirmed: a batch that wrote nothing (every user already there, e.g. left
+/// unconfirmed by an earlier run) has no `WAIT` of its own, and this one covers everything
+/// the master holds, so an import that ends well means its users are on the replicas too.
+async fn confirm_all(store: &UserStore) -> Result<(), StoreError> {
+    store
+        .write("import", |mut conn| async move {
+            redis::cmd("SET")
+                .arg(CONFIRMATION)
+                .arg(uuid::Uuid::new_v4().to_string())
+                .arg("PX")
+                .arg(60_000)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(StoreError::from)
+        })
+        .await
 }
 
 /// Imports `batch` as one store write: refused during a failover, and done only once

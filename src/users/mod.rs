@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod cursor;
 mod error;
+mod guards;
 pub mod idempotency;
 pub mod reconcile;
 pub mod reindex;

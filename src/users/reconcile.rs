@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use redis::{self, aio::ConnectionLike};
 use slog::Logger;
 
+use super::guards;
 use super::reindex::{self, BATCH, Report};
 use super::store::{BY_CREATED, INDEX, StoreError, UserStore, ordered_member};
 
@@ -16,6 +17,8 @@ use super::store::{BY_CREATED, INDEX, StoreError, UserStore, ordered_member};
 const INTERVAL: Duration = Duration::from_secs(1);
 /// Redis work one tick may do before yielding to the next tick.
 const BUDGET: Duration = Duration::from_millis(200);
+/// Where the slow walk over the indexes stands, shared by every pod.
+const WALK_CURSOR: &str = "users:reconcile_walk_cursor";
 
 /// Where an unfinished pass stands between ticks.
 #[derive(Debug, Default)]
@@ -39,20 +42,24 @@ enum Pass {
 }
 
 /// Runs the reconciler until the returned handle is aborted: once at start, then every second.
-/// Each tick also takes one step of the endless guard sweep (one SCAN step of `BATCH` slots:
-/// a pass over 1 M users' keys takes about half an hour, at ~3 ms of Redis work a second).
+/// Each tick also takes one step of the slow walk over both indexes and one of the endless
+/// guard sweep (`guards.rs`), each from a cursor every pod shares: ~1,000 entries or key slots
+/// and ~2-3 ms of Redis work per step, a whole walk or sweep over 1 M users in about half an
+/// hour.
 pub fn spawn(store: UserStore, log: Logger) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut state = State::default();
-        let mut guards: u64 = 0;
         loop {
             let mut report = Report::default();
             if let Err(e) = tick(&store, &mut state, &mut report).await {
                 slog::debug!(log, "reconciler tick failed"; "error" => %e);
             }
-            match sweep_guards(&store, guards, &mut report).await {
-                Ok(next) => guards = next,
-                Err(e) => slog::debug!(log, "guard sweep step failed"; "error" => %e),
+            // (Failures are Redis being unreachable, which readiness and alerts report.)
+            if let Err(e) = walk(&store, &mut report).await {
+                slog::debug!(log, "reconciler walk step failed"; "error" => %e);
+            }
+            if let Err(e) = sweep_guards(&store, &mut report).await {
+                slog::debug!(log, "guard sweep step failed"; "error" => %e);
             }
             log_report(&log, &report);
             tokio::time::sleep(INTERVAL).await;
@@ -74,13 +81,22 @@ pub async fn until_settled(store: &UserStore, log: &Logger) -> Result<(), StoreE
     }
 }
 
-async fn sweep_guards(
-    store: &UserStore,
-    cursor: u64,
-    report: &mut Report,
-) -> Result<u64, StoreError> {
+/// One step of the sweep from where the last one (of any pod) left it. Two pods stepping from
+/// one cursor at once do the same step twice: harmless, each drop is checked.
+async fn sweep_guards(store: &UserStore, report: &mut Report) -> Result<(), StoreError> {
     let mut conn = store.connection().await?;
-    reindex::sweep_guards(&mut conn, cursor, true, report).await
+    let cursor: Option<String> = redis::cmd("GET")
+        .arg(guards::SWEEP_CURSOR)
+        .query_async(&mut conn)
+        .await?;
+    let cursor = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
+    let next = guards::sweep_step(&mut conn, cursor, true, report).await?;
+    redis::cmd("SET")
+        .arg(guards::SWEEP_CURSOR)
+        .arg(next)
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(())
 }
 
 fn log_report(log: &Logger, report: &Report) {
@@ -126,65 +142,17 @@ async fn tick(
     };
     let mut pass = pass;
     loop {
-        pass = match pass {
-            Pass::Missing(cursor) => {
-                let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
-                    .arg(INDEX)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(BATCH)
-                    .query_async(&mut conn)
-                    .await?;
-                let scores: Vec<Option<f64>> = match ids.is_empty() {
-                    true => Vec::new(),
-                    false => {
-                        redis::cmd("ZMSCORE")
-                            .arg(BY_CREATED)
-                            .arg(&ids)
-                            .query_async(&mut conn)
-                            .await?
-                    }
-                };
-                let missing: Vec<String> = ids
-                    .into_iter()
-                    .zip(scores)
-                    .filter(|(_, score)| score.is_none())
-                    .map(|(id, _)| id)
-                    .collect();
-                reindex::index_ids(&mut conn, &missing, report).await?;
-                match next {
-                    0 => Pass::Dangling(0),
-                    next => Pass::Missing(next),
-                }
+        // The count-triggered pass looks for dangling entries only if the counts show some.
+        if let Pass::Dangling(0) = pass {
+            let (index, ordered) = counts(&mut conn).await?;
+            if ordered <= index {
+                break;
             }
-            Pass::Dangling(cursor) => {
-                if cursor == 0 {
-                    let (index, ordered) = counts(&mut conn).await?;
-                    if ordered <= index {
-                        break;
-                    }
-                }
-                let (next, batch): (u64, Vec<String>) = redis::cmd("ZSCAN")
-                    .arg(BY_CREATED)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(BATCH)
-                    .query_async(&mut conn)
-                    .await?;
-                let entries: Vec<(&str, String)> = batch
-                    .chunks_exact(2)
-                    .map(|pair| {
-                        let member = ordered_member(reindex::score_ms(&pair[1]), &pair[0]);
-                        (pair[0].as_str(), member)
-                    })
-                    .collect();
-                report.dangling_ids_removed += reindex::drop_dangling(&mut conn, &entries).await?;
-                match next {
-                    0 => break,
-                    next => Pass::Dangling(next),
-                }
-            }
-        };
+        }
+        match step(&mut conn, pass, report).await? {
+            Some(next) => pass = next,
+            None => break,
+        }
         if started.elapsed() > BUDGET {
             state.pass = Some(pass);
             return Ok(false);
@@ -198,6 +166,95 @@ async fn tick(
     let quiet = state.started_with.take() == Some(counts);
     state.settled = (counts.0 != counts.1 && quiet).then_some(counts);
     Ok(true)
+}
+
+/// One SCAN step of a pass; the next step, `None` when the pass is done.
+async fn step<C: ConnectionLike + Send>(
+    conn: &mut C,
+    pass: Pass,
+    report: &mut Report,
+) -> Result<Option<Pass>, StoreError> {
+    match pass {
+        Pass::Missing(cursor) => {
+            let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+                .arg(INDEX)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(conn)
+                .await?;
+            let scores: Vec<Option<f64>> = match ids.is_empty() {
+                true => Vec::new(),
+                false => {
+                    redis::cmd("ZMSCORE")
+                        .arg(BY_CREATED)
+                        .arg(&ids)
+                        .query_async(conn)
+                        .await?
+                }
+            };
+            let missing: Vec<String> = ids
+                .into_iter()
+                .zip(scores)
+                .filter(|(_, score)| score.is_none())
+                .map(|(id, _)| id)
+                .collect();
+            reindex::index_ids(conn, &missing, report).await?;
+            Ok(Some(match next {
+                0 => Pass::Dangling(0),
+                next => Pass::Missing(next),
+            }))
+        }
+        Pass::Dangling(cursor) => {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("ZSCAN")
+                .arg(BY_CREATED)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(conn)
+                .await?;
+            let entries: Vec<(&str, String)> = batch
+                .chunks_exact(2)
+                .map(|pair| {
+                    let member = ordered_member(reindex::score_ms(&pair[1]), &pair[0]);
+                    (pair[0].as_str(), member)
+                })
+                .collect();
+            report.dangling_ids_removed += reindex::drop_dangling(conn, &entries).await?;
+            Ok(match next {
+                0 => None,
+                next => Some(Pass::Dangling(next)),
+            })
+        }
+    }
+}
+
+/// One step of the slow walk over both indexes (missing, then dangling entries) from where the
+/// last one (of any pod) left it. It catches what equal counts hide: the other service deleting
+/// one user and creating another between two ticks.
+async fn walk(store: &UserStore, report: &mut Report) -> Result<(), StoreError> {
+    let mut conn = store.connection().await?;
+    let at: Option<String> = redis::cmd("GET")
+        .arg(WALK_CURSOR)
+        .query_async(&mut conn)
+        .await?;
+    // No (or an unreadable) position: a new walk from the start.
+    let pass = match at.as_deref().and_then(|at| at.split_once(':')) {
+        Some(("d", cursor)) => cursor.parse().map_or(Pass::Missing(0), Pass::Dangling),
+        Some((_, cursor)) => Pass::Missing(cursor.parse().unwrap_or(0)),
+        None => Pass::Missing(0),
+    };
+    let next = match step(&mut conn, pass, report).await? {
+        Some(Pass::Dangling(cursor)) => format!("d:{cursor}"),
+        Some(Pass::Missing(cursor)) => format!("m:{cursor}"),
+        None => "m:0".to_owned(),
+    };
+    redis::cmd("SET")
+        .arg(WALK_CURSOR)
+        .arg(next)
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(())
 }
 
 async fn counts(conn: &mut impl ConnectionLike) -> Result<(u64, u64), StoreError> {

@@ -15,9 +15,10 @@ use redis::{self, Script};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::guards::{self, Claim};
 use super::store::{self, BY_CREATED, BY_CREATED_LEX, INDEX, StoreError, UserStore};
 use crate::accounts::domain::User;
-use crate::accounts::{EMAIL_PREFIX, parse_ordered_member};
+use crate::accounts::parse_ordered_member;
 use crate::telemetry::metrics::Metrics;
 
 /// Indexes a batch of users, each if it still is what was read.
@@ -29,9 +30,6 @@ static DROP_DANGLING: LazyLock<Script> =
 /// Removes `users:by_created_lex` members that `users:by_created` does not hold.
 static PRUNE_LEX: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/reindex_prune_lex.lua")));
-/// Drops (or moves) email guards whose owner is gone or has another address now.
-static DROP_STALE_GUARDS: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/drop_stale_guards.lua")));
 
 /// Keys or ids asked for per round trip.
 pub(super) const BATCH: usize = 1000;
@@ -85,7 +83,7 @@ pub struct Duplicate {
 }
 
 impl Report {
-    fn duplicate(&mut self, email: &str, kept_by: String, also_used_by: &str) {
+    pub(super) fn duplicate(&mut self, email: &str, kept_by: String, also_used_by: &str) {
         self.duplicate_email_count += 1;
         if self.duplicate_emails.len() < MAX_LISTED {
             self.duplicate_emails.push(Duplicate {
@@ -122,6 +120,15 @@ pub async fn reindex(store: &UserStore) -> Result<Report, StoreError> {
     // was written by this run for a user it had just checked, or by one of our own creates.
     let (_, ordered, lex) = sizes(&mut writer).await?;
     let written_by_us = ordered == 0 && lex == 0;
+    // Guards another writer left stale (it deleted a user or changed its address) go first, so
+    // the users indexed below find those addresses free. Not on a first migration: no guard
+    // was ours yet (the seeds write none).
+    if !written_by_us {
+        let mut cursor = guards::sweep_step(&mut writer, 0, false, &mut report).await?;
+        while cursor != 0 {
+            cursor = guards::sweep_step(&mut writer, cursor, false, &mut report).await?;
+        }
+    }
 
     // Every user record, indexed or not: one connection scans and reads, the other indexes
     // what was read before, so Redis always has work queued.
@@ -164,14 +171,6 @@ pub async fn reindex(store: &UserStore) -> Result<Report, StoreError> {
     }
     if index != lex {
         report.dangling_ids_removed += drop_dangling_in(&mut writer, INDEX).await?;
-    }
-    // Guards another writer left behind (it deleted a user or changed its email); a first
-    // migration wrote every guard there is for a user it had just checked.
-    if !written_by_us {
-        let mut cursor = sweep_guards(&mut writer, 0, false, &mut report).await?;
-        while cursor != 0 {
-            cursor = sweep_guards(&mut writer, cursor, false, &mut report).await?;
-        }
     }
     Ok(report)
 }
@@ -356,12 +355,20 @@ async fn index_users<C: ConnectionLike + Send>(
         report.email_guards_added += guards;
         let at = |position: usize| chunk.get(position.wrapping_sub(1));
         changed.extend(moved.into_iter().filter_map(at).map(|p| p.user.id.clone()));
-        for (position, owner) in taken.into_iter().zip(owners) {
-            let Some(Parsed { user, .. }) = at(position) else {
-                continue;
-            };
-            report.duplicate(&user.email, owner, &user.id);
-        }
+        let claims = taken
+            .into_iter()
+            .zip(owners)
+            .filter_map(|(position, holder)| {
+                let user = &at(position)?.user;
+                Some(Claim {
+                    id: user.id.clone(),
+                    email: user.email.clone(),
+                    holder,
+                })
+            })
+            .collect();
+        // Users whose address a stale guard held: indexed again, they take it.
+        changed.extend(guards::resolve_claims(conn, claims, report).await?);
     }
     Ok(changed)
 }
@@ -526,99 +533,6 @@ async fn prune_lex<C: ConnectionLike + Send>(
         }
         cursor = next;
     }
-}
-
-/// One SCAN step over the email guards from `cursor`: drops those whose owner is gone, moves
-/// those whose owner has another address now to that address (if nobody holds it), each after
-/// checking in the same script that the guard and the owner's record are still what was read.
-/// A guard whose owner's record is not a user is left alone. A new address another user holds
-/// is reported as a duplicate when `report_taken` (a reindex has just reported every user's).
-/// The next cursor (0: the pass is done).
-pub(super) async fn sweep_guards<C: ConnectionLike + Send>(
-    conn: &mut C,
-    cursor: u64,
-    report_taken: bool,
-    report: &mut Report,
-) -> Result<u64, StoreError> {
-    let (next, guards): (u64, Vec<String>) = redis::cmd("SCAN")
-        .arg(cursor)
-        .arg("MATCH")
-        .arg(format!("{EMAIL_PREFIX}*"))
-        .arg("COUNT")
-        .arg(BATCH)
-        .query_async(conn)
-        .await?;
-    if guards.is_empty() {
-        return Ok(next);
-    }
-    let owners: Vec<Option<String>> = redis::cmd("MGET").arg(&guards).query_async(conn).await?;
-    let held: Vec<(String, String)> = guards
-        .into_iter()
-        .zip(owners)
-        .filter_map(|(guard, owner)| owner.map(|owner| (guard, owner)))
-        .collect();
-    if held.is_empty() {
-        return Ok(next);
-    }
-    let raws: Vec<Option<String>> = redis::cmd("MGET")
-        .arg(user_keys(
-            &held.iter().map(|(_, owner)| owner).collect::<Vec<_>>(),
-        ))
-        .query_async(conn)
-        .await?;
-    // (guard, owner, the owner's JSON as read or "", the owner's guard now or the guard itself)
-    let stale: Vec<(&str, &str, &str, String, String)> = held
-        .iter()
-        .zip(&raws)
-        .filter_map(|((guard, owner), raw)| match raw {
-            None => Some((
-                guard.as_str(),
-                owner.as_str(),
-                "",
-                guard.clone(),
-                owner.clone(),
-            )),
-            Some(raw) => match serde_json::from_str::<User>(raw) {
-                Ok(user) if user.id == *owner => {
-                    let now = store::email_key(&user.email);
-                    let moved = now != *guard;
-                    moved.then_some((
-                        guard.as_str(),
-                        owner.as_str(),
-                        raw.as_str(),
-                        now,
-                        user.email,
-                    ))
-                }
-                _ => None,
-            },
-        })
-        .collect();
-    if stale.is_empty() {
-        return Ok(next);
-    }
-    let mut invocation = DROP_STALE_GUARDS.prepare_invoke();
-    for (guard, owner, raw, now, _) in &stale {
-        invocation
-            .key(*guard)
-            .key(store::user_key(owner))
-            .key(now)
-            .arg(*owner)
-            .arg(*raw);
-    }
-    let (dropped, added, taken, owners): (u64, u64, Vec<usize>, Vec<String>) =
-        invocation.invoke_async(conn).await?;
-    report.stale_guards_removed += dropped;
-    report.email_guards_added += added;
-    for (position, owner) in taken.into_iter().zip(owners) {
-        let Some((_, id, _, _, email)) = stale.get(position.wrapping_sub(1)) else {
-            continue;
-        };
-        if report_taken {
-            report.duplicate(email, owner, id);
-        }
-    }
-    Ok(next)
 }
 
 /// A score as Redis prints it, as whole ms (what our scripts write; anything else truncated).

@@ -1,4 +1,5 @@
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -264,25 +265,50 @@ async fn an_import_reports_users_imported_only_once_a_replica_confirms_them() {
     let (code, done, _, err) = users_task(&master.url(), &acknowledged, "import done");
     assert_eq!(code, Some(1), "{done}");
     assert_eq!(done, Value::Null, "no summary of an unconfirmed import");
-    assert!(err.contains("import failed"), "{err}");
+    assert!(err.contains("not confirmed"), "{err}");
 
-    // With a replica in sync, the same import (idempotent) is confirmed; the replica holds all.
+    // A replica in sync, then frozen (connected, silent): the import fails again...
     let replica = RedisServer::start();
+    master.cli(&["FLUSHALL"]);
     master.cli(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
     replica.cli(&["REPLICAOF", "127.0.0.1", &master.port.to_string()]);
-    crate::helpers::poll_until(
-        std::time::Duration::from_secs(10),
-        "replica in sync",
-        async || {
-            replica
-                .cli(&["INFO", "replication"])
-                .contains("master_link_status:up")
-        },
-    )
+    let synced = async || {
+        let info = master.cli(&["INFO", "replication"]);
+        replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+            && info.contains("connected_slaves:1")
+    };
+    crate::helpers::poll_until(Duration::from_secs(10), "replica in sync", synced).await;
+    let resumed = replica.pause_for(Duration::from_secs(4));
+    let (code, _, _, err) = users_task(&master.url(), &acknowledged, "import done");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not confirmed"), "{err}");
+    // ...and so does a re-run that finds every user there (unconfirmed) and writes nothing.
+    let (code, _, _, err) = users_task(&master.url(), &acknowledged, "import done");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not confirmed"), "{err}");
+    crate::helpers::poll_until(Duration::from_secs(10), "replica resumed", async || {
+        resumed.is_finished()
+    })
+    .await;
+    // Once the replica answers (it acknowledges once it has caught up), the same import is
+    // confirmed; the replica holds every user.
+    crate::helpers::poll_until(Duration::from_secs(20), "replica caught up", async || {
+        let info = master.cli(&["INFO", "replication"]);
+        let replica_at = info
+            .lines()
+            .find(|l| l.starts_with("slave0:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("offset=")));
+        let master_at = info
+            .lines()
+            .find_map(|l| l.strip_prefix("master_repl_offset:"));
+        replica_at.is_some() && replica_at == master_at.map(str::trim)
+    })
     .await;
     let (code, done, _, err) = users_task(&master.url(), &acknowledged, "import done");
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(done["users"], 3, "{done}");
+    assert_eq!(done["skipped_identical"], 3, "{done}");
     assert_eq!(stored_users(&replica), stored_users(&source));
     std::fs::remove_dir_all(&dir).ok();
 }

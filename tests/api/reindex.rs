@@ -631,16 +631,11 @@ fn a_stale_guard_is_dropped_only_while_it_and_its_owner_are_as_read() {
     let (old, new) = ("users:email:old@example.com", "users:email:new@example.com");
     redis.cli(&["SET", old, &id]);
     redis.cli(&["SET", &format!("user:{id}"), &user("new@example.com")]);
+    let contested = "users:contested_emails";
+    let key = format!("user:{id}");
     let sweep = |read: &str| {
         redis.cli(&[
-            "EVAL",
-            script,
-            "3",
-            old,
-            &format!("user:{id}"),
-            new,
-            &id,
-            read,
+            "EVAL", script, "4", contested, old, &key, new, "1", &id, read,
         ])
     };
     // Read before the owner changed again (or while it was gone): nothing happens.
@@ -656,4 +651,120 @@ fn a_stale_guard_is_dropped_only_while_it_and_its_owner_are_as_read() {
     redis.cli(&["SET", old, "someone-else"]);
     sweep(&user("new@example.com"));
     assert_eq!(redis.cli(&["GET", old]).trim(), "someone-else");
+    // A contested address (two live users had it) keeps its guard: the sweep knows no claimant.
+    redis.cli(&["SET", old, &id]);
+    redis.cli(&["DEL", new]);
+    redis.cli(&["SADD", contested, old]);
+    sweep(&user("new@example.com"));
+    assert_eq!(redis.cli(&["GET", old]).trim(), id);
+    // An owner key that is not a string is never as read (and no error either).
+    redis.cli(&["DEL", &key]);
+    redis.cli(&["SREM", contested, old]);
+    redis.cli(&["HSET", &key, "f", "v"]);
+    sweep("");
+    assert_eq!(redis.cli(&["GET", old]).trim(), id);
+}
+
+#[actix_web::test]
+async fn an_address_the_seed_service_gives_to_a_new_user_is_guarded_for_that_user() {
+    let redis = RedisServer::start();
+    let at = "2024-01-01T00:00:00.000Z";
+    let gone = seed_user(&redis, "Gone", "reused@example.com", at);
+    let app = spawn_app_with(redis, &[]).await;
+    let guard = || {
+        let owner = app.redis.cli(&["GET", "users:email:reused@example.com"]);
+        owner.trim().to_owned()
+    };
+    poll_until(Duration::from_secs(20), "first owner guarded", async || {
+        guard() == gone
+    })
+    .await;
+    // The seed service deletes the user and gives the address to a new one: the reconciler
+    // indexes the new user while the old guard still stands, and hands the guard over.
+    app.redis.cli(&["DEL", &format!("user:{gone}")]);
+    app.redis.cli(&["SREM", "users:index", &gone]);
+    let new = seed_user(&app.redis, "New", "Reused@example.com", at);
+    poll_until(Duration::from_secs(20), "guard handed over", async || {
+        guard() == new
+    })
+    .await;
+    app.json(
+        "POST",
+        "/users",
+        r#"{"name":"X","email":"reused@example.com"}"#,
+    )
+    .await
+    .assert_error(409, "duplicate_email");
+}
+
+#[actix_web::test]
+async fn a_duplicate_address_stays_guarded_when_the_user_who_kept_it_is_deleted() {
+    let redis = RedisServer::start();
+    let shared = "users:email:shared@example.com";
+    let older = seed_user(
+        &redis,
+        "Older",
+        "shared@example.com",
+        "2024-01-01T00:00:00.000Z",
+    );
+    let younger = seed_user(
+        &redis,
+        "Younger",
+        "SHARED@example.com",
+        "2024-02-01T00:00:00.000Z",
+    );
+    let first = summary(&reindex(&redis.url()));
+    assert_eq!(first["duplicate_emails"], 1, "{first}");
+    assert_eq!(redis.cli(&["GET", shared]).trim(), older);
+
+    // The seed service deletes the user who kept the address: a reindex gives it to the other.
+    redis.cli(&["DEL", &format!("user:{older}")]);
+    redis.cli(&["SREM", "users:index", &older]);
+    let done = summary(&reindex(&redis.url()));
+    assert_eq!(redis.cli(&["GET", shared]).trim(), younger, "{done}");
+    assert_eq!(done["duplicate_emails"], 0, "{done}");
+    assert_eq!(done["stale_guards_removed"], 1, "{done}");
+    assert_eq!(done["email_guards_added"], 1, "{done}");
+    let again = summary(&reindex(&redis.url()));
+    assert_eq!(again["stale_guards_removed"], 0, "{again}");
+    assert_eq!(again["email_guards_added"], 0, "{again}");
+    assert_eq!(again["duplicate_emails"], 0, "{again}");
+
+    // The reconciler's sweep alone never frees a contested address: a live user may have it.
+    let at = "2024-03-01T00:00:00.000Z";
+    let kept = seed_user(&redis, "A", "twice@example.com", at);
+    seed_user(&redis, "B", "twice@example.com", "2024-04-01T00:00:00.000Z");
+    let app = spawn_app_with(redis, &[]).await;
+    let twice = "users:email:twice@example.com";
+    let guard = || app.redis.cli(&["GET", twice]).trim().to_owned();
+    poll_until(Duration::from_secs(20), "duplicate indexed", async || {
+        let contested = app
+            .redis
+            .cli(&["SISMEMBER", "users:contested_emails", twice]);
+        guard() == kept && contested.trim() == "1"
+    })
+    .await;
+    app.redis.cli(&["DEL", &format!("user:{kept}")]);
+    app.redis.cli(&["SREM", "users:index", &kept]);
+    poll_until(
+        Duration::from_secs(20),
+        "deleted user unlisted",
+        async || {
+            app.redis
+                .cli(&["ZSCORE", "users:by_created", &kept])
+                .trim()
+                .is_empty()
+        },
+    )
+    .await;
+    // A few sweep steps (one a second) later the guard still stands.
+    actix_web::rt::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(guard(), kept);
+    app.json(
+        "POST",
+        "/users",
+        r#"{"name":"X","email":"twice@example.com"}"#,
+    )
+    .await
+    .assert_error(409, "duplicate_email");
 }
