@@ -153,8 +153,10 @@ pub async fn run_until_stopped(apps: Vec<Application>) -> anyhow::Result<()> {
         let signal = wait_for_signal().await;
         let since = tokio::time::Instant::now();
         for role in &stopping {
-            info!(role.log, "shutting down: draining in-flight requests"; "signal" => signal);
+            // Not ready first, then the line that says so: whoever acts on the line (a test,
+            // an operator) finds the role already refusing readiness.
             role.draining.start();
+            info!(role.log, "shutting down: draining in-flight requests"; "signal" => signal);
         }
         for role in &stopping {
             role.stop(since).await;

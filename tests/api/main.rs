@@ -10,6 +10,7 @@ mod failover;
 mod faults;
 mod gateway;
 mod gateway_input;
+mod gateway_readiness;
 mod health;
 mod helpers;
 mod jwks;

@@ -1,4 +1,4 @@
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -64,38 +64,40 @@ const ACCESS_FIELDS: &[&str] = &[
     "user_agent",
 ];
 
-/// Bytes sent to the Redis on `port` that it has not read yet: the receive queues of its
-/// established sockets (Linux `/proc/net/tcp`). With Redis frozen, a request that reached the
-/// store shows here, so the test knows the request is being served.
-fn unread_by_redis(port: u16) -> u64 {
+/// Whether the server on `server_port` has read everything the client at `client` sent: the
+/// client's send queue is acknowledged and the server socket's receive queue is empty (Linux
+/// `/proc/net/tcp`). Then the request is in the server's hands (accepted and read), which a
+/// background task's traffic to another peer cannot fake.
+fn read_by_server(server_port: u16, client: std::net::SocketAddr) -> bool {
     let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp (Linux)");
-    let local = format!(":{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            // sl, local_address, rem_address, st, tx_queue:rx_queue, …
+    let (server, client) = (
+        format!(":{server_port:04X}"),
+        format!(":{:04X}", client.port()),
+    );
+    // sl, local_address, rem_address, st, tx_queue:rx_queue, … per socket; 01 = established.
+    let queues = |local: &str, remote: &str| {
+        table.lines().skip(1).find_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (address, state, queues) = (fields.get(1)?, fields.get(3)?, fields.get(4)?);
-            if !address.ends_with(&local) || *state != "01" {
-                return None; // another port, or not an established connection (01)
+            let (l, r, state, queues) = (
+                fields.get(1)?,
+                fields.get(2)?,
+                fields.get(3)?,
+                fields.get(4)?,
+            );
+            if !l.ends_with(local) || !r.ends_with(remote) || *state != "01" {
+                return None;
             }
-            u64::from_str_radix(queues.split_once(':')?.1, 16).ok()
+            let (tx, rx) = queues.split_once(':')?;
+            Some((
+                u64::from_str_radix(tx, 16).ok()?,
+                u64::from_str_radix(rx, 16).ok()?,
+            ))
         })
-        .sum()
-}
-
-/// `wait_until` for async tests: yields between checks, so the futures the condition waits
-/// for (on this same thread) keep running.
-async fn wait_until_async(deadline: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < deadline,
-            "condition not met within {deadline:?}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    matches!(
+        (queues(&client, &server), queues(&server, &client)),
+        (Some((0, _)), Some((_, 0)))
+    )
 }
 
 /// The process's whole stdout once its last line (`stopped`) is in: the reader thread may
@@ -188,38 +190,37 @@ async fn logs_are_json_lines_with_the_contract_fields_and_no_secret() {
     );
 }
 
-#[actix_web::test]
-async fn sigterm_lets_the_in_flight_request_finish_and_exits_0() {
+#[test]
+fn sigterm_lets_the_in_flight_request_finish_and_exits_0() {
+    use std::io::{Read, Write};
     let redis = RedisServer::start();
     let mut process = Process::users(&redis.url(), &["--redis-timeout", "1500ms"], &[]);
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .finish();
-    let ready = client
-        .get(process.url("/health/ready"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16());
-    assert_eq!(ready.ok(), Some(200));
+    let ready = probe_ready(process.port);
+    assert!(
+        ready
+            .as_deref()
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200")),
+        "{ready:?}"
+    );
 
     // Freeze Redis so a request is in flight (waiting for it) when SIGTERM arrives.
     redis.pause();
-    assert_eq!(
-        unread_by_redis(redis.port),
-        0,
-        "nothing else waits on Redis"
-    );
-    let in_flight = client.get(process.url("/users")).send();
-    let terminate = async {
-        wait_until_async(Duration::from_secs(5), || unread_by_redis(redis.port) > 0).await;
-        process.sigterm();
-    };
-    let (answer, ()) = tokio::join!(in_flight, terminate);
-    let status = answer.map(|r| r.status().as_u16());
-    assert_eq!(
-        status.ok(),
-        Some(503),
-        "the in-flight request got its answer"
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", process.port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    conn.write_all(b"GET /users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    // SIGTERM only once the role has taken the request: not while it waits in the backlog.
+    let client = conn.local_addr().expect("local address");
+    wait_until(Duration::from_secs(10), || {
+        read_by_server(process.port, client)
+    });
+    process.sigterm();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "the in-flight request got its answer (the store timed out): {answer}"
     );
     redis.resume();
 
@@ -231,48 +232,87 @@ async fn sigterm_lets_the_in_flight_request_finish_and_exits_0() {
     );
 }
 
+/// `GET /health/ready` on a new connection, as the kubelet probes: the raw answer, or the
+/// connection's error (refused once the listening socket is shut).
+fn probe_ready(port: u16) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    c.write_all(b"GET /health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    c.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// `http_requests_in_flight` as the role reports it (the scrape asking counts itself).
+fn requests_in_flight(port: u16) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("http_requests_in_flight "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
 #[test]
 fn after_sigterm_probes_fail_while_the_in_flight_request_finishes() {
     use std::io::{Read, Write};
+    // Redis stays up all along: a probe can only fail because the role is shutting down.
     let redis = RedisServer::start();
-    let mut process = Process::users(&redis.url(), &["--redis-timeout", "3s"], &[]);
-    // A request held in flight by a frozen Redis when SIGTERM arrives.
-    redis.pause();
-    assert_eq!(
-        unread_by_redis(redis.port),
-        0,
-        "nothing else waits on Redis"
-    );
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", process.port)).expect("connect");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    conn.write_all(b"GET /users HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("write");
-    wait_until(Duration::from_secs(5), || unread_by_redis(redis.port) > 0);
-    process.sigterm();
-    wait_until(Duration::from_secs(5), || {
-        process.stdout().contains("shutting down")
-    });
-    // A probe now (as the kubelet makes one: a new connection) cannot succeed: the process
-    // stopped accepting at SIGTERM, so it reads as not ready while the drain goes on.
-    let probe = std::net::TcpStream::connect(("127.0.0.1", process.port)).and_then(|mut c| {
-        c.set_read_timeout(Some(Duration::from_secs(2)))?;
-        c.write_all(b"GET /health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-        let mut out = String::new();
-        c.read_to_string(&mut out)?;
-        Ok(out)
-    });
+    let mut process = Process::users(&redis.url(), &["--client-body-timeout", "60s"], &[]);
+    let before = probe_ready(process.port);
     assert!(
-        !probe
+        before
             .as_deref()
             .is_ok_and(|r| r.starts_with("HTTP/1.1 200")),
-        "ready during the drain: {probe:?}"
+        "ready before SIGTERM: {before:?}"
     );
-    // Redis is back: the in-flight request completes normally, then the process exits 0.
-    redis.resume();
+    // A request held in flight by its client: the head and all but the last byte of the body.
+    let body = br#"{"name":"Ada","email":"ada@example.com"}"#;
+    let (most, last) = body.split_at(body.len() - 1);
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", process.port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let head = format!(
+        "POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).expect("write");
+    conn.write_all(most).expect("write");
+    // The role serves it now (the scrape asking is the other request in flight): SIGTERM
+    // cannot come before the server took the connection.
+    wait_until(Duration::from_secs(10), || {
+        requests_in_flight(process.port).is_some_and(|n| n >= 2)
+    });
+    process.sigterm();
+    // The role logs this once it reads as not ready; from then on, every probe (a new
+    // connection) fails, answered 503 or refused, until connects are refused for good: the
+    // role stopped accepting while the drain goes on.
+    wait_until(Duration::from_secs(10), || {
+        process.stdout().contains("shutting down")
+    });
+    wait_until(Duration::from_secs(10), || {
+        let probe = probe_ready(process.port);
+        assert!(
+            !probe
+                .as_deref()
+                .is_ok_and(|r| r.starts_with("HTTP/1.1 200")),
+            "ready during the drain: {probe:?}"
+        );
+        probe.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    // The client sends the rest: the in-flight request completes normally, then the process
+    // exits 0 (its last connection gone, without waiting out the drain time).
+    conn.write_all(last).expect("write the last byte");
     let mut raw = String::new();
     let _ = conn.read_to_string(&mut raw);
-    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.starts_with("HTTP/1.1 201"), "{raw}");
     assert_eq!(process.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
