@@ -111,6 +111,8 @@ def main():
         for start in range(0, len(keys), BATCH):
             chunk = keys[start:start + BATCH]
             users = [json.loads(raw) for raw in r("MGET", *chunk) if raw is not None]
+            if not users:
+                continue
             ids = [u["id"] for u in users]
             guards = {}
             for u in users:
