@@ -2,10 +2,11 @@
 # Benchmark, not a test: the users role and its maintenance at scale. For each size N
 # (BENCH_SCALE_SIZES, default "10000 100000 1000000"), into a throwaway Redis:
 #   1. preloads N users in the seeds' format (scripts/seed_users.py piped into redis-cli --pipe);
-#   2. times `platform users reindex` (users/s) and its Redis CPU per user; on a second preload of
-#      the same size (same layout and times, other random ids), scripts/reindex_floor.py measures the floor under any reindex: the Redis
-#      CPU per user of the index writes alone, unchecked, in the cheapest order (floor/s =
-#      1e6 / that, the best rate with Redis 100% busy: Redis runs commands on one thread);
+#   2. times `platform users reindex` (users/s) and its Redis CPU per user; on another preload
+#      of the same size (same layout and times, other random ids) before it,
+#      scripts/reindex_floor.py measures the floor under any reindex: the Redis CPU per user of
+#      the index writes alone, unchecked, in the cheapest order (floor/s = 1e6 / that, the best
+#      rate with Redis 100% busy: Redis runs commands on one thread);
 #   3. starts the users role on that data and measures, with wrk (BENCH_SCALE_SECONDS, 5 s each,
 #      BENCH_SCALE_CONNECTIONS, 4), the latency (p50/p99) of GET /users/{id} over 1000 random
 #      users, of a list page (GET /users?limit=50 from 1000 random cursors spread over the whole
