@@ -116,6 +116,9 @@ struct FenceState {
     /// `+switch-master` (or `SWITCHED_AWAY`, Sentinel's default failover-timeout), not only
     /// until a quiet period.
     promoted: Option<Instant>,
+    /// The `<ip> <port>` of the master the failover under way is failing over, once one of
+    /// its events named it: only a `+switch-master` away from that master ends its fence.
+    of: Option<String>,
     /// Sentinels listened to right now.
     live: usize,
     /// Whether any sentinel was ever listened to.
@@ -140,11 +143,12 @@ impl Fence {
         }
         match state.failover {
             Some(at) if at.elapsed() < FENCE_QUIET => Some("a failover is under way".into()),
-            Some(_) => {
+            _ => {
+                // No failover under way any more: the next one's events say what it is of.
                 state.failover = None;
+                state.of = None;
                 None
             }
-            None => None,
         }
     }
 
@@ -169,12 +173,16 @@ impl Fence {
         }
     }
 
-    fn failover_event(&self, promotion: bool) {
+    /// A failover event; `of`: the master it names, when it names one.
+    fn failover_event(&self, promotion: bool, of: Option<String>) {
         let mut state = self.state();
         let now = Instant::now();
         state.failover = Some(now);
         if promotion && state.promoted.is_none() {
             state.promoted = Some(now);
+        }
+        if of.is_some() {
+            state.of = of;
         }
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
@@ -184,18 +192,19 @@ impl Fence {
         self.state().promoted = None;
     }
 
-    /// Another sentinel confirmed the switch: the fence goes, the epoch stays.
-    fn lift(&self) {
+    /// The master switched away from `old`: the fence goes if it is that master's failover
+    /// (or one whose events named no master); `false` when it belongs to another failover,
+    /// which goes on. Either way a write under way is not confirmed (the master changed).
+    fn switched(&self, old: &str) -> bool {
         let mut state = self.state();
-        state.failover = None;
-        state.promoted = None;
-    }
-
-    fn switched(&self) {
-        let mut state = self.state();
-        state.failover = None;
-        state.promoted = None;
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        if state.of.as_deref().is_some_and(|of| of != old) {
+            return false;
+        }
+        state.failover = None;
+        state.promoted = None;
+        state.of = None;
+        true
     }
 
     /// Counts a subscription up or down; `true` when one comes back after none was listened
@@ -227,13 +236,33 @@ pub struct Sentinels {
 /// the other sentinels learning the new epoch) must not fence writes again.
 #[derive(Default)]
 struct Switch {
-    payload: String,
     /// The `<ip> <port>` of the master it switched away from.
     old: String,
+    /// The `<ip> <port>` of the master it switched to.
+    new: String,
     /// The highest epoch announced before it.
     epoch: u64,
     /// When it was acted on.
     at: Option<Instant>,
+}
+
+impl Switch {
+    /// Why a `+switch-master` from `old` to `new` tells nothing new, if it does not: it goes
+    /// to the master the last switch went to (another sentinel's copy, or a lagging one
+    /// catching up from further back), or it is a late copy of the switch before that one
+    /// (to the master the last switch left, from another than the one it went to; a real
+    /// switch back would come from the current master). Sentinel starts no new failover of a
+    /// master within twice its `failover-timeout`, far longer than such a copy's delay.
+    fn known(&self, old: &str, new: &str) -> Option<&'static str> {
+        let at = self.at?;
+        if new == self.new {
+            return Some("it names the master already switched to");
+        }
+        if new == self.old && old != self.new && at.elapsed() < SWITCHED_AWAY {
+            return Some("a late copy of an earlier switch");
+        }
+        None
+    }
 }
 
 struct Shared {
@@ -551,7 +580,7 @@ impl Shared {
         let last = self.last_switch.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(epoch) = event_epoch(channel, payload) {
             self.epoch_seen.fetch_max(epoch, Ordering::SeqCst);
-            return !last.payload.is_empty() && epoch <= last.epoch;
+            return last.at.is_some() && epoch <= last.epoch;
         }
         master_address(payload).is_some_and(|address| address == last.old)
     }
@@ -569,17 +598,20 @@ impl Shared {
             if *name != self.master_name {
                 return;
             }
+            let (old, new) = (words[1..3].join(" "), words[3..5].join(" "));
             {
                 let mut last = self.last_switch.lock().unwrap_or_else(|e| e.into_inner());
-                if last.payload == payload {
-                    // Another sentinel telling the same switch: writes may resume if its tail
-                    // fenced them again.
-                    self.fence.lift();
+                if let Some(why) = last.known(&old, &new) {
+                    // Every sentinel publishes its own copy of a switch, a slow one's possibly
+                    // after the next failover began: it changes nothing (it must not end that
+                    // failover's fence, nor send the connections back).
+                    info!(self.log, "a switch already acted on: ignored"; "sentinel" => sentinel,
+                        "why" => why, "detail" => payload);
                     return;
                 }
                 *last = Switch {
-                    payload: payload.to_owned(),
-                    old: words[1..3].join(" "),
+                    old: old.clone(),
+                    new,
                     epoch: self.epoch_seen.load(Ordering::SeqCst),
                     at: Some(Instant::now()),
                 };
@@ -587,14 +619,23 @@ impl Shared {
             *self.hint.lock().unwrap_or_else(|e| e.into_inner()) = Some(((*host).to_owned(), port));
             // Connections go before writes resume, so none is written to the old master.
             on_switch();
-            self.fence.switched();
-            info!(self.log, "the master changed; writes resume"; "sentinel" => sentinel,
-                "event" => channel, "detail" => payload);
+            match self.fence.switched(&old) {
+                true => {
+                    info!(self.log, "the master changed; writes resume"; "sentinel" => sentinel,
+                    "event" => channel, "detail" => payload)
+                }
+                // A switch we missed, heard while the next failover is under way.
+                false => {
+                    info!(self.log, "the master changed; writes wait for the failover under way";
+                    "sentinel" => sentinel, "event" => channel, "detail" => payload)
+                }
+            }
         } else if failover_event(channel)
             && about(payload, &self.master_name)
             && !self.after_switch(channel, payload)
         {
-            self.fence.failover_event(promotion_event(channel));
+            self.fence
+                .failover_event(promotion_event(channel), master_address(payload));
             if channel.starts_with("-failover-abort") {
                 self.fence.aborted();
             }
@@ -655,10 +696,10 @@ mod tests {
         assert!(!fence.subscribed(true), "the first subscription");
         let epoch = fence.open_epoch().expect("open");
         assert!(fence.still(epoch).is_ok());
-        fence.failover_event(false);
+        fence.failover_event(false, None);
         assert!(fence.still(epoch).is_err(), "overlapped an event");
         assert!(fence.open_epoch().is_err(), "fenced until the switch");
-        fence.switched();
+        assert!(fence.switched("127.0.0.1 1000"));
         let epoch = fence.open_epoch().expect("open after the switch");
         assert!(fence.still(epoch).is_ok());
         assert!(!fence.subscribed(false));
@@ -733,6 +774,119 @@ mod tests {
         assert!(shared.fence.open_epoch().is_ok());
     }
 
+    /// Every sentinel publishes its own `+switch-master` for one switch; a slow one's copy may
+    /// come after the next failover began. Neither it nor a switch from another failover may
+    /// end the fence of the one under way, nor send the connections back.
+    #[test]
+    fn a_late_or_foreign_switch_master_does_not_end_the_fence_of_the_failover_under_way() {
+        let sentinels = sentinels();
+        let shared = &sentinels.shared;
+        shared.fence.subscribed(true);
+        let (a_to_b, b_to_c) = (
+            "mymaster 127.0.0.1 1000 127.0.0.1 2000",
+            "mymaster 127.0.0.1 2000 127.0.0.1 3000",
+        );
+        let moved = std::sync::atomic::AtomicUsize::new(0);
+        let on_switch = || {
+            moved.fetch_add(1, Ordering::SeqCst);
+        };
+        let hint = || shared.hint.lock().expect("hint").clone();
+        shared.event("s1", "+new-epoch", "1", &on_switch);
+        shared.event("s1", "+switch-master", a_to_b, &on_switch);
+        assert!(shared.fence.open_epoch().is_ok(), "A -> B: writes resume");
+        assert_eq!(moved.load(Ordering::SeqCst), 1);
+        // A new failover, of B, begins; a slow sentinel's copy of A -> B comes after it.
+        shared.event("s1", "+new-epoch", "2", &on_switch);
+        shared.event(
+            "s1",
+            "+try-failover",
+            "master mymaster 127.0.0.1 2000",
+            &on_switch,
+        );
+        shared.event("s3", "+switch-master", a_to_b, &on_switch);
+        assert!(
+            shared.fence.open_epoch().is_err(),
+            "the duplicate lifted the fence"
+        );
+        assert_eq!(moved.load(Ordering::SeqCst), 1, "a duplicate moves nothing");
+        // Past the promotion, and quiet for longer than the quiet period: still fenced.
+        shared.event(
+            "s1",
+            "+promoted-slave",
+            "slave 127.0.0.1:3000 127.0.0.1 3000 @ mymaster 127.0.0.1 2000",
+            &on_switch,
+        );
+        let earlier = Instant::now().checked_sub(FENCE_QUIET * 2).expect("uptime");
+        shared.fence.state().failover = Some(earlier);
+        shared.event("s2", "+switch-master", a_to_b, &on_switch);
+        assert!(shared.fence.open_epoch().is_err(), "fenced until B -> C");
+        // The switch of this failover ends it.
+        shared.event("s1", "+switch-master", b_to_c, &on_switch);
+        assert!(shared.fence.open_epoch().is_ok(), "B -> C: writes resume");
+        assert_eq!(moved.load(Ordering::SeqCst), 2);
+        assert_eq!(hint(), Some(("127.0.0.1".to_owned(), 3000)));
+        // A very late copy of A -> B: not a switch back to B (that one would leave C).
+        shared.event("s3", "+switch-master", a_to_b, &on_switch);
+        assert_eq!(hint(), Some(("127.0.0.1".to_owned(), 3000)), "stays on C");
+        assert!(
+            shared.switched_away_from("127.0.0.1", 2000),
+            "B still refused"
+        );
+        assert_eq!(moved.load(Ordering::SeqCst), 2);
+        // A lagging sentinel that jumps from A straight to C: nothing new either.
+        shared.event(
+            "s3",
+            "+switch-master",
+            "mymaster 127.0.0.1 1000 127.0.0.1 3000",
+            &on_switch,
+        );
+        assert!(
+            shared.switched_away_from("127.0.0.1", 2000),
+            "B still refused"
+        );
+        assert_eq!(moved.load(Ordering::SeqCst), 2);
+        assert!(shared.fence.open_epoch().is_ok());
+    }
+
+    /// A switch we missed, heard only while the next failover is under way (its first
+    /// `+switch-master` reached no subscription): the connections follow it, the fence stays.
+    #[test]
+    fn a_switch_heard_during_the_next_failover_moves_the_connections_but_keeps_its_fence() {
+        let sentinels = sentinels();
+        let shared = &sentinels.shared;
+        shared.fence.subscribed(true);
+        let moved = std::sync::atomic::AtomicUsize::new(0);
+        let on_switch = || {
+            moved.fetch_add(1, Ordering::SeqCst);
+        };
+        shared.event(
+            "s1",
+            "+promoted-slave",
+            "slave 127.0.0.1:3000 127.0.0.1 3000 @ mymaster 127.0.0.1 2000",
+            &on_switch,
+        );
+        assert!(shared.fence.open_epoch().is_err());
+        shared.event(
+            "s2",
+            "+switch-master",
+            "mymaster 127.0.0.1 1000 127.0.0.1 2000",
+            &on_switch,
+        );
+        assert_eq!(moved.load(Ordering::SeqCst), 1, "connections follow A -> B");
+        assert!(
+            shared.fence.open_epoch().is_err(),
+            "B's failover is still under way"
+        );
+        shared.event(
+            "s1",
+            "+switch-master",
+            "mymaster 127.0.0.1 2000 127.0.0.1 3000",
+            &on_switch,
+        );
+        assert!(shared.fence.open_epoch().is_ok());
+        assert_eq!(moved.load(Ordering::SeqCst), 2);
+    }
+
     #[test]
     fn after_a_promotion_the_fence_outlasts_the_quiet_period_until_the_switch() {
         let fence = Fence::default();
@@ -742,7 +896,7 @@ mod tests {
             fence.state().failover = Some(earlier);
         };
         // An early event alone: the fence lifts after the quiet period (an aborted attempt).
-        fence.failover_event(false);
+        fence.failover_event(false, None);
         assert!(fence.open_epoch().is_err());
         long_ago(&fence);
         assert!(fence.open_epoch().is_ok(), "quiet period over");
@@ -756,16 +910,16 @@ mod tests {
             assert!(promotion_event(channel), "{channel}");
         }
         assert!(!promotion_event("+try-failover"));
-        fence.failover_event(true);
+        fence.failover_event(true, Some("127.0.0.1 1000".into()));
         long_ago(&fence);
         assert!(
             fence.open_epoch().is_err(),
             "promoted: fenced until the switch"
         );
-        fence.switched();
+        assert!(fence.switched("127.0.0.1 1000"));
         assert!(fence.open_epoch().is_ok());
         // An abort after a promotion falls back to the quiet period.
-        fence.failover_event(true);
+        fence.failover_event(true, Some("127.0.0.1 1000".into()));
         fence.aborted();
         long_ago(&fence);
         assert!(fence.open_epoch().is_ok());
