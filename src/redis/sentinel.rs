@@ -207,6 +207,11 @@ impl Fence {
         true
     }
 
+    /// Whether any sentinel was ever listened to.
+    pub fn heard(&self) -> bool {
+        self.state().ever
+    }
+
     /// Counts a subscription up or down; `true` when one comes back after none was listened
     /// to (a `+switch-master` may have been missed meanwhile).
     fn subscribed(&self, up: bool) -> bool {

@@ -530,3 +530,95 @@ async fn an_unconfirmed_write_drops_the_write_connection() {
     assert!(after >= before + 3, "{before} -> {after}");
     assert_eq!(app.get("/users").await.status, 200, "reads go on");
 }
+
+/// `platform users` following the sentinels `sentinels` (`host:port,…`) with the master name
+/// `master_name`, without waiting for anything.
+fn users_of(sentinels: &str, master_name: &str) -> (Process, Http) {
+    let timeout_text = format!("{}s", REDIS_TIMEOUT.as_secs());
+    let role = Process::users(
+        "redis://127.0.0.1:6379/0",
+        &[
+            "--redis-sentinels",
+            sentinels,
+            "--redis-master-name",
+            master_name,
+            "--redis-timeout",
+            &timeout_text,
+        ],
+        &[
+            ("REDIS_PASSWORD", DATA_PASSWORD),
+            ("REDIS_SENTINEL_PASSWORD", SENTINEL_PASSWORD),
+        ],
+    );
+    let http = Http::new(role.port);
+    (role, http)
+}
+
+/// Asks `/health/ready` `times` times, 300 ms apart: each must be the usual 503 body with
+/// Redis down.
+async fn not_ready_throughout(http: &Http, times: usize, what: &str) {
+    for _ in 0..times {
+        let reply = http.get("/health/ready").await;
+        assert_eq!(reply.status, 503, "{what}: {}", reply.body);
+        assert_eq!(reply.body["status"], "not ready", "{what}");
+        assert_eq!(reply.body["dependencies"]["redis"], "down", "{what}");
+        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[actix_web::test]
+async fn readiness_waits_for_the_master_found_through_sentinels_that_are_listened_to() {
+    use crate::helpers::{free_port, poll_until};
+    // The role starts before its sentinels are up: not ready.
+    let ports = [free_port(), free_port(), free_port()];
+    let list = ports.map(|p| format!("127.0.0.1:{p}")).join(",");
+    let (role, http) = users_of(&list, MASTER_NAME);
+    not_ready_throughout(&http, 3, "no sentinel up").await;
+    // They come up, answer `SENTINEL get-master-addr-by-name` but refuse `PSUBSCRIBE`: the
+    // master is found through them and answers (reads are served), but no failover could be
+    // seen (writes are refused), so the role is not ready.
+    let topology = Topology::start_with(
+        Some(ports),
+        &format!("user default on >{SENTINEL_PASSWORD} ~* &* +@all -psubscribe\n"),
+    );
+    poll_until(Duration::from_secs(10), "the master found", async || {
+        http.get("/users").await.status == 200
+    })
+    .await;
+    not_ready_throughout(&http, 5, "no sentinel listened to").await;
+    http.json("POST", "/users", r#"{"name":"N","email":"n@example.com"}"#)
+        .await
+        .assert_error(503, "store_unavailable");
+
+    // A master name the sentinels do not know: not ready, reads and writes refused.
+    let (_other, unknown) = users_of(&topology.sentinel_list(), "not-a-master");
+    not_ready_throughout(&unknown, 3, "unknown master name").await;
+    unknown
+        .get("/users")
+        .await
+        .assert_error(503, "store_unavailable");
+
+    // Once a sentinel can be listened to: ready, and writes are taken.
+    for sentinel in &topology.sentinels {
+        assert_eq!(
+            sentinel.cli(&["ACL", "SETUSER", "default", "+psubscribe"]),
+            "OK"
+        );
+    }
+    poll_until(Duration::from_secs(20), "ready", async || {
+        http.get("/health/ready").await.status == 200
+    })
+    .await;
+    // The other subscriptions coming up meanwhile may refuse a write or two (a write that
+    // overlaps a change of the subscriptions is not confirmed).
+    let since = Instant::now();
+    let body = r#"{"name":"R","email":"r@example.com"}"#;
+    while http.json("POST", "/users", body).await.status != 201 {
+        assert!(
+            since.elapsed() < Duration::from_secs(15),
+            "no write taken once ready: {}",
+            role.stdout()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -21,12 +21,17 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts `redis-server` with the arguments `args` gives for a free port and a directory;
-    /// on another port again if it exits at once (`free_port` may hand a port to two parallel
-    /// tests, and the second one's bind fails).
-    fn spawn(password: &'static str, args: impl Fn(u16, &std::path::Path) -> Vec<String>) -> Self {
-        for _ in 0..3 {
-            let port = free_port();
+    /// Starts `redis-server` with the arguments `args` gives for a free port (or `fixed`) and a
+    /// directory; on another free port again if it exits at once (`free_port` may hand a port
+    /// to two parallel tests, and the second one's bind fails).
+    fn spawn(
+        password: &'static str,
+        fixed: Option<u16>,
+        args: impl Fn(u16, &std::path::Path) -> Vec<String>,
+    ) -> Self {
+        let attempts = if fixed.is_some() { 1 } else { 3 };
+        for _ in 0..attempts {
+            let port = fixed.unwrap_or_else(free_port);
             let dir = tempfile::tempdir().expect("temp dir");
             let child = Command::new("redis-server")
                 .args(args(port, dir.path()))
@@ -52,12 +57,12 @@ impl Node {
                 return node;
             }
         }
-        panic!("redis-server exited at start three times (ports taken?)")
+        panic!("redis-server exited at start (port {fixed:?} taken?)")
     }
 
     /// A data node: the master (`replica_of` none) or a replica of the master on that port.
     fn data(replica_of: Option<u16>) -> Self {
-        Self::spawn(DATA_PASSWORD, |port, dir| {
+        Self::spawn(DATA_PASSWORD, None, |port, dir| {
             let mut args: Vec<String> = [
                 "--port",
                 &port.to_string(),
@@ -92,9 +97,10 @@ impl Node {
         })
     }
 
-    /// A sentinel watching the master on `master_port`, quick to decide (1 s to call it down).
-    fn sentinel(master_port: u16) -> Self {
-        Self::spawn(SENTINEL_PASSWORD, |port, dir| {
+    /// A sentinel watching the master on `master_port`, quick to decide (1 s to call it down),
+    /// on `port` if given, with the configuration lines `extra` at the end.
+    fn sentinel(master_port: u16, port: Option<u16>, extra: &str) -> Self {
+        Self::spawn(SENTINEL_PASSWORD, port, |port, dir| {
             let conf = dir.join("sentinel.conf");
             std::fs::write(
                 &conf,
@@ -106,7 +112,7 @@ impl Node {
                      sentinel failover-timeout {MASTER_NAME} 4000\n\
                      sentinel parallel-syncs {MASTER_NAME} 2\n\
                      requirepass {SENTINEL_PASSWORD}\n\
-                     sentinel sentinel-pass {SENTINEL_PASSWORD}\n",
+                     sentinel sentinel-pass {SENTINEL_PASSWORD}\n{extra}",
                     dir = dir.display(),
                 ),
             )
@@ -201,6 +207,12 @@ impl Topology {
     /// and waits until each sentinel knows both replicas and the two other sentinels (a leader
     /// that does not know a replica aborts the failover).
     pub fn start() -> Self {
+        Self::start_with(None, "")
+    }
+
+    /// As `start`, with the sentinels on `sentinel_ports` if given (a role may be told them
+    /// before they are up) and the configuration lines `sentinel_conf` added to theirs.
+    pub fn start_with(sentinel_ports: Option<[u16; 3]>, sentinel_conf: &str) -> Self {
         // A test that panicked poisons it; the next one may still run.
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let master = Node::data(None);
@@ -213,7 +225,9 @@ impl Topology {
                         .is_some_and(|s| s.contains("state=online"))
                 })
         });
-        let sentinels: Vec<Node> = (0..3).map(|_| Node::sentinel(master.port)).collect();
+        let sentinels: Vec<Node> = (0..3)
+            .map(|i| Node::sentinel(master.port, sentinel_ports.map(|p| p[i]), sentinel_conf))
+            .collect();
         wait_until(Duration::from_secs(20), || {
             sentinels.iter().all(|s| {
                 let master = s.fields(&["SENTINEL", "MASTER", MASTER_NAME]);
