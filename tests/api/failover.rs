@@ -622,3 +622,46 @@ async fn readiness_waits_for_the_master_found_through_sentinels_that_are_listene
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// What `--help` says of the Sentinel and URL flags is what happens: plain TCP (the binary has
+/// no TLS), and a `rediss://` URL is refused at start, with or without sentinels.
+#[test]
+fn the_redis_flags_help_says_plain_tcp_and_a_tls_url_is_refused_at_start() {
+    use crate::helpers::run_binary;
+    let (code, help, _) = run_binary(&["users", "--help"]);
+    assert_eq!(code, Some(0));
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    let sentinels = help
+        .split("Redis Sentinels (")
+        .nth(1)
+        .and_then(|rest| rest.split("[env: REDIS_SENTINELS]").next())
+        .expect("--redis-sentinels' help");
+    assert!(
+        sentinels.contains("reached over plain TCP (no TLS)"),
+        "--redis-sentinels: {sentinels}"
+    );
+    assert!(!sentinels.contains("scheme"), "it is not used: {sentinels}");
+    assert!(
+        help.contains("a `rediss://` URL is refused at start"),
+        "--redis-url: {help}"
+    );
+    for sentinels in [&[][..], &["--redis-sentinels", "127.0.0.1:9"]] {
+        let args = [
+            &[
+                "users",
+                "--port",
+                "0",
+                "--redis-url",
+                "rediss://127.0.0.1:9",
+            ][..],
+            sentinels,
+        ]
+        .concat();
+        let (code, _, stderr) = run_binary(&args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--redis-url is not a usable Redis URL"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
