@@ -34,6 +34,8 @@ const FENCE_QUIET: Duration = Duration::from_secs(5);
 /// sentinel has long learnt the new configuration (a switch back to it is announced by a
 /// `+switch-master` of its own, which ends this).
 const SWITCHED_AWAY: Duration = Duration::from_secs(180);
+/// How often a promotion whose `+switch-master` has not come is checked with the sentinels.
+const SETTLE_EVERY: Duration = Duration::from_secs(1);
 /// Pause between attempts to (re)subscribe to a sentinel.
 const RESUBSCRIBE: Duration = Duration::from_secs(1);
 /// How often a subscription is PINGed: a frozen or unreachable sentinel would otherwise look
@@ -207,6 +209,18 @@ impl Fence {
         true
     }
 
+    /// The master a replica was promoted in place of, if that was at least `FENCE_QUIET` ago
+    /// and the fence still waits for its switch (a `+switch-master` that may have been missed).
+    fn stalled_promotion(&self) -> Option<String> {
+        let state = self.state();
+        match state.promoted {
+            Some(at) if at.elapsed() >= FENCE_QUIET && at.elapsed() < SWITCHED_AWAY => {
+                state.of.clone()
+            }
+            _ => None,
+        }
+    }
+
     /// Whether any sentinel was ever listened to.
     pub fn heard(&self) -> bool {
         self.state().ever
@@ -350,6 +364,14 @@ impl Sentinels {
             let (shared, on_switch) = (self.shared.clone(), on_switch.clone());
             tasks.push(tokio::spawn(listen_one(shared, index, on_switch)));
         }
+        let shared = self.shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(SETTLE_EVERY);
+            loop {
+                every.tick().await;
+                shared.settle(&*on_switch).await;
+            }
+        }));
     }
 
     pub fn stop(&self) {
@@ -466,6 +488,41 @@ impl Shared {
         on_switch();
     }
 
+    /// Ends the fence of a promotion whose `+switch-master` did not reach us (every
+    /// subscription was down at that moment) once the sentinels agree that it happened, rather
+    /// than after `SWITCHED_AWAY`: see `agreed`, and the master they name must answer `ROLE` as
+    /// one. It is then acted on as that switch (the connections go, the failed master is
+    /// refused for `SWITCHED_AWAY`).
+    async fn settle(&self, on_switch: &(dyn Fn() + Send + Sync)) {
+        let Some(failed) = self.fence.stalled_promotion() else {
+            return;
+        };
+        let answers: Vec<_> = (0..self.sentinels.len())
+            .map(|i| self.ask(i, &self.config))
+            .collect::<FuturesUnordered<_>>()
+            .collect()
+            .await;
+        let Some((host, port)) = agreed(&answers, self.sentinels.len(), &failed) else {
+            return;
+        };
+        if self.switched_away_from(&host, port)
+            || self.master_at(&host, port, &self.config).await.is_err()
+            || self.fence.stalled_promotion().as_deref() != Some(failed.as_str())
+        {
+            return;
+        }
+        warn!(self.log, "no +switch-master came for a promotion, but the sentinels agree on \
+            the new master: acted on as its switch"; "failed" => &failed,
+            "master" => format!("{host} {port}"));
+        let payload = format!("{} {failed} {host} {port}", self.master_name);
+        self.event(
+            "every sentinel that answered",
+            "+switch-master",
+            &payload,
+            on_switch,
+        );
+    }
+
     /// The master's address as sentinel `index` tells it.
     async fn ask(
         &self,
@@ -512,6 +569,24 @@ impl Shared {
         });
         bounded.await.unwrap_or_else(|_| Err(timed_out()))
     }
+}
+
+/// The master the sentinels agree on after a promotion in place of `failed`: a majority of
+/// the `total` sentinels answered, every one that named a master named this one, and it is not
+/// `failed`. A sentinel names the promoted replica only once it was promoted (the leader) or
+/// it learnt the switch (the others), so a lagging one (still naming `failed`) or a split
+/// vote keeps the fence; one that does not answer neither vetoes nor counts.
+fn agreed(
+    answers: &[Result<Option<(String, u16)>, RedisError>],
+    total: usize,
+    failed: &str,
+) -> Option<(String, u16)> {
+    let mut named = answers.iter().filter_map(|a| a.as_ref().ok()?.as_ref());
+    let first = named.next()?;
+    let count = 1 + named.clone().count();
+    let same = named.all(|a| a == first);
+    (same && count > total / 2 && format!("{} {}", first.0, first.1) != failed)
+        .then(|| first.clone())
 }
 
 fn timed_out() -> RedisError {
@@ -777,6 +852,49 @@ mod tests {
             &|| {},
         );
         assert!(shared.fence.open_epoch().is_ok());
+    }
+
+    #[test]
+    fn a_stalled_promotion_ends_only_when_a_majority_agrees_on_another_master() {
+        let at = |port: u16| Ok(Some(("127.0.0.1".to_owned(), port)));
+        let down = || Err(timed_out());
+        let failed = "127.0.0.1 1000";
+        let new = Some(("127.0.0.1".to_owned(), 2000));
+        assert_eq!(agreed(&[at(2000), at(2000), at(2000)], 3, failed), new);
+        assert_eq!(agreed(&[at(2000), down(), at(2000)], 3, failed), new);
+        assert_eq!(
+            agreed(&[at(2000), down(), Ok(None)], 3, failed),
+            None,
+            "no majority"
+        );
+        assert_eq!(
+            agreed(&[at(2000), at(1000), at(2000)], 3, failed),
+            None,
+            "one lags"
+        );
+        assert_eq!(
+            agreed(&[at(2000), at(3000), at(2000)], 3, failed),
+            None,
+            "split"
+        );
+        assert_eq!(
+            agreed(&[at(1000), at(1000), at(1000)], 3, failed),
+            None,
+            "not moved"
+        );
+        assert_eq!(agreed(&[down(), down(), down()], 3, failed), None);
+
+        let fence = Fence::default();
+        fence.subscribed(true);
+        assert_eq!(fence.stalled_promotion(), None);
+        fence.failover_event(true, Some(failed.to_owned()));
+        assert_eq!(fence.stalled_promotion(), None, "the switch may still come");
+        let earlier = Instant::now().checked_sub(FENCE_QUIET * 2).expect("uptime");
+        fence.state().promoted = Some(earlier);
+        assert_eq!(fence.stalled_promotion().as_deref(), Some(failed));
+        assert!(fence.switched(failed));
+        assert_eq!(fence.stalled_promotion(), None);
+        assert!(fence.open_epoch().is_ok());
     }
 
     /// Every sentinel publishes its own `+switch-master` for one switch; a slow one's copy may

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 
 use crate::helpers::{Http, Process};
-use crate::sentinel::{DATA_PASSWORD, MASTER_NAME, SENTINEL_PASSWORD, Topology};
+use crate::sentinel::{DATA_PASSWORD, MASTER_NAME, Options, SENTINEL_PASSWORD, Topology};
 
 /// `--redis-timeout` of the role; a refused write must be answered within it plus 1 s.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -577,10 +577,11 @@ async fn readiness_waits_for_the_master_found_through_sentinels_that_are_listene
     // They come up, answer `SENTINEL get-master-addr-by-name` but refuse `PSUBSCRIBE`: the
     // master is found through them and answers (reads are served), but no failover could be
     // seen (writes are refused), so the role is not ready.
-    let topology = Topology::start_with(
-        Some(ports),
-        &format!("user default on >{SENTINEL_PASSWORD} ~* &* +@all -psubscribe\n"),
-    );
+    let topology = Topology::start_with(Options {
+        sentinel_ports: Some(ports),
+        sentinel_conf: format!("user default on >{SENTINEL_PASSWORD} ~* &* +@all -psubscribe\n"),
+        ..Options::default()
+    });
     poll_until(Duration::from_secs(10), "the master found", async || {
         http.get("/users").await.status == 200
     })
@@ -599,12 +600,7 @@ async fn readiness_waits_for_the_master_found_through_sentinels_that_are_listene
         .assert_error(503, "store_unavailable");
 
     // Once a sentinel can be listened to: ready, and writes are taken.
-    for sentinel in &topology.sentinels {
-        assert_eq!(
-            sentinel.cli(&["ACL", "SETUSER", "default", "+psubscribe"]),
-            "OK"
-        );
-    }
+    psubscribe_allowed(&topology.sentinels, "+psubscribe");
     poll_until(Duration::from_secs(20), "ready", async || {
         http.get("/health/ready").await.status == 200
     })
@@ -664,4 +660,123 @@ fn the_redis_flags_help_says_plain_tcp_and_a_tls_url_is_refused_at_start() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// Sets the `default` user's right to `PSUBSCRIBE` (`+psubscribe`/`-psubscribe`) on
+/// `sentinels`; taking it away also closes their subscriptions (`CLIENT KILL TYPE pubsub`).
+fn psubscribe_allowed(sentinels: &[crate::sentinel::Node], rule: &str) {
+    for sentinel in sentinels {
+        assert_eq!(sentinel.cli(&["ACL", "SETUSER", "default", rule]), "OK");
+        if rule.starts_with('-') {
+            sentinel.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_promotion_whose_switch_master_was_missed_ends_its_fence_once_the_sentinels_agree() {
+    use crate::helpers::poll_until;
+    // The promotion is seen, then every subscription is down when `+switch-master` comes:
+    // only the leader is listened to (the others publish their switch ~60 ms after the
+    // promotion), and it publishes its own 4 s after the promotion (it waits for the stubborn
+    // replica). Without the sentinels' agreement writes would stay refused for 3 min.
+    let topology = Topology::start_with(Options {
+        stubborn_replica: true,
+        ..Options::default()
+    });
+    let old_master = topology.data[0].port;
+    let promoted = topology.data[1].port;
+    let (role, http) = users_on(&topology).await;
+    poll_until(
+        Duration::from_secs(10),
+        "every sentinel listened to",
+        async || role.stdout().matches("listening to a sentinel").count() == 3,
+    )
+    .await;
+    psubscribe_allowed(&topology.sentinels[1..], "-psubscribe");
+    poll_until(
+        Duration::from_secs(10),
+        "two subscriptions lost",
+        async || {
+            role.stdout()
+                .matches("a sentinel subscription ended")
+                .count()
+                == 2
+        },
+    )
+    .await;
+    let answer = topology.sentinels[0].cli(&["SENTINEL", "FAILOVER", MASTER_NAME]);
+    assert_eq!(answer, "OK", "SENTINEL FAILOVER");
+    let seen = Instant::now();
+    while !role.stdout().contains("\"event\":\"+promoted-slave\"") {
+        assert!(
+            seen.elapsed() < Duration::from_secs(15),
+            "the promotion not seen: {}",
+            role.stdout()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    psubscribe_allowed(&topology.sentinels[..1], "-psubscribe");
+    assert!(
+        !role.stdout().contains("the master changed"),
+        "the switch came before the subscriptions were cut: {}",
+        role.stdout()
+    );
+    poll_until(
+        Duration::from_secs(20),
+        "the failover over and every sentinel naming the new master",
+        async || {
+            let leader = topology.sentinels[0].cli(&["SENTINEL", "MASTER", MASTER_NAME]);
+            !leader.contains("failover_in_progress")
+                && topology.sentinels.iter().all(|s| {
+                    s.cli(&["SENTINEL", "get-master-addr-by-name", MASTER_NAME])
+                        .lines()
+                        .nth(1)
+                        .is_some_and(|p| p.trim() == promoted.to_string())
+                })
+        },
+    )
+    .await;
+    psubscribe_allowed(&topology.sentinels, "+psubscribe");
+    let resumed = Instant::now();
+    let body = r#"{"name":"After","email":"after@example.com"}"#;
+    let id = loop {
+        let reply = http.json("POST", "/users", body).await;
+        if reply.status == 201 {
+            break reply.body["id"].as_str().unwrap_or_default().to_owned();
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(30),
+            "writes still refused: {} {}",
+            reply.body,
+            role.stdout()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "writes resumed {:?} after the subscriptions came back",
+        resumed.elapsed()
+    );
+    // The role's log reaches us through a pipe, a little behind its answers.
+    poll_until(Duration::from_secs(5), "the agreement logged", async || {
+        role.stdout()
+            .contains("the sentinels agree on the new master")
+    })
+    .await;
+    // No sentinel's own `+switch-master` reached the role: only the agreement moved it.
+    let log = role.stdout();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("the master changed"))
+            .all(|l| l.contains("every sentinel that answered")),
+        "{log}"
+    );
+    assert_eq!(
+        topology
+            .node(promoted)
+            .cli(&["EXISTS", &format!("user:{id}")]),
+        "1",
+        "written to the new master"
+    );
+    assert_ne!(promoted, old_master);
 }

@@ -60,8 +60,10 @@ impl Node {
         panic!("redis-server exited at start (port {fixed:?} taken?)")
     }
 
-    /// A data node: the master (`replica_of` none) or a replica of the master on that port.
-    fn data(replica_of: Option<u16>) -> Self {
+    /// A data node: the master (`replica_of` none) or a replica of the master on that port;
+    /// `stubborn`: never promoted, and it cannot be made to follow another master (`SLAVEOF`
+    /// renamed), so a failover waits its `failover-timeout` for it before its switch.
+    fn data(replica_of: Option<u16>, stubborn: bool) -> Self {
         Self::spawn(DATA_PASSWORD, None, |port, dir| {
             let mut args: Vec<String> = [
                 "--port",
@@ -86,6 +88,12 @@ impl Node {
             ]
             .map(str::to_owned)
             .to_vec();
+            if stubborn {
+                args.extend(
+                    ["--replica-priority", "0", "--rename-command", "SLAVEOF"].map(str::to_owned),
+                );
+                args.push("slaveof-renamed".into());
+            }
             if let Some(master_port) = replica_of {
                 args.extend([
                     "--replicaof".into(),
@@ -199,6 +207,18 @@ pub struct Topology {
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
+/// What a test needs of its topology beyond the usual one.
+#[derive(Default)]
+pub struct Options {
+    /// The sentinels' ports (a role may be told them before they are up).
+    pub sentinel_ports: Option<[u16; 3]>,
+    /// Configuration lines added to every sentinel's.
+    pub sentinel_conf: String,
+    /// The second replica (`data[2]`) is never promoted and cannot be reconfigured: a failover
+    /// waits `failover-timeout` (4 s) for it between the promotion and `+switch-master`.
+    pub stubborn_replica: bool,
+}
+
 /// Serialises the tests that start a topology (`cargo test` runs tests in parallel).
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -207,16 +227,23 @@ impl Topology {
     /// and waits until each sentinel knows both replicas and the two other sentinels (a leader
     /// that does not know a replica aborts the failover).
     pub fn start() -> Self {
-        Self::start_with(None, "")
+        Self::start_with(Options::default())
     }
 
-    /// As `start`, with the sentinels on `sentinel_ports` if given (a role may be told them
-    /// before they are up) and the configuration lines `sentinel_conf` added to theirs.
-    pub fn start_with(sentinel_ports: Option<[u16; 3]>, sentinel_conf: &str) -> Self {
+    /// As `start`, with `options`.
+    pub fn start_with(options: Options) -> Self {
+        let Options {
+            sentinel_ports,
+            sentinel_conf,
+            stubborn_replica,
+        } = options;
         // A test that panicked poisons it; the next one may still run.
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let master = Node::data(None);
-        let replicas = [Node::data(Some(master.port)), Node::data(Some(master.port))];
+        let master = Node::data(None, false);
+        let replicas = [
+            Node::data(Some(master.port), false),
+            Node::data(Some(master.port), stubborn_replica),
+        ];
         wait_until(Duration::from_secs(15), || {
             let info = master.replication();
             info.get("connected_slaves").map(String::as_str) == Some("2")
@@ -226,7 +253,7 @@ impl Topology {
                 })
         });
         let sentinels: Vec<Node> = (0..3)
-            .map(|i| Node::sentinel(master.port, sentinel_ports.map(|p| p[i]), sentinel_conf))
+            .map(|i| Node::sentinel(master.port, sentinel_ports.map(|p| p[i]), &sentinel_conf))
             .collect();
         wait_until(Duration::from_secs(20), || {
             sentinels.iter().all(|s| {
