@@ -221,6 +221,11 @@ impl Fence {
         }
     }
 
+    /// Whether the failover under way is that of the master at `address` (`<ip> <port>`).
+    fn failing_over(&self, address: &str) -> bool {
+        self.state().of.as_deref() == Some(address)
+    }
+
     /// Whether any sentinel was ever listened to.
     pub fn heard(&self) -> bool {
         self.state().ever
@@ -681,7 +686,11 @@ impl Shared {
             let (old, new) = (words[1..3].join(" "), words[3..5].join(" "));
             {
                 let mut last = self.last_switch.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(why) = last.known(&old, &new) {
+                // The switch of the failover under way is acted on whatever came before (a
+                // switch back to the master we know, after one we missed).
+                if !self.fence.failing_over(&old)
+                    && let Some(why) = last.known(&old, &new)
+                {
                     // Every sentinel publishes its own copy of a switch, a slow one's possibly
                     // after the next failover began: it changes nothing (it must not end that
                     // failover's fence, nor send the connections back).
@@ -1008,6 +1017,27 @@ mod tests {
         );
         assert!(shared.fence.open_epoch().is_ok());
         assert_eq!(moved.load(Ordering::SeqCst), 2);
+        // We miss C -> A entirely, then see A fail over back to C: that switch is acted on,
+        // although it names the master the last switch we heard went to.
+        shared.event(
+            "s1",
+            "+promoted-slave",
+            "slave 127.0.0.1:3000 127.0.0.1 3000 @ mymaster 127.0.0.1 1000",
+            &on_switch,
+        );
+        assert!(shared.fence.open_epoch().is_err());
+        shared.event(
+            "s1",
+            "+switch-master",
+            "mymaster 127.0.0.1 1000 127.0.0.1 3000",
+            &on_switch,
+        );
+        assert!(
+            shared.fence.open_epoch().is_ok(),
+            "A -> C ends A's failover"
+        );
+        assert!(shared.switched_away_from("127.0.0.1", 1000));
+        assert_eq!(moved.load(Ordering::SeqCst), 3);
     }
 
     #[test]
