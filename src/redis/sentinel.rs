@@ -5,8 +5,10 @@
 //! and every write it takes once a replica is promoted is dropped when it is demoted (even one
 //! that `WAIT 1` confirmed: the replica not promoted still follows it). So every sentinel's
 //! events are listened to: from the first failover event (long before the promotion) until
-//! `+switch-master`, writes are refused, and a write that overlaps any such event is not
-//! answered as done (`Fence`). See ARCHITECTURE.md, "Redis: topologies and what they guarantee".
+//! that failover's `+switch-master` (or, if it was missed, until the sentinels agree on the new
+//! master: `Shared::settle`), writes are refused, and a write that overlaps any such event is
+//! not answered as done (`Fence`). See ARCHITECTURE.md, "Redis: topologies and what they
+//! guarantee".
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
