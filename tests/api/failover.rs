@@ -296,9 +296,11 @@ async fn users_on(topology: &Topology) -> (Process, Http) {
     );
     let http = Http::new(role.port);
     let started = Instant::now();
-    loop {
-        let body = r#"{"name":"Warm Up","email":"warm-up@example.com"}"#;
-        if http.json("POST", "/users", body).await.status == 201 {
+    // A new email each time: a write that overlapped the subscriptions coming up is answered
+    // 503 but may be stored, and its retry would be a 409.
+    for n in 0.. {
+        let body = format!(r#"{{"name":"Warm Up","email":"warm-up-{n}@example.com"}}"#);
+        if http.json("POST", "/users", &body).await.status == 201 {
             break;
         }
         assert!(
@@ -574,6 +576,7 @@ async fn readiness_waits_for_the_master_found_through_sentinels_that_are_listene
     let list = ports.map(|p| format!("127.0.0.1:{p}")).join(",");
     let (role, http) = users_of(&list, MASTER_NAME);
     not_ready_throughout(&http, 3, "no sentinel up").await;
+    drop(http);
     // They come up, answer `SENTINEL get-master-addr-by-name` but refuse `PSUBSCRIBE`: the
     // master is found through them and answers (reads are served), but no failover could be
     // seen (writes are refused), so the role is not ready.
@@ -582,6 +585,9 @@ async fn readiness_waits_for_the_master_found_through_sentinels_that_are_listene
         sentinel_conf: format!("user default on >{SENTINEL_PASSWORD} ~* &* +@all -psubscribe\n"),
         ..Options::default()
     });
+    // A new client: starting the topology may have blocked this thread (waiting for another
+    // test's) for longer than the role keeps an idle connection.
+    let http = Http::new(role.port);
     poll_until(Duration::from_secs(10), "the master found", async || {
         http.get("/users").await.status == 200
     })
@@ -607,9 +613,14 @@ async fn readiness_waits_for_the_master_found_through_sentinels_that_are_listene
     .await;
     // The other subscriptions coming up meanwhile may refuse a write or two (a write that
     // overlaps a change of the subscriptions is not confirmed).
+    // A new email each time: a write answered 503 may still be stored.
     let since = Instant::now();
-    let body = r#"{"name":"R","email":"r@example.com"}"#;
-    while http.json("POST", "/users", body).await.status != 201 {
+    let mut n = 0;
+    while {
+        n += 1;
+        let body = format!(r#"{{"name":"R","email":"r{n}@example.com"}}"#);
+        http.json("POST", "/users", &body).await.status != 201
+    } {
         assert!(
             since.elapsed() < Duration::from_secs(15),
             "no write taken once ready: {}",
@@ -739,9 +750,12 @@ async fn a_promotion_whose_switch_master_was_missed_ends_its_fence_once_the_sent
     .await;
     psubscribe_allowed(&topology.sentinels, "+psubscribe");
     let resumed = Instant::now();
-    let body = r#"{"name":"After","email":"after@example.com"}"#;
+    let mut n = 0;
     let id = loop {
-        let reply = http.json("POST", "/users", body).await;
+        // A new email each time: a write answered 503 may still be stored.
+        n += 1;
+        let body = format!(r#"{{"name":"After","email":"after-{n}@example.com"}}"#);
+        let reply = http.json("POST", "/users", &body).await;
         if reply.status == 201 {
             break reply.body["id"].as_str().unwrap_or_default().to_owned();
         }
