@@ -568,10 +568,15 @@ async fn not_ready_throughout(http: &Http, times: usize, what: &str) {
     }
 }
 
+// The topology's turn is held across awaits on purpose, as `Topology` holds it: the other
+// tests wait for it on their own threads, nothing on this one takes it.
+#[allow(clippy::await_holding_lock)]
 #[actix_web::test]
 async fn readiness_waits_for_the_master_found_through_sentinels_that_are_listened_to() {
     use crate::helpers::{free_port, poll_until};
-    // The role starts before its sentinels are up: not ready.
+    // The role starts before its sentinels are up: not ready. Our turn first, so that no
+    // other test's topology takes their ports meanwhile.
+    let serial = crate::sentinel::one_at_a_time();
     let ports = [free_port(), free_port(), free_port()];
     let list = ports.map(|p| format!("127.0.0.1:{p}")).join(",");
     let (role, http) = users_of(&list, MASTER_NAME);
@@ -581,12 +586,12 @@ async fn readiness_waits_for_the_master_found_through_sentinels_that_are_listene
     // master is found through them and answers (reads are served), but no failover could be
     // seen (writes are refused), so the role is not ready.
     let topology = Topology::start_with(Options {
+        serial: Some(serial),
         sentinel_ports: Some(ports),
         sentinel_conf: format!("user default on >{SENTINEL_PASSWORD} ~* &* +@all -psubscribe\n"),
         ..Options::default()
     });
-    // A new client: starting the topology may have blocked this thread (waiting for another
-    // test's) for longer than the role keeps an idle connection.
+    // A new client: starting the topology blocked this thread for seconds.
     let http = Http::new(role.port);
     poll_until(Duration::from_secs(10), "the master found", async || {
         http.get("/users").await.status == 200

@@ -210,6 +210,9 @@ pub struct Topology {
 /// What a test needs of its topology beyond the usual one.
 #[derive(Default)]
 pub struct Options {
+    /// The turn already taken (`one_at_a_time`), by a test that picks its sentinels' ports
+    /// before the topology starts: no other topology may take them meanwhile.
+    pub serial: Option<std::sync::MutexGuard<'static, ()>>,
     /// The sentinels' ports (a role may be told them before they are up).
     pub sentinel_ports: Option<[u16; 3]>,
     /// Configuration lines added to every sentinel's.
@@ -222,6 +225,12 @@ pub struct Options {
 /// Serialises the tests that start a topology (`cargo test` runs tests in parallel).
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Waits for this test's turn to run a topology (see `Options::serial`).
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A test that panicked poisons it; the next one may still run.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Topology {
     /// Starts the master and two replicas, waits until both are in sync, then the sentinels,
     /// and waits until each sentinel knows both replicas and the two other sentinels (a leader
@@ -233,12 +242,12 @@ impl Topology {
     /// As `start`, with `options`.
     pub fn start_with(options: Options) -> Self {
         let Options {
+            serial,
             sentinel_ports,
             sentinel_conf,
             stubborn_replica,
         } = options;
-        // A test that panicked poisons it; the next one may still run.
-        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let serial = serial.unwrap_or_else(one_at_a_time);
         let master = Node::data(None, false);
         let replicas = [
             Node::data(Some(master.port), false),
