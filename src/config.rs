@@ -788,7 +788,8 @@ fn unreachable_url() -> Url {
 /// How the users role reaches Redis.
 #[derive(Debug, Clone, Args)]
 pub struct RedisSettings {
-    /// Redis URL; keep the password out of it and use --redis-password.
+    /// Redis URL (`redis://`: plain TCP, this binary has no TLS, so a `rediss://` URL is
+    /// refused at start); keep the password out of it and use --redis-password.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = parse_redis_url, global = true)]
     pub redis_url: Url,
     /// Redis password (AUTH), e.g. from a Kubernetes Secret.
@@ -805,8 +806,9 @@ pub struct RedisSettings {
     #[arg(long, env = "REDIS_POOL_WAIT", default_value = "250ms", value_parser = parse_positive_duration, global = true)]
     pub redis_pool_wait: Duration,
     /// Redis Sentinels (host:port, comma-separated): when given, the master named by
-    /// --redis-master-name is found and followed through failovers through them, and the
-    /// host and port of --redis-url are not used (its scheme and database still are).
+    /// --redis-master-name is found and followed through failovers through them. The
+    /// Sentinels and the master they name are reached over plain TCP (no TLS); of
+    /// --redis-url only the user name and the database are used, not its host and port.
     #[arg(long, env = "REDIS_SENTINELS", value_delimiter = ',', value_parser = parse_host_port, global = true)]
     pub redis_sentinels: Vec<String>,
     /// The master's name at the Sentinels (`sentinel monitor <name> …`).

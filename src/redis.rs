@@ -418,8 +418,17 @@ impl Redis {
     }
 
     /// `PING` within `--redis-timeout`: whether Redis (with sentinels, the master) answers.
-    /// It takes no permit: operations in flight are not a Redis that is down.
+    /// It takes no permit: operations in flight are not a Redis that is down. With sentinels,
+    /// not before one of them was listened to: until then every write is refused (no failover
+    /// could be seen), although the master may already be found through a sentinel's answer.
+    /// Once one was, readiness follows the master alone (sentinels lost later refuse writes,
+    /// not reads).
     pub async fn ping(&self) -> bool {
+        if let Target::Sentinel(sentinels) = &self.inner.target
+            && !sentinels.fence.heard()
+        {
+            return false;
+        }
         tokio::time::timeout(self.inner.timeout, async {
             let mut conn = self.connection().await.ok()?;
             redis::cmd("PING")

@@ -5,8 +5,10 @@
 //! and every write it takes once a replica is promoted is dropped when it is demoted (even one
 //! that `WAIT 1` confirmed: the replica not promoted still follows it). So every sentinel's
 //! events are listened to: from the first failover event (long before the promotion) until
-//! `+switch-master`, writes are refused, and a write that overlaps any such event is not
-//! answered as done (`Fence`). See ARCHITECTURE.md, "Redis: topologies and what they guarantee".
+//! that failover's `+switch-master` (or, if it was missed, until the sentinels agree on the new
+//! master: `Shared::settle`), writes are refused, and a write that overlaps any such event is
+//! not answered as done (`Fence`). See ARCHITECTURE.md, "Redis: topologies and what they
+//! guarantee".
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,8 @@ const FENCE_QUIET: Duration = Duration::from_secs(5);
 /// sentinel has long learnt the new configuration (a switch back to it is announced by a
 /// `+switch-master` of its own, which ends this).
 const SWITCHED_AWAY: Duration = Duration::from_secs(180);
+/// How often a promotion whose `+switch-master` has not come is checked with the sentinels.
+const SETTLE_EVERY: Duration = Duration::from_secs(1);
 /// Pause between attempts to (re)subscribe to a sentinel.
 const RESUBSCRIBE: Duration = Duration::from_secs(1);
 /// How often a subscription is PINGed: a frozen or unreachable sentinel would otherwise look
@@ -116,6 +120,9 @@ struct FenceState {
     /// `+switch-master` (or `SWITCHED_AWAY`, Sentinel's default failover-timeout), not only
     /// until a quiet period.
     promoted: Option<Instant>,
+    /// The `<ip> <port>` of the master the failover under way is failing over, once one of
+    /// its events named it: only a `+switch-master` away from that master ends its fence.
+    of: Option<String>,
     /// Sentinels listened to right now.
     live: usize,
     /// Whether any sentinel was ever listened to.
@@ -140,11 +147,12 @@ impl Fence {
         }
         match state.failover {
             Some(at) if at.elapsed() < FENCE_QUIET => Some("a failover is under way".into()),
-            Some(_) => {
+            _ => {
+                // No failover under way any more: the next one's events say what it is of.
                 state.failover = None;
+                state.of = None;
                 None
             }
-            None => None,
         }
     }
 
@@ -169,12 +177,16 @@ impl Fence {
         }
     }
 
-    fn failover_event(&self, promotion: bool) {
+    /// A failover event; `of`: the master it names, when it names one.
+    fn failover_event(&self, promotion: bool, of: Option<String>) {
         let mut state = self.state();
         let now = Instant::now();
         state.failover = Some(now);
         if promotion && state.promoted.is_none() {
             state.promoted = Some(now);
+        }
+        if of.is_some() {
+            state.of = of;
         }
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
@@ -184,18 +196,41 @@ impl Fence {
         self.state().promoted = None;
     }
 
-    /// Another sentinel confirmed the switch: the fence goes, the epoch stays.
-    fn lift(&self) {
+    /// The master switched away from `old`: the fence goes if it is that master's failover
+    /// (or one whose events named no master); `false` when it belongs to another failover,
+    /// which goes on. Either way a write under way is not confirmed (the master changed).
+    fn switched(&self, old: &str) -> bool {
         let mut state = self.state();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if state.of.as_deref().is_some_and(|of| of != old) {
+            return false;
+        }
         state.failover = None;
         state.promoted = None;
+        state.of = None;
+        true
     }
 
-    fn switched(&self) {
-        let mut state = self.state();
-        state.failover = None;
-        state.promoted = None;
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+    /// The master a replica was promoted in place of, if that was at least `FENCE_QUIET` ago
+    /// and the fence still waits for its switch (a `+switch-master` that may have been missed).
+    fn stalled_promotion(&self) -> Option<String> {
+        let state = self.state();
+        match state.promoted {
+            Some(at) if at.elapsed() >= FENCE_QUIET && at.elapsed() < SWITCHED_AWAY => {
+                state.of.clone()
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the failover under way is that of the master at `address` (`<ip> <port>`).
+    fn failing_over(&self, address: &str) -> bool {
+        self.state().of.as_deref() == Some(address)
+    }
+
+    /// Whether any sentinel was ever listened to.
+    pub fn heard(&self) -> bool {
+        self.state().ever
     }
 
     /// Counts a subscription up or down; `true` when one comes back after none was listened
@@ -227,13 +262,33 @@ pub struct Sentinels {
 /// the other sentinels learning the new epoch) must not fence writes again.
 #[derive(Default)]
 struct Switch {
-    payload: String,
     /// The `<ip> <port>` of the master it switched away from.
     old: String,
+    /// The `<ip> <port>` of the master it switched to.
+    new: String,
     /// The highest epoch announced before it.
     epoch: u64,
     /// When it was acted on.
     at: Option<Instant>,
+}
+
+impl Switch {
+    /// Why a `+switch-master` from `old` to `new` tells nothing new, if it does not: it goes
+    /// to the master the last switch went to (another sentinel's copy, or a lagging one
+    /// catching up from further back), or it is a late copy of the switch before that one
+    /// (to the master the last switch left, from another than the one it went to; a real
+    /// switch back would come from the current master). Sentinel starts no new failover of a
+    /// master within twice its `failover-timeout`, far longer than such a copy's delay.
+    fn known(&self, old: &str, new: &str) -> Option<&'static str> {
+        let at = self.at?;
+        if new == self.new {
+            return Some("it names the master already switched to");
+        }
+        if new == self.old && old != self.new && at.elapsed() < SWITCHED_AWAY {
+            return Some("a late copy of an earlier switch");
+        }
+        None
+    }
 }
 
 struct Shared {
@@ -316,6 +371,14 @@ impl Sentinels {
             let (shared, on_switch) = (self.shared.clone(), on_switch.clone());
             tasks.push(tokio::spawn(listen_one(shared, index, on_switch)));
         }
+        let shared = self.shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(SETTLE_EVERY);
+            loop {
+                every.tick().await;
+                shared.settle(&*on_switch).await;
+            }
+        }));
     }
 
     pub fn stop(&self) {
@@ -432,6 +495,41 @@ impl Shared {
         on_switch();
     }
 
+    /// Ends the fence of a promotion whose `+switch-master` did not reach us (every
+    /// subscription was down at that moment) once the sentinels agree that it happened, rather
+    /// than after `SWITCHED_AWAY`: see `agreed`, and the master they name must answer `ROLE` as
+    /// one. It is then acted on as that switch (the connections go, the failed master is
+    /// refused for `SWITCHED_AWAY`).
+    async fn settle(&self, on_switch: &(dyn Fn() + Send + Sync)) {
+        let Some(failed) = self.fence.stalled_promotion() else {
+            return;
+        };
+        let answers: Vec<_> = (0..self.sentinels.len())
+            .map(|i| self.ask(i, &self.config))
+            .collect::<FuturesUnordered<_>>()
+            .collect()
+            .await;
+        let Some((host, port)) = agreed(&answers, self.sentinels.len(), &failed) else {
+            return;
+        };
+        if self.switched_away_from(&host, port)
+            || self.master_at(&host, port, &self.config).await.is_err()
+            || self.fence.stalled_promotion().as_deref() != Some(failed.as_str())
+        {
+            return;
+        }
+        warn!(self.log, "no +switch-master came for a promotion, but the sentinels agree on \
+            the new master: acted on as its switch"; "failed" => &failed,
+            "master" => format!("{host} {port}"));
+        let payload = format!("{} {failed} {host} {port}", self.master_name);
+        self.event(
+            "every sentinel that answered",
+            "+switch-master",
+            &payload,
+            on_switch,
+        );
+    }
+
     /// The master's address as sentinel `index` tells it.
     async fn ask(
         &self,
@@ -478,6 +576,24 @@ impl Shared {
         });
         bounded.await.unwrap_or_else(|_| Err(timed_out()))
     }
+}
+
+/// The master the sentinels agree on after a promotion in place of `failed`: a majority of
+/// the `total` sentinels answered, every one that named a master named this one, and it is not
+/// `failed`. A sentinel names the promoted replica only once it was promoted (the leader) or
+/// it learnt the switch (the others), so a lagging one (still naming `failed`) or a split
+/// vote keeps the fence; one that does not answer neither vetoes nor counts.
+fn agreed(
+    answers: &[Result<Option<(String, u16)>, RedisError>],
+    total: usize,
+    failed: &str,
+) -> Option<(String, u16)> {
+    let mut named = answers.iter().filter_map(|a| a.as_ref().ok()?.as_ref());
+    let first = named.next()?;
+    let count = 1 + named.clone().count();
+    let same = named.all(|a| a == first);
+    (same && count > total / 2 && format!("{} {}", first.0, first.1) != failed)
+        .then(|| first.clone())
 }
 
 fn timed_out() -> RedisError {
@@ -551,7 +667,7 @@ impl Shared {
         let last = self.last_switch.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(epoch) = event_epoch(channel, payload) {
             self.epoch_seen.fetch_max(epoch, Ordering::SeqCst);
-            return !last.payload.is_empty() && epoch <= last.epoch;
+            return last.at.is_some() && epoch <= last.epoch;
         }
         master_address(payload).is_some_and(|address| address == last.old)
     }
@@ -569,17 +685,24 @@ impl Shared {
             if *name != self.master_name {
                 return;
             }
+            let (old, new) = (words[1..3].join(" "), words[3..5].join(" "));
             {
                 let mut last = self.last_switch.lock().unwrap_or_else(|e| e.into_inner());
-                if last.payload == payload {
-                    // Another sentinel telling the same switch: writes may resume if its tail
-                    // fenced them again.
-                    self.fence.lift();
+                // The switch of the failover under way is acted on whatever came before (a
+                // switch back to the master we know, after one we missed).
+                if !self.fence.failing_over(&old)
+                    && let Some(why) = last.known(&old, &new)
+                {
+                    // Every sentinel publishes its own copy of a switch, a slow one's possibly
+                    // after the next failover began: it changes nothing (it must not end that
+                    // failover's fence, nor send the connections back).
+                    info!(self.log, "a switch already acted on: ignored"; "sentinel" => sentinel,
+                        "why" => why, "detail" => payload);
                     return;
                 }
                 *last = Switch {
-                    payload: payload.to_owned(),
-                    old: words[1..3].join(" "),
+                    old: old.clone(),
+                    new,
                     epoch: self.epoch_seen.load(Ordering::SeqCst),
                     at: Some(Instant::now()),
                 };
@@ -587,14 +710,23 @@ impl Shared {
             *self.hint.lock().unwrap_or_else(|e| e.into_inner()) = Some(((*host).to_owned(), port));
             // Connections go before writes resume, so none is written to the old master.
             on_switch();
-            self.fence.switched();
-            info!(self.log, "the master changed; writes resume"; "sentinel" => sentinel,
-                "event" => channel, "detail" => payload);
+            match self.fence.switched(&old) {
+                true => {
+                    info!(self.log, "the master changed; writes resume"; "sentinel" => sentinel,
+                    "event" => channel, "detail" => payload)
+                }
+                // A switch we missed, heard while the next failover is under way.
+                false => {
+                    info!(self.log, "the master changed; writes wait for the failover under way";
+                    "sentinel" => sentinel, "event" => channel, "detail" => payload)
+                }
+            }
         } else if failover_event(channel)
             && about(payload, &self.master_name)
             && !self.after_switch(channel, payload)
         {
-            self.fence.failover_event(promotion_event(channel));
+            self.fence
+                .failover_event(promotion_event(channel), master_address(payload));
             if channel.starts_with("-failover-abort") {
                 self.fence.aborted();
             }
@@ -655,10 +787,10 @@ mod tests {
         assert!(!fence.subscribed(true), "the first subscription");
         let epoch = fence.open_epoch().expect("open");
         assert!(fence.still(epoch).is_ok());
-        fence.failover_event(false);
+        fence.failover_event(false, None);
         assert!(fence.still(epoch).is_err(), "overlapped an event");
         assert!(fence.open_epoch().is_err(), "fenced until the switch");
-        fence.switched();
+        assert!(fence.switched("127.0.0.1 1000"));
         let epoch = fence.open_epoch().expect("open after the switch");
         assert!(fence.still(epoch).is_ok());
         assert!(!fence.subscribed(false));
@@ -734,6 +866,183 @@ mod tests {
     }
 
     #[test]
+    fn a_stalled_promotion_ends_only_when_a_majority_agrees_on_another_master() {
+        let at = |port: u16| Ok(Some(("127.0.0.1".to_owned(), port)));
+        let down = || Err(timed_out());
+        let failed = "127.0.0.1 1000";
+        let new = Some(("127.0.0.1".to_owned(), 2000));
+        assert_eq!(agreed(&[at(2000), at(2000), at(2000)], 3, failed), new);
+        assert_eq!(agreed(&[at(2000), down(), at(2000)], 3, failed), new);
+        assert_eq!(
+            agreed(&[at(2000), down(), Ok(None)], 3, failed),
+            None,
+            "no majority"
+        );
+        assert_eq!(
+            agreed(&[at(2000), at(1000), at(2000)], 3, failed),
+            None,
+            "one lags"
+        );
+        assert_eq!(
+            agreed(&[at(2000), at(3000), at(2000)], 3, failed),
+            None,
+            "split"
+        );
+        assert_eq!(
+            agreed(&[at(1000), at(1000), at(1000)], 3, failed),
+            None,
+            "not moved"
+        );
+        assert_eq!(agreed(&[down(), down(), down()], 3, failed), None);
+
+        let fence = Fence::default();
+        fence.subscribed(true);
+        assert_eq!(fence.stalled_promotion(), None);
+        fence.failover_event(true, Some(failed.to_owned()));
+        assert_eq!(fence.stalled_promotion(), None, "the switch may still come");
+        let earlier = Instant::now().checked_sub(FENCE_QUIET * 2).expect("uptime");
+        fence.state().promoted = Some(earlier);
+        assert_eq!(fence.stalled_promotion().as_deref(), Some(failed));
+        assert!(fence.switched(failed));
+        assert_eq!(fence.stalled_promotion(), None);
+        assert!(fence.open_epoch().is_ok());
+    }
+
+    /// Every sentinel publishes its own `+switch-master` for one switch; a slow one's copy may
+    /// come after the next failover began. Neither it nor a switch from another failover may
+    /// end the fence of the one under way, nor send the connections back.
+    #[test]
+    fn a_late_or_foreign_switch_master_does_not_end_the_fence_of_the_failover_under_way() {
+        let sentinels = sentinels();
+        let shared = &sentinels.shared;
+        shared.fence.subscribed(true);
+        let (a_to_b, b_to_c) = (
+            "mymaster 127.0.0.1 1000 127.0.0.1 2000",
+            "mymaster 127.0.0.1 2000 127.0.0.1 3000",
+        );
+        let moved = std::sync::atomic::AtomicUsize::new(0);
+        let on_switch = || {
+            moved.fetch_add(1, Ordering::SeqCst);
+        };
+        let hint = || shared.hint.lock().expect("hint").clone();
+        shared.event("s1", "+new-epoch", "1", &on_switch);
+        shared.event("s1", "+switch-master", a_to_b, &on_switch);
+        assert!(shared.fence.open_epoch().is_ok(), "A -> B: writes resume");
+        assert_eq!(moved.load(Ordering::SeqCst), 1);
+        // A new failover, of B, begins; a slow sentinel's copy of A -> B comes after it.
+        shared.event("s1", "+new-epoch", "2", &on_switch);
+        shared.event(
+            "s1",
+            "+try-failover",
+            "master mymaster 127.0.0.1 2000",
+            &on_switch,
+        );
+        shared.event("s3", "+switch-master", a_to_b, &on_switch);
+        assert!(
+            shared.fence.open_epoch().is_err(),
+            "the duplicate lifted the fence"
+        );
+        assert_eq!(moved.load(Ordering::SeqCst), 1, "a duplicate moves nothing");
+        // Past the promotion, and quiet for longer than the quiet period: still fenced.
+        shared.event(
+            "s1",
+            "+promoted-slave",
+            "slave 127.0.0.1:3000 127.0.0.1 3000 @ mymaster 127.0.0.1 2000",
+            &on_switch,
+        );
+        let earlier = Instant::now().checked_sub(FENCE_QUIET * 2).expect("uptime");
+        shared.fence.state().failover = Some(earlier);
+        shared.event("s2", "+switch-master", a_to_b, &on_switch);
+        assert!(shared.fence.open_epoch().is_err(), "fenced until B -> C");
+        // The switch of this failover ends it.
+        shared.event("s1", "+switch-master", b_to_c, &on_switch);
+        assert!(shared.fence.open_epoch().is_ok(), "B -> C: writes resume");
+        assert_eq!(moved.load(Ordering::SeqCst), 2);
+        assert_eq!(hint(), Some(("127.0.0.1".to_owned(), 3000)));
+        // A very late copy of A -> B: not a switch back to B (that one would leave C).
+        shared.event("s3", "+switch-master", a_to_b, &on_switch);
+        assert_eq!(hint(), Some(("127.0.0.1".to_owned(), 3000)), "stays on C");
+        assert!(
+            shared.switched_away_from("127.0.0.1", 2000),
+            "B still refused"
+        );
+        assert_eq!(moved.load(Ordering::SeqCst), 2);
+        // A lagging sentinel that jumps from A straight to C: nothing new either.
+        shared.event(
+            "s3",
+            "+switch-master",
+            "mymaster 127.0.0.1 1000 127.0.0.1 3000",
+            &on_switch,
+        );
+        assert!(
+            shared.switched_away_from("127.0.0.1", 2000),
+            "B still refused"
+        );
+        assert_eq!(moved.load(Ordering::SeqCst), 2);
+        assert!(shared.fence.open_epoch().is_ok());
+    }
+
+    /// A switch we missed, heard only while the next failover is under way (its first
+    /// `+switch-master` reached no subscription): the connections follow it, the fence stays.
+    #[test]
+    fn a_switch_heard_during_the_next_failover_moves_the_connections_but_keeps_its_fence() {
+        let sentinels = sentinels();
+        let shared = &sentinels.shared;
+        shared.fence.subscribed(true);
+        let moved = std::sync::atomic::AtomicUsize::new(0);
+        let on_switch = || {
+            moved.fetch_add(1, Ordering::SeqCst);
+        };
+        shared.event(
+            "s1",
+            "+promoted-slave",
+            "slave 127.0.0.1:3000 127.0.0.1 3000 @ mymaster 127.0.0.1 2000",
+            &on_switch,
+        );
+        assert!(shared.fence.open_epoch().is_err());
+        shared.event(
+            "s2",
+            "+switch-master",
+            "mymaster 127.0.0.1 1000 127.0.0.1 2000",
+            &on_switch,
+        );
+        assert_eq!(moved.load(Ordering::SeqCst), 1, "connections follow A -> B");
+        assert!(
+            shared.fence.open_epoch().is_err(),
+            "B's failover is still under way"
+        );
+        shared.event(
+            "s1",
+            "+switch-master",
+            "mymaster 127.0.0.1 2000 127.0.0.1 3000",
+            &on_switch,
+        );
+        assert!(shared.fence.open_epoch().is_ok());
+        assert_eq!(moved.load(Ordering::SeqCst), 2);
+        // We miss C -> A entirely, then see A fail over back to C: that switch is acted on,
+        // although it names the master the last switch we heard went to.
+        shared.event(
+            "s1",
+            "+promoted-slave",
+            "slave 127.0.0.1:3000 127.0.0.1 3000 @ mymaster 127.0.0.1 1000",
+            &on_switch,
+        );
+        assert!(shared.fence.open_epoch().is_err());
+        shared.event(
+            "s1",
+            "+switch-master",
+            "mymaster 127.0.0.1 1000 127.0.0.1 3000",
+            &on_switch,
+        );
+        assert!(
+            shared.fence.open_epoch().is_ok(),
+            "A -> C ends A's failover"
+        );
+        assert!(shared.switched_away_from("127.0.0.1", 1000));
+        assert_eq!(moved.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
     fn after_a_promotion_the_fence_outlasts_the_quiet_period_until_the_switch() {
         let fence = Fence::default();
         fence.subscribed(true);
@@ -742,7 +1051,7 @@ mod tests {
             fence.state().failover = Some(earlier);
         };
         // An early event alone: the fence lifts after the quiet period (an aborted attempt).
-        fence.failover_event(false);
+        fence.failover_event(false, None);
         assert!(fence.open_epoch().is_err());
         long_ago(&fence);
         assert!(fence.open_epoch().is_ok(), "quiet period over");
@@ -756,16 +1065,16 @@ mod tests {
             assert!(promotion_event(channel), "{channel}");
         }
         assert!(!promotion_event("+try-failover"));
-        fence.failover_event(true);
+        fence.failover_event(true, Some("127.0.0.1 1000".into()));
         long_ago(&fence);
         assert!(
             fence.open_epoch().is_err(),
             "promoted: fenced until the switch"
         );
-        fence.switched();
+        assert!(fence.switched("127.0.0.1 1000"));
         assert!(fence.open_epoch().is_ok());
         // An abort after a promotion falls back to the quiet period.
-        fence.failover_event(true);
+        fence.failover_event(true, Some("127.0.0.1 1000".into()));
         fence.aborted();
         long_ago(&fence);
         assert!(fence.open_epoch().is_ok());

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 
 use crate::helpers::{Http, Process};
-use crate::sentinel::{DATA_PASSWORD, MASTER_NAME, SENTINEL_PASSWORD, Topology};
+use crate::sentinel::{DATA_PASSWORD, MASTER_NAME, Options, SENTINEL_PASSWORD, Topology};
 
 /// `--redis-timeout` of the role; a refused write must be answered within it plus 1 s.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -296,9 +296,11 @@ async fn users_on(topology: &Topology) -> (Process, Http) {
     );
     let http = Http::new(role.port);
     let started = Instant::now();
-    loop {
-        let body = r#"{"name":"Warm Up","email":"warm-up@example.com"}"#;
-        if http.json("POST", "/users", body).await.status == 201 {
+    // A new email each time: a write that overlapped the subscriptions coming up is answered
+    // 503 but may be stored, and its retry would be a 409.
+    for n in 0.. {
+        let body = format!(r#"{{"name":"Warm Up","email":"warm-up-{n}@example.com"}}"#);
+        if http.json("POST", "/users", &body).await.status == 201 {
             break;
         }
         assert!(
@@ -529,4 +531,271 @@ async fn an_unconfirmed_write_drops_the_write_connection() {
     let after = connections_received(&app);
     assert!(after >= before + 3, "{before} -> {after}");
     assert_eq!(app.get("/users").await.status, 200, "reads go on");
+}
+
+/// `platform users` following the sentinels `sentinels` (`host:port,…`) with the master name
+/// `master_name`, without waiting for anything.
+fn users_of(sentinels: &str, master_name: &str) -> (Process, Http) {
+    let timeout_text = format!("{}s", REDIS_TIMEOUT.as_secs());
+    let role = Process::users(
+        "redis://127.0.0.1:6379/0",
+        &[
+            "--redis-sentinels",
+            sentinels,
+            "--redis-master-name",
+            master_name,
+            "--redis-timeout",
+            &timeout_text,
+        ],
+        &[
+            ("REDIS_PASSWORD", DATA_PASSWORD),
+            ("REDIS_SENTINEL_PASSWORD", SENTINEL_PASSWORD),
+        ],
+    );
+    let http = Http::new(role.port);
+    (role, http)
+}
+
+/// Asks `/health/ready` `times` times, 300 ms apart: each must be the usual 503 body with
+/// Redis down.
+async fn not_ready_throughout(http: &Http, times: usize, what: &str) {
+    for _ in 0..times {
+        let reply = http.get("/health/ready").await;
+        assert_eq!(reply.status, 503, "{what}: {}", reply.body);
+        assert_eq!(reply.body["status"], "not ready", "{what}");
+        assert_eq!(reply.body["dependencies"]["redis"], "down", "{what}");
+        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+// The topology's turn is held across awaits on purpose, as `Topology` holds it: the other
+// tests wait for it on their own threads, nothing on this one takes it.
+#[allow(clippy::await_holding_lock)]
+#[actix_web::test]
+async fn readiness_waits_for_the_master_found_through_sentinels_that_are_listened_to() {
+    use crate::helpers::{free_port, poll_until};
+    // The role starts before its sentinels are up: not ready. Our turn first, so that no
+    // other test's topology takes their ports meanwhile.
+    let serial = crate::sentinel::one_at_a_time();
+    let ports = [free_port(), free_port(), free_port()];
+    let list = ports.map(|p| format!("127.0.0.1:{p}")).join(",");
+    let (role, http) = users_of(&list, MASTER_NAME);
+    not_ready_throughout(&http, 3, "no sentinel up").await;
+    drop(http);
+    // They come up, answer `SENTINEL get-master-addr-by-name` but refuse `PSUBSCRIBE`: the
+    // master is found through them and answers (reads are served), but no failover could be
+    // seen (writes are refused), so the role is not ready.
+    let topology = Topology::start_with(Options {
+        serial: Some(serial),
+        sentinel_ports: Some(ports),
+        sentinel_conf: format!("user default on >{SENTINEL_PASSWORD} ~* &* +@all -psubscribe\n"),
+        ..Options::default()
+    });
+    // A new client: starting the topology blocked this thread for seconds.
+    let http = Http::new(role.port);
+    poll_until(Duration::from_secs(10), "the master found", async || {
+        http.get("/users").await.status == 200
+    })
+    .await;
+    not_ready_throughout(&http, 5, "no sentinel listened to").await;
+    http.json("POST", "/users", r#"{"name":"N","email":"n@example.com"}"#)
+        .await
+        .assert_error(503, "store_unavailable");
+
+    // A master name the sentinels do not know: not ready, reads and writes refused.
+    let (_other, unknown) = users_of(&topology.sentinel_list(), "not-a-master");
+    not_ready_throughout(&unknown, 3, "unknown master name").await;
+    unknown
+        .get("/users")
+        .await
+        .assert_error(503, "store_unavailable");
+
+    // Once a sentinel can be listened to: ready, and writes are taken.
+    psubscribe_allowed(&topology.sentinels, "+psubscribe");
+    poll_until(Duration::from_secs(20), "ready", async || {
+        http.get("/health/ready").await.status == 200
+    })
+    .await;
+    // The other subscriptions coming up meanwhile may refuse a write or two (a write that
+    // overlaps a change of the subscriptions is not confirmed).
+    // A new email each time: a write answered 503 may still be stored.
+    let since = Instant::now();
+    let mut n = 0;
+    while {
+        n += 1;
+        let body = format!(r#"{{"name":"R","email":"r{n}@example.com"}}"#);
+        http.json("POST", "/users", &body).await.status != 201
+    } {
+        assert!(
+            since.elapsed() < Duration::from_secs(15),
+            "no write taken once ready: {}",
+            role.stdout()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What `--help` says of the Sentinel and URL flags is what happens: plain TCP (the binary has
+/// no TLS), and a `rediss://` URL is refused at start, with or without sentinels.
+#[test]
+fn the_redis_flags_help_says_plain_tcp_and_a_tls_url_is_refused_at_start() {
+    use crate::helpers::run_binary;
+    let (code, help, _) = run_binary(&["users", "--help"]);
+    assert_eq!(code, Some(0));
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    let sentinels = help
+        .split("Redis Sentinels (")
+        .nth(1)
+        .and_then(|rest| rest.split("[env: REDIS_SENTINELS]").next())
+        .expect("--redis-sentinels' help");
+    assert!(
+        sentinels.contains("reached over plain TCP (no TLS)"),
+        "--redis-sentinels: {sentinels}"
+    );
+    assert!(!sentinels.contains("scheme"), "it is not used: {sentinels}");
+    assert!(
+        help.contains("a `rediss://` URL is refused at start"),
+        "--redis-url: {help}"
+    );
+    for sentinels in [&[][..], &["--redis-sentinels", "127.0.0.1:9"]] {
+        let args = [
+            &[
+                "users",
+                "--port",
+                "0",
+                "--redis-url",
+                "rediss://127.0.0.1:9",
+            ][..],
+            sentinels,
+        ]
+        .concat();
+        let (code, _, stderr) = run_binary(&args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--redis-url is not a usable Redis URL"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// Sets the `default` user's right to `PSUBSCRIBE` (`+psubscribe`/`-psubscribe`) on
+/// `sentinels`; taking it away also closes their subscriptions (`CLIENT KILL TYPE pubsub`).
+fn psubscribe_allowed(sentinels: &[crate::sentinel::Node], rule: &str) {
+    for sentinel in sentinels {
+        assert_eq!(sentinel.cli(&["ACL", "SETUSER", "default", rule]), "OK");
+        if rule.starts_with('-') {
+            sentinel.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_promotion_whose_switch_master_was_missed_ends_its_fence_once_the_sentinels_agree() {
+    use crate::helpers::poll_until;
+    // The promotion is seen, then every subscription is down when `+switch-master` comes:
+    // only the leader is listened to (the others publish their switch ~60 ms after the
+    // promotion), and it publishes its own 4 s after the promotion (it waits for the stubborn
+    // replica). Without the sentinels' agreement writes would stay refused for 3 min.
+    let topology = Topology::start_with(Options {
+        stubborn_replica: true,
+        ..Options::default()
+    });
+    let old_master = topology.data[0].port;
+    let promoted = topology.data[1].port;
+    let (role, http) = users_on(&topology).await;
+    poll_until(
+        Duration::from_secs(10),
+        "every sentinel listened to",
+        async || role.stdout().matches("listening to a sentinel").count() == 3,
+    )
+    .await;
+    psubscribe_allowed(&topology.sentinels[1..], "-psubscribe");
+    poll_until(
+        Duration::from_secs(10),
+        "two subscriptions lost",
+        async || {
+            role.stdout()
+                .matches("a sentinel subscription ended")
+                .count()
+                == 2
+        },
+    )
+    .await;
+    let answer = topology.sentinels[0].cli(&["SENTINEL", "FAILOVER", MASTER_NAME]);
+    assert_eq!(answer, "OK", "SENTINEL FAILOVER");
+    let seen = Instant::now();
+    while !role.stdout().contains("\"event\":\"+promoted-slave\"") {
+        assert!(
+            seen.elapsed() < Duration::from_secs(15),
+            "the promotion not seen: {}",
+            role.stdout()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    psubscribe_allowed(&topology.sentinels[..1], "-psubscribe");
+    assert!(
+        !role.stdout().contains("the master changed"),
+        "the switch came before the subscriptions were cut: {}",
+        role.stdout()
+    );
+    poll_until(
+        Duration::from_secs(20),
+        "the failover over and every sentinel naming the new master",
+        async || {
+            let leader = topology.sentinels[0].cli(&["SENTINEL", "MASTER", MASTER_NAME]);
+            !leader.contains("failover_in_progress")
+                && topology.sentinels.iter().all(|s| {
+                    s.cli(&["SENTINEL", "get-master-addr-by-name", MASTER_NAME])
+                        .lines()
+                        .nth(1)
+                        .is_some_and(|p| p.trim() == promoted.to_string())
+                })
+        },
+    )
+    .await;
+    psubscribe_allowed(&topology.sentinels, "+psubscribe");
+    let resumed = Instant::now();
+    let mut n = 0;
+    let id = loop {
+        // A new email each time: a write answered 503 may still be stored.
+        n += 1;
+        let body = format!(r#"{{"name":"After","email":"after-{n}@example.com"}}"#);
+        let reply = http.json("POST", "/users", &body).await;
+        if reply.status == 201 {
+            break reply.body["id"].as_str().unwrap_or_default().to_owned();
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(30),
+            "writes still refused: {} {}",
+            reply.body,
+            role.stdout()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "writes resumed {:?} after the subscriptions came back",
+        resumed.elapsed()
+    );
+    // The role's log reaches us through a pipe, a little behind its answers.
+    poll_until(Duration::from_secs(5), "the agreement logged", async || {
+        role.stdout()
+            .contains("the sentinels agree on the new master")
+    })
+    .await;
+    // No sentinel's own `+switch-master` reached the role: only the agreement moved it.
+    let log = role.stdout();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("the master changed"))
+            .all(|l| l.contains("every sentinel that answered")),
+        "{log}"
+    );
+    assert_eq!(
+        topology
+            .node(promoted)
+            .cli(&["EXISTS", &format!("user:{id}")]),
+        "1",
+        "written to the new master"
+    );
+    assert_ne!(promoted, old_master);
 }

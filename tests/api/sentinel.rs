@@ -21,12 +21,17 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts `redis-server` with the arguments `args` gives for a free port and a directory;
-    /// on another port again if it exits at once (`free_port` may hand a port to two parallel
-    /// tests, and the second one's bind fails).
-    fn spawn(password: &'static str, args: impl Fn(u16, &std::path::Path) -> Vec<String>) -> Self {
-        for _ in 0..3 {
-            let port = free_port();
+    /// Starts `redis-server` with the arguments `args` gives for a free port (or `fixed`) and a
+    /// directory; on another free port again if it exits at once (`free_port` may hand a port
+    /// to two parallel tests, and the second one's bind fails).
+    fn spawn(
+        password: &'static str,
+        fixed: Option<u16>,
+        args: impl Fn(u16, &std::path::Path) -> Vec<String>,
+    ) -> Self {
+        let attempts = if fixed.is_some() { 1 } else { 3 };
+        for _ in 0..attempts {
+            let port = fixed.unwrap_or_else(free_port);
             let dir = tempfile::tempdir().expect("temp dir");
             let child = Command::new("redis-server")
                 .args(args(port, dir.path()))
@@ -52,12 +57,14 @@ impl Node {
                 return node;
             }
         }
-        panic!("redis-server exited at start three times (ports taken?)")
+        panic!("redis-server exited at start (port {fixed:?} taken?)")
     }
 
-    /// A data node: the master (`replica_of` none) or a replica of the master on that port.
-    fn data(replica_of: Option<u16>) -> Self {
-        Self::spawn(DATA_PASSWORD, |port, dir| {
+    /// A data node: the master (`replica_of` none) or a replica of the master on that port;
+    /// `stubborn`: never promoted, and it cannot be made to follow another master (`SLAVEOF`
+    /// renamed), so a failover waits its `failover-timeout` for it before its switch.
+    fn data(replica_of: Option<u16>, stubborn: bool) -> Self {
+        Self::spawn(DATA_PASSWORD, None, |port, dir| {
             let mut args: Vec<String> = [
                 "--port",
                 &port.to_string(),
@@ -81,6 +88,12 @@ impl Node {
             ]
             .map(str::to_owned)
             .to_vec();
+            if stubborn {
+                args.extend(
+                    ["--replica-priority", "0", "--rename-command", "SLAVEOF"].map(str::to_owned),
+                );
+                args.push("slaveof-renamed".into());
+            }
             if let Some(master_port) = replica_of {
                 args.extend([
                     "--replicaof".into(),
@@ -92,9 +105,10 @@ impl Node {
         })
     }
 
-    /// A sentinel watching the master on `master_port`, quick to decide (1 s to call it down).
-    fn sentinel(master_port: u16) -> Self {
-        Self::spawn(SENTINEL_PASSWORD, |port, dir| {
+    /// A sentinel watching the master on `master_port`, quick to decide (1 s to call it down),
+    /// on `port` if given, with the configuration lines `extra` at the end.
+    fn sentinel(master_port: u16, port: Option<u16>, extra: &str) -> Self {
+        Self::spawn(SENTINEL_PASSWORD, port, |port, dir| {
             let conf = dir.join("sentinel.conf");
             std::fs::write(
                 &conf,
@@ -106,7 +120,7 @@ impl Node {
                      sentinel failover-timeout {MASTER_NAME} 4000\n\
                      sentinel parallel-syncs {MASTER_NAME} 2\n\
                      requirepass {SENTINEL_PASSWORD}\n\
-                     sentinel sentinel-pass {SENTINEL_PASSWORD}\n",
+                     sentinel sentinel-pass {SENTINEL_PASSWORD}\n{extra}",
                     dir = dir.display(),
                 ),
             )
@@ -193,18 +207,52 @@ pub struct Topology {
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
+/// What a test needs of its topology beyond the usual one.
+#[derive(Default)]
+pub struct Options {
+    /// The turn already taken (`one_at_a_time`), by a test that picks its sentinels' ports
+    /// before the topology starts: no other topology may take them meanwhile.
+    pub serial: Option<std::sync::MutexGuard<'static, ()>>,
+    /// The sentinels' ports (a role may be told them before they are up).
+    pub sentinel_ports: Option<[u16; 3]>,
+    /// Configuration lines added to every sentinel's.
+    pub sentinel_conf: String,
+    /// The second replica (`data[2]`) is never promoted and cannot be reconfigured: a failover
+    /// waits `failover-timeout` (4 s) for it between the promotion and `+switch-master`.
+    pub stubborn_replica: bool,
+}
+
 /// Serialises the tests that start a topology (`cargo test` runs tests in parallel).
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Waits for this test's turn to run a topology (see `Options::serial`).
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A test that panicked poisons it; the next one may still run.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl Topology {
     /// Starts the master and two replicas, waits until both are in sync, then the sentinels,
     /// and waits until each sentinel knows both replicas and the two other sentinels (a leader
     /// that does not know a replica aborts the failover).
     pub fn start() -> Self {
-        // A test that panicked poisons it; the next one may still run.
-        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let master = Node::data(None);
-        let replicas = [Node::data(Some(master.port)), Node::data(Some(master.port))];
+        Self::start_with(Options::default())
+    }
+
+    /// As `start`, with `options`.
+    pub fn start_with(options: Options) -> Self {
+        let Options {
+            serial,
+            sentinel_ports,
+            sentinel_conf,
+            stubborn_replica,
+        } = options;
+        let serial = serial.unwrap_or_else(one_at_a_time);
+        let master = Node::data(None, false);
+        let replicas = [
+            Node::data(Some(master.port), false),
+            Node::data(Some(master.port), stubborn_replica),
+        ];
         wait_until(Duration::from_secs(15), || {
             let info = master.replication();
             info.get("connected_slaves").map(String::as_str) == Some("2")
@@ -213,7 +261,9 @@ impl Topology {
                         .is_some_and(|s| s.contains("state=online"))
                 })
         });
-        let sentinels: Vec<Node> = (0..3).map(|_| Node::sentinel(master.port)).collect();
+        let sentinels: Vec<Node> = (0..3)
+            .map(|i| Node::sentinel(master.port, sentinel_ports.map(|p| p[i]), &sentinel_conf))
+            .collect();
         wait_until(Duration::from_secs(20), || {
             sentinels.iter().all(|s| {
                 let master = s.fields(&["SENTINEL", "MASTER", MASTER_NAME]);
