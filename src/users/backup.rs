@@ -350,42 +350,47 @@ async fn import_batch(
     if batch.is_empty() {
         return Ok(());
     }
-    // Counted only once the write is confirmed.
-    let mut counted = ImportReport::default();
-    let counts = &mut counted;
-    store
-        .write("import", |mut conn| async move {
-            import_batch_on(&mut conn, batch, counts).await
+    // Identical users are skipped and ids in use reported (a read); the rest is one write.
+    let keys: Vec<String> = batch.iter().map(|u| store::user_key(&u.id)).collect();
+    let existing: Vec<Option<Vec<u8>>> = store
+        .run("import", |mut conn| async move {
+            conn.mget(&keys).await.map_err(StoreError::from)
         })
         .await?;
+    let mut counted = ImportReport::default();
+    let mut fresh = Vec::new();
+    for (user, raw) in batch.iter().zip(existing) {
+        let stored = raw.map(|raw| serde_json::from_slice::<User>(&raw));
+        match stored {
+            None => fresh.push(user),
+            Some(Ok(stored)) if stored == *user => counted.identical += 1,
+            Some(_) => counted.id_conflicts += 1,
+        }
+    }
+    if !fresh.is_empty() {
+        let counts = &mut counted;
+        let fresh = &fresh;
+        store
+            .write("import", |mut conn| async move {
+                create_fresh(&mut conn, fresh, counts).await
+            })
+            .await?;
+    }
+    // Counted only once the write is confirmed.
     report.add(counted);
     Ok(())
 }
 
-/// One MGET to skip identical users and spot ids in use, one pipeline of `create.lua` (the
-/// API's own atomic create, with the id and timestamps of the file), one MGET of the owners of
-/// emails that were taken.
-async fn import_batch_on(
+/// One pipeline of `create.lua` (the API's own atomic create, with the id and timestamps of
+/// the file) for users whose id is free, one MGET of the owners of emails that were taken.
+async fn create_fresh(
     conn: &mut crate::redis::Connection,
-    batch: &[User],
+    fresh: &[&User],
     report: &mut ImportReport,
 ) -> Result<(), StoreError> {
-    let keys: Vec<String> = batch.iter().map(|u| store::user_key(&u.id)).collect();
-    let existing: Vec<Option<String>> = conn.mget(&keys).await?;
-    let mut fresh = Vec::new();
-    for (user, raw) in batch.iter().zip(existing) {
-        match raw.map(|raw| serde_json::from_str::<User>(&raw)) {
-            None => fresh.push(user),
-            Some(Ok(stored)) if stored == *user => report.identical += 1,
-            Some(_) => report.id_conflicts += 1,
-        }
-    }
-    if fresh.is_empty() {
-        return Ok(());
-    }
     let mut pipe = redis::pipe();
     pipe.load_script(&CREATE).ignore();
-    for user in &fresh {
+    for user in fresh {
         pipe.invoke_script(
             CREATE
                 .key(store::user_key(&user.id))
@@ -404,7 +409,7 @@ async fn import_batch_on(
     // Each outcome is the script's table: {'ok'} | {'taken'} | {'exists'} (no idempotency key).
     let outcomes: Vec<Vec<String>> = pipe.query_async(conn).await?;
     let mut taken = Vec::new();
-    for (outcome, user) in outcomes.iter().zip(&fresh) {
+    for (outcome, user) in outcomes.iter().zip(fresh) {
         match outcome.first().map_or("", String::as_str) {
             "ok" => report.imported += 1,
             "taken" => taken.push(*user),

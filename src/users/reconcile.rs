@@ -1,15 +1,14 @@
 //! The users role's background reconciler: indexes users that another writer (the seeds'
 //! Node.js service during a migration) put in `users:index` but not in our indexes, and drops
-//! ordered-index entries whose user that writer deleted, and, a step per tick, sweeps the email
-//! guards for those whose owner that writer deleted or gave another address (a guard left
-//! behind would refuse that address forever). No manual step, bounded work per tick.
+//! ordered-index entries whose user that writer deleted: at once when the counts differ, and
+//! in a slow walk that indexes every user again (addresses that writer changed, guards whose
+//! holder left: `guards.rs`). No manual step, bounded work per tick.
 
 use std::time::{Duration, Instant};
 
 use redis::{self, aio::ConnectionLike};
 use slog::Logger;
 
-use super::guards;
 use super::reindex::{self, BATCH, Report};
 use super::store::{BY_CREATED, INDEX, StoreError, UserStore, ordered_member};
 
@@ -19,6 +18,17 @@ const INTERVAL: Duration = Duration::from_secs(1);
 const BUDGET: Duration = Duration::from_millis(200);
 /// Where the slow walk over the indexes stands, shared by every pod.
 const WALK_CURSOR: &str = "users:reconcile_walk_cursor";
+/// Users (or entries) per step of the walk: ~2-3 ms of Redis work a step at 1 M users, so a
+/// whole walk takes ~1 h with one pod (faster with more: they share the cursor).
+const WALK_BATCH: usize = 250;
+
+/// What a `Missing` step indexes: the ids missing from `users:by_created` (a count-triggered
+/// pass), or every id (the walk: also guards and handovers no count shows).
+#[derive(Clone, Copy)]
+enum Scope {
+    Missing,
+    Every,
+}
 
 /// Where an unfinished pass stands between ticks.
 #[derive(Debug, Default)]
@@ -42,10 +52,8 @@ enum Pass {
 }
 
 /// Runs the reconciler until the returned handle is aborted: once at start, then every second.
-/// Each tick also takes one step of the slow walk over both indexes and one of the endless
-/// guard sweep (`guards.rs`), each from a cursor every pod shares: ~1,000 entries or key slots
-/// and ~2-3 ms of Redis work per step, a whole walk or sweep over 1 M users in about half an
-/// hour.
+/// Each tick also takes one step of the slow walk over both indexes, from a cursor every pod
+/// shares (`WALK_BATCH` entries a step, a few ms of Redis work).
 pub fn spawn(store: UserStore, log: Logger) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut state = State::default();
@@ -57,9 +65,6 @@ pub fn spawn(store: UserStore, log: Logger) -> tokio::task::JoinHandle<()> {
             // (Failures are Redis being unreachable, which readiness and alerts report.)
             if let Err(e) = walk(&store, &mut report).await {
                 slog::debug!(log, "reconciler walk step failed"; "error" => %e);
-            }
-            if let Err(e) = sweep_guards(&store, &mut report).await {
-                slog::debug!(log, "guard sweep step failed"; "error" => %e);
             }
             log_report(&log, &report);
             tokio::time::sleep(INTERVAL).await;
@@ -81,36 +86,18 @@ pub async fn until_settled(store: &UserStore, log: &Logger) -> Result<(), StoreE
     }
 }
 
-/// One step of the sweep from where the last one (of any pod) left it. Two pods stepping from
-/// one cursor at once do the same step twice: harmless, each drop is checked.
-async fn sweep_guards(store: &UserStore, report: &mut Report) -> Result<(), StoreError> {
-    let mut conn = store.connection().await?;
-    let cursor: Option<String> = redis::cmd("GET")
-        .arg(guards::SWEEP_CURSOR)
-        .query_async(&mut conn)
-        .await?;
-    let cursor = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
-    let next = guards::sweep_step(&mut conn, cursor, true, report).await?;
-    redis::cmd("SET")
-        .arg(guards::SWEEP_CURSOR)
-        .arg(next)
-        .query_async::<()>(&mut conn)
-        .await?;
-    Ok(())
-}
-
 fn log_report(log: &Logger, report: &Report) {
     if report.added_to_by_created
         + report.email_guards_added
         + report.dangling_ids_removed
-        + report.stale_guards_removed
+        + report.guards_handed_over
         > 0
     {
         slog::info!(log, "reconciled users written by another service";
             "added_to_by_created" => report.added_to_by_created,
             "email_guards_added" => report.email_guards_added,
             "dangling_ids_removed" => report.dangling_ids_removed,
-            "stale_guards_removed" => report.stale_guards_removed);
+            "guards_handed_over" => report.guards_handed_over);
     }
     for dup in &report.duplicate_emails {
         slog::warn!(log, "duplicate email left for a human to resolve";
@@ -149,7 +136,7 @@ async fn tick(
                 break;
             }
         }
-        match step(&mut conn, pass, report).await? {
+        match step(&mut conn, pass, Scope::Missing, report).await? {
             Some(next) => pass = next,
             None => break,
         }
@@ -172,17 +159,34 @@ async fn tick(
 async fn step<C: ConnectionLike + Send>(
     conn: &mut C,
     pass: Pass,
+    scope: Scope,
     report: &mut Report,
 ) -> Result<Option<Pass>, StoreError> {
+    let count = match scope {
+        Scope::Missing => BATCH,
+        Scope::Every => WALK_BATCH,
+    };
     match pass {
         Pass::Missing(cursor) => {
-            let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+            let (next, ids): (u64, Vec<Vec<u8>>) = redis::cmd("SSCAN")
                 .arg(INDEX)
                 .arg(cursor)
                 .arg("COUNT")
-                .arg(BATCH)
+                .arg(count)
                 .query_async(conn)
                 .await?;
+            // An id that is not UTF-8 is no id of ours (its record cannot be `user:<uuid>`).
+            let ids: Vec<String> = ids
+                .into_iter()
+                .filter_map(|id| String::from_utf8(id).ok())
+                .collect();
+            if let Scope::Every = scope {
+                reindex::index_ids(conn, &ids, report).await?;
+                return Ok(Some(match next {
+                    0 => Pass::Dangling(0),
+                    next => Pass::Missing(next),
+                }));
+            }
             let scores: Vec<Option<f64>> = match ids.is_empty() {
                 true => Vec::new(),
                 false => {
@@ -210,7 +214,7 @@ async fn step<C: ConnectionLike + Send>(
                 .arg(BY_CREATED)
                 .arg(cursor)
                 .arg("COUNT")
-                .arg(BATCH)
+                .arg(count)
                 .query_async(conn)
                 .await?;
             let entries: Vec<(&str, String)> = batch
@@ -229,9 +233,11 @@ async fn step<C: ConnectionLike + Send>(
     }
 }
 
-/// One step of the slow walk over both indexes (missing, then dangling entries) from where the
-/// last one (of any pod) left it. It catches what equal counts hide: the other service deleting
-/// one user and creating another between two ticks.
+/// One step of the slow walk over both indexes from where the last one (of any pod) left it:
+/// every user of `users:index` indexed again (what is missing is added: an entry, or the email
+/// guard of a user whose guard a stale holder had or whose address was freed), then entries
+/// whose user is gone dropped. It catches what equal counts hide (the other service deleting
+/// one user and creating another between two ticks) and what counts never show (addresses).
 async fn walk(store: &UserStore, report: &mut Report) -> Result<(), StoreError> {
     let mut conn = store.connection().await?;
     let at: Option<String> = redis::cmd("GET")
@@ -244,7 +250,7 @@ async fn walk(store: &UserStore, report: &mut Report) -> Result<(), StoreError> 
         Some((_, cursor)) => Pass::Missing(cursor.parse().unwrap_or(0)),
         None => Pass::Missing(0),
     };
-    let next = match step(&mut conn, pass, report).await? {
+    let next = match step(&mut conn, pass, Scope::Every, report).await? {
         Some(Pass::Dangling(cursor)) => format!("d:{cursor}"),
         Some(Pass::Missing(cursor)) => format!("m:{cursor}"),
         None => "m:0".to_owned(),

@@ -60,9 +60,9 @@ pub struct Report {
     pub dangling_ids_removed: u64,
     /// Members removed from `users:by_created_lex` that `users:by_created` does not hold.
     pub dangling_members_removed: u64,
-    /// Email guards dropped because their owner is gone or has another address now (a guard
-    /// that moved to the owner's new address is counted here and in `email_guards_added`).
-    pub stale_guards_removed: u64,
+    /// Email guards handed from a holder that no longer has the address (gone, or another
+    /// address now) to a user who has it.
+    pub guards_handed_over: u64,
     pub unreadable_count: u64,
     pub duplicate_email_count: u64,
     /// Users that changed after being read every time they were read (left to their writer).
@@ -102,8 +102,9 @@ impl Report {
     }
 }
 
-/// A user record as read: its id (from its key), and its stored JSON if it exists.
-type Read = (String, Option<String>);
+/// A user record as read: its id (from its key), and its stored value if it exists (bytes: a
+/// value that is not UTF-8 is reported as unreadable, never an error that stops the run).
+type Read = (String, Option<Vec<u8>>);
 
 /// A readable user, the JSON it was read as and its `users:by_created` score.
 struct Parsed {
@@ -120,15 +121,6 @@ pub async fn reindex(store: &UserStore) -> Result<Report, StoreError> {
     // was written by this run for a user it had just checked, or by one of our own creates.
     let (_, ordered, lex) = sizes(&mut writer).await?;
     let written_by_us = ordered == 0 && lex == 0;
-    // Guards another writer left stale (it deleted a user or changed its address) go first, so
-    // the users indexed below find those addresses free. Not on a first migration: no guard
-    // was ours yet (the seeds write none).
-    if !written_by_us {
-        let mut cursor = guards::sweep_step(&mut writer, 0, false, &mut report).await?;
-        while cursor != 0 {
-            cursor = guards::sweep_step(&mut writer, cursor, false, &mut report).await?;
-        }
-    }
 
     // Every user record, indexed or not: one connection scans and reads, the other indexes
     // what was read before, so Redis always has work queued.
@@ -200,11 +192,11 @@ async fn scan_users<C: ConnectionLike + Send>(
             .arg(BATCH);
         cmd
     };
-    let (mut cursor, mut keys): (u64, Vec<String>) = scan(0).query_async(conn).await?;
+    let (mut cursor, mut keys): (u64, Vec<Vec<u8>>) = scan(0).query_async(conn).await?;
     loop {
         let ids: Vec<String> = keys
             .iter()
-            .filter_map(|key| key.strip_prefix("user:"))
+            .filter_map(|key| std::str::from_utf8(key).ok()?.strip_prefix("user:"))
             .filter(|id| Uuid::try_parse(id).is_ok())
             .map(str::to_owned)
             .collect();
@@ -222,14 +214,14 @@ async fn scan_users<C: ConnectionLike + Send>(
         let next = match cursor {
             0 => None,
             _ => Some(
-                redis::from_redis_value::<(u64, Vec<String>)>(
+                redis::from_redis_value::<(u64, Vec<Vec<u8>>)>(
                     replies.pop().expect("one reply per command"),
                 )
                 .map_err(redis::RedisError::from)?,
             ),
         };
         if let Some(raws) = replies.pop() {
-            let raws: Vec<Option<String>> =
+            let raws: Vec<Option<Vec<u8>>> =
                 redis::from_redis_value(raws).map_err(redis::RedisError::from)?;
             // The indexing side stopped (it failed): its error is the one reported.
             if out.send(ids.into_iter().zip(raws).collect()).await.is_err() {
@@ -253,6 +245,10 @@ fn parse(batch: Vec<Read>, report: &mut Report) -> Vec<Parsed> {
     let mut users: Vec<Parsed> = Vec::with_capacity(batch.len());
     for (id, raw) in batch {
         let Some(raw) = raw else { continue };
+        let Ok(raw) = String::from_utf8(raw) else {
+            report.unreadable(store::user_key(&id));
+            continue;
+        };
         match serde_json::from_str::<User>(&raw) {
             Ok(user) if user.id == id => {
                 let score = store::created_score(&user);
@@ -292,7 +288,7 @@ async fn read_parsed<C: ConnectionLike + Send>(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let raws: Vec<Option<String>> = redis::cmd("MGET")
+    let raws: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
         .arg(user_keys(ids))
         .query_async(conn)
         .await?;
@@ -359,15 +355,16 @@ async fn index_users<C: ConnectionLike + Send>(
             .into_iter()
             .zip(owners)
             .filter_map(|(position, holder)| {
-                let user = &at(position)?.user;
+                let Parsed { user, raw, .. } = at(position)?;
                 Some(Claim {
                     id: user.id.clone(),
                     email: user.email.clone(),
+                    raw: raw.clone(),
                     holder,
                 })
             })
             .collect();
-        // Users whose address a stale guard held: indexed again, they take it.
+        // A guard whose holder no longer has the address goes to the user who has it.
         changed.extend(guards::resolve_claims(conn, claims, report).await?);
     }
     Ok(changed)
@@ -561,7 +558,7 @@ pub async fn run(
         "email_guards_added" => report.email_guards_added,
         "dangling_ids_removed" => report.dangling_ids_removed,
         "dangling_members_removed" => report.dangling_members_removed,
-        "stale_guards_removed" => report.stale_guards_removed,
+        "guards_handed_over" => report.guards_handed_over,
         "duplicate_emails" => report.duplicate_email_count,
         "unreadable" => report.unreadable_count,
         "changed" => report.changed_count,

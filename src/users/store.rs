@@ -178,7 +178,11 @@ impl UserStore {
     /// Runs `op` on the shared connection within the timeout, and times it. At most
     /// `--redis-pool-size` operations run at once; one waits for its turn at most
     /// `--redis-pool-wait` (then `Busy`, counted as shed, not timed).
-    async fn run<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, StoreError>
+    pub(super) async fn run<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        op: F,
+    ) -> Result<T, StoreError>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,

@@ -280,18 +280,21 @@ async fn an_import_reports_users_imported_only_once_a_replica_confirms_them() {
             && info.contains("connected_slaves:1")
     };
     crate::helpers::poll_until(Duration::from_secs(10), "replica in sync", synced).await;
-    let resumed = replica.pause_for(Duration::from_secs(4));
+    replica.pause();
     let (code, _, _, err) = users_task(&master.url(), &acknowledged, "import done");
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("not confirmed"), "{err}");
-    // ...and so does a re-run that finds every user there (unconfirmed) and writes nothing.
+    // ...and so does a re-run that finds every user there (unconfirmed) and writes nothing
+    // but its final confirmation (a WAIT after no write of its own would prove nothing).
+    master.cli(&["DEL", "users:import:confirmation"]);
     let (code, _, _, err) = users_task(&master.url(), &acknowledged, "import done");
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("not confirmed"), "{err}");
-    crate::helpers::poll_until(Duration::from_secs(10), "replica resumed", async || {
-        resumed.is_finished()
-    })
-    .await;
+    assert_eq!(
+        master.cli(&["EXISTS", "users:import:confirmation"]).trim(),
+        "1"
+    );
+    replica.resume();
     // Once the replica answers (it acknowledges once it has caught up), the same import is
     // confirmed; the replica holds every user.
     crate::helpers::poll_until(Duration::from_secs(20), "replica caught up", async || {

@@ -282,46 +282,21 @@ async fn users_the_seed_service_writes_are_listed_and_guarded_without_a_manual_s
         },
     )
     .await;
-    // ...and frees its address (the seed service never touches our guards: the reconciler's
-    // sweep finds the guard whose owner is gone).
+    // Its address stays guarded: nothing proves that no other live user has it (the seed
+    // service never touches our guards), and a guard is never dropped, only handed over.
     let guard = |email: &str| app.redis.cli(&["GET", &format!("users:email:{email}")]);
-    poll_until(
-        Duration::from_secs(30),
-        "guard of a deleted seed user",
-        async || guard("during@example.com").trim().is_empty(),
-    )
-    .await;
-    let created = app
-        .json(
-            "POST",
-            "/users",
-            r#"{"name":"X","email":"During@example.com"}"#,
-        )
-        .await;
-    assert_eq!(created.status, 201, "{:?}", created.body);
-    // A user whose address the seed service changes keeps only its new one.
+    assert_eq!(guard("during@example.com").trim(), during);
+    // A user whose address the seed service changes gets its new address guarded by the
+    // reconciler's walk (its old guard stays, as above).
     let changed = app.redis.cli(&["GET", &format!("user:{before}")]);
     let changed = changed
         .trim()
         .replace("before@example.com", "Before2@example.com");
     app.redis.cli(&["SET", &format!("user:{before}"), &changed]);
-    poll_until(
-        Duration::from_secs(30),
-        "guard moved to the new address",
-        async || {
-            guard("before@example.com").trim().is_empty()
-                && guard("before2@example.com").trim() == before
-        },
-    )
+    poll_until(Duration::from_secs(30), "new address guarded", async || {
+        guard("before2@example.com").trim() == before
+    })
     .await;
-    let created = app
-        .json(
-            "POST",
-            "/users",
-            r#"{"name":"Y","email":"before@example.com"}"#,
-        )
-        .await;
-    assert_eq!(created.status, 201, "{:?}", created.body);
     app.json(
         "POST",
         "/users",
@@ -332,7 +307,7 @@ async fn users_the_seed_service_writes_are_listed_and_guarded_without_a_manual_s
 }
 
 #[actix_web::test]
-async fn guards_the_seed_service_left_behind_are_dropped_or_moved_by_a_reindex() {
+async fn a_reindex_guards_changed_addresses_and_hands_over_guards_whose_holder_left() {
     let redis = RedisServer::start();
     let at = "2024-01-01T00:00:00.000Z";
     let gone = seed_user(&redis, "Gone", "gone@example.com", at);
@@ -342,9 +317,9 @@ async fn guards_the_seed_service_left_behind_are_dropped_or_moved_by_a_reindex()
     let mover = seed_user(&redis, "Mover", "mover@example.com", at);
     let first = summary(&reindex(&redis.url()));
     assert_eq!(first["email_guards_added"], 5, "{first}");
-    assert_eq!(first["stale_guards_removed"], 0, "{first}");
 
-    // The seed service deletes one user and changes two addresses; it never touches our guards.
+    // The seed service deletes one user, changes two addresses (one onto another user's) and
+    // gives the deleted user's address to a new user; it never touches our guards.
     redis.cli(&["DEL", &format!("user:{gone}")]);
     redis.cli(&["SREM", "users:index", &gone]);
     let readdress = |id: &str, from: &str, to: &str| {
@@ -353,9 +328,10 @@ async fn guards_the_seed_service_left_behind_are_dropped_or_moved_by_a_reindex()
     };
     readdress(&moved, "moved@example.com", "New@example.com");
     readdress(&mover, "mover@example.com", "TAKEN@example.com");
+    let heir = seed_user(&redis, "Heir", "GONE@example.com", at);
 
     let done = summary(&reindex(&redis.url()));
-    assert_eq!(done["stale_guards_removed"], 3, "{done}");
+    assert_eq!(done["guards_handed_over"], 1, "{done}");
     assert_eq!(done["email_guards_added"], 1, "{done}");
     assert_eq!(done["duplicate_emails"], 1, "{done}");
     assert_eq!(done["dangling_ids_removed"], 1, "{done}");
@@ -363,16 +339,17 @@ async fn guards_the_seed_service_left_behind_are_dropped_or_moved_by_a_reindex()
         let owner = redis.cli(&["GET", &format!("users:email:{email}")]);
         owner.trim().to_owned()
     };
-    assert_eq!(owner("gone@example.com"), "");
-    assert_eq!(owner("moved@example.com"), "");
+    assert_eq!(owner("gone@example.com"), heir);
     assert_eq!(owner("new@example.com"), moved);
     assert_eq!(owner("kept@example.com"), kept);
     assert_eq!(owner("taken@example.com"), taken);
-    assert_eq!(owner("mover@example.com"), "");
+    // Guards whose holder left and that nobody claims stay (never dropped).
+    assert_eq!(owner("moved@example.com"), moved);
+    assert_eq!(owner("mover@example.com"), mover);
 
     // Nothing left to do: a re-run changes nothing (the duplicate is reported again).
     let again = summary(&reindex(&redis.url()));
-    assert_eq!(again["stale_guards_removed"], 0, "{again}");
+    assert_eq!(again["guards_handed_over"], 0, "{again}");
     assert_eq!(again["email_guards_added"], 0, "{again}");
     assert_eq!(again["duplicate_emails"], 1, "{again}");
 }
@@ -618,51 +595,60 @@ async fn the_ordered_member_follows_the_time_users_by_created_already_holds() {
     assert_eq!(redis.cli(&["ZSCORE", "users:by_created", &id]), "-1500");
 }
 
-/// The guard sweep's script drops or moves a guard only if the guard and its owner's record are
-/// still what the sweep read: a create, update or delete in between is never undone.
+/// A guard is handed over only if it and both records are still what the caller read: a
+/// create, update or delete in between is never undone.
 #[test]
-fn a_stale_guard_is_dropped_only_while_it_and_its_owner_are_as_read() {
-    let script = include_str!("../../src/users/scripts/drop_stale_guards.lua");
+fn a_guard_is_handed_over_only_while_it_and_both_records_are_as_read() {
+    let script = include_str!("../../src/users/scripts/hand_over_guard.lua");
     let redis = RedisServer::start();
-    let id = uuid::Uuid::new_v4().to_string();
-    let user = |email: &str| {
+    let (holder, claimant) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let user = |id: &str, email: &str| {
         format!(r#"{{"id":"{id}","name":"A","email":"{email}","created_at":"x","updated_at":"x"}}"#)
     };
-    let (old, new) = ("users:email:old@example.com", "users:email:new@example.com");
-    redis.cli(&["SET", old, &id]);
-    redis.cli(&["SET", &format!("user:{id}"), &user("new@example.com")]);
-    let contested = "users:contested_emails";
-    let key = format!("user:{id}");
-    let sweep = |read: &str| {
-        redis.cli(&[
-            "EVAL", script, "4", contested, old, &key, new, "1", &id, read,
-        ])
+    let guard = "users:email:a@example.com";
+    let (holder_key, claimant_key) = (format!("user:{holder}"), format!("user:{claimant}"));
+    redis.cli(&["SET", guard, &holder]);
+    redis.cli(&["SET", &holder_key, &user(&holder, "b@example.com")]);
+    redis.cli(&["SET", &claimant_key, &user(&claimant, "a@example.com")]);
+    let hand_over = |holder_read: &str, claimant_read: &str| {
+        let keys = [guard, holder_key.as_str(), claimant_key.as_str()];
+        let args = [
+            holder.as_str(),
+            holder_read,
+            claimant.as_str(),
+            claimant_read,
+        ];
+        redis.cli(&[&["EVAL", script, "3"], &keys[..], &args[..]].concat())
     };
-    // Read before the owner changed again (or while it was gone): nothing happens.
-    sweep(&user("newer@example.com"));
-    sweep("");
-    assert_eq!(redis.cli(&["GET", old]).trim(), id);
-    assert_eq!(redis.cli(&["GET", new]).trim(), "");
-    // Read as it is: the guard moves to the owner's address.
-    sweep(&user("new@example.com"));
-    assert_eq!(redis.cli(&["GET", old]).trim(), "");
-    assert_eq!(redis.cli(&["GET", new]).trim(), id);
-    // A guard that another user took over since the read stays that user's.
-    redis.cli(&["SET", old, "someone-else"]);
-    sweep(&user("new@example.com"));
-    assert_eq!(redis.cli(&["GET", old]).trim(), "someone-else");
-    // A contested address (two live users had it) keeps its guard: the sweep knows no claimant.
-    redis.cli(&["SET", old, &id]);
-    redis.cli(&["DEL", new]);
-    redis.cli(&["SADD", contested, old]);
-    sweep(&user("new@example.com"));
-    assert_eq!(redis.cli(&["GET", old]).trim(), id);
-    // An owner key that is not a string is never as read (and no error either).
-    redis.cli(&["DEL", &key]);
-    redis.cli(&["SREM", contested, old]);
-    redis.cli(&["HSET", &key, "f", "v"]);
-    sweep("");
-    assert_eq!(redis.cli(&["GET", old]).trim(), id);
+    // Read before something changed: nothing happens.
+    let holder_now = user(&holder, "b@example.com");
+    let claimant_now = user(&claimant, "a@example.com");
+    assert_eq!(
+        hand_over(&user(&holder, "a@example.com"), &claimant_now).trim(),
+        "0"
+    );
+    assert_eq!(hand_over("", &claimant_now).trim(), "0");
+    assert_eq!(
+        hand_over(&holder_now, &user(&claimant, "c@example.com")).trim(),
+        "0"
+    );
+    assert_eq!(redis.cli(&["GET", guard]).trim(), holder);
+    // A holder key that is not a string is never as read (and no error either).
+    redis.cli(&["DEL", &holder_key]);
+    redis.cli(&["HSET", &holder_key, "f", "v"]);
+    assert_eq!(hand_over("", &claimant_now).trim(), "0");
+    assert_eq!(redis.cli(&["GET", guard]).trim(), holder);
+    // As read: the guard goes to the claimant.
+    redis.cli(&["DEL", &holder_key]);
+    assert_eq!(hand_over("", &claimant_now).trim(), "1");
+    assert_eq!(redis.cli(&["GET", guard]).trim(), claimant);
+    // A guard another user took since the read stays that user's.
+    redis.cli(&["SET", guard, "someone-else"]);
+    assert_eq!(hand_over("", &claimant_now).trim(), "0");
+    assert_eq!(redis.cli(&["GET", guard]).trim(), "someone-else");
 }
 
 #[actix_web::test]
@@ -698,7 +684,7 @@ async fn an_address_the_seed_service_gives_to_a_new_user_is_guarded_for_that_use
 }
 
 #[actix_web::test]
-async fn a_duplicate_address_stays_guarded_when_the_user_who_kept_it_is_deleted() {
+async fn a_duplicate_address_goes_to_the_other_user_when_the_one_who_kept_it_leaves() {
     let redis = RedisServer::start();
     let shared = "users:email:shared@example.com";
     let older = seed_user(
@@ -717,49 +703,42 @@ async fn a_duplicate_address_stays_guarded_when_the_user_who_kept_it_is_deleted(
     assert_eq!(first["duplicate_emails"], 1, "{first}");
     assert_eq!(redis.cli(&["GET", shared]).trim(), older);
 
-    // The seed service deletes the user who kept the address: a reindex gives it to the other.
+    // The seed service deletes the user who kept the address: a reindex hands it to the other.
     redis.cli(&["DEL", &format!("user:{older}")]);
     redis.cli(&["SREM", "users:index", &older]);
     let done = summary(&reindex(&redis.url()));
     assert_eq!(redis.cli(&["GET", shared]).trim(), younger, "{done}");
     assert_eq!(done["duplicate_emails"], 0, "{done}");
-    assert_eq!(done["stale_guards_removed"], 1, "{done}");
-    assert_eq!(done["email_guards_added"], 1, "{done}");
+    assert_eq!(done["guards_handed_over"], 1, "{done}");
     let again = summary(&reindex(&redis.url()));
-    assert_eq!(again["stale_guards_removed"], 0, "{again}");
+    assert_eq!(again["guards_handed_over"], 0, "{again}");
     assert_eq!(again["email_guards_added"], 0, "{again}");
     assert_eq!(again["duplicate_emails"], 0, "{again}");
 
-    // The reconciler's sweep alone never frees a contested address: a live user may have it.
+    // With the role running, its walk does the same when our API deletes the one who kept it
+    // (the delete drops the guard: the other user gets it)...
     let at = "2024-03-01T00:00:00.000Z";
-    let kept = seed_user(&redis, "A", "twice@example.com", at);
-    seed_user(&redis, "B", "twice@example.com", "2024-04-01T00:00:00.000Z");
+    let a = seed_user(&redis, "A", "twice@example.com", at);
+    let b = seed_user(&redis, "B", "twice@example.com", "2024-04-01T00:00:00.000Z");
     let app = spawn_app_with(redis, &[]).await;
-    let twice = "users:email:twice@example.com";
-    let guard = || app.redis.cli(&["GET", twice]).trim().to_owned();
+    let guard = |email: &str| {
+        let owner = app.redis.cli(&["GET", &format!("users:email:{email}")]);
+        owner.trim().to_owned()
+    };
     poll_until(Duration::from_secs(20), "duplicate indexed", async || {
-        let contested = app
-            .redis
-            .cli(&["SISMEMBER", "users:contested_emails", twice]);
-        guard() == kept && contested.trim() == "1"
+        guard("twice@example.com") == a
     })
     .await;
-    app.redis.cli(&["DEL", &format!("user:{kept}")]);
-    app.redis.cli(&["SREM", "users:index", &kept]);
+    let deleted = app
+        .send(app.client.delete(app.url(&format!("/users/{a}"))), None)
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
     poll_until(
-        Duration::from_secs(20),
-        "deleted user unlisted",
-        async || {
-            app.redis
-                .cli(&["ZSCORE", "users:by_created", &kept])
-                .trim()
-                .is_empty()
-        },
+        Duration::from_secs(30),
+        "guard to the other user",
+        async || guard("twice@example.com") == b,
     )
     .await;
-    // A few sweep steps (one a second) later the guard still stands.
-    actix_web::rt::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(guard(), kept);
     app.json(
         "POST",
         "/users",
@@ -767,4 +746,32 @@ async fn a_duplicate_address_stays_guarded_when_the_user_who_kept_it_is_deleted(
     )
     .await
     .assert_error(409, "duplicate_email");
+
+    // ...and when the seed service swaps two users' addresses through a third one.
+    let (h, x) = (
+        seed_user(&app.redis, "H", "e@example.com", at),
+        seed_user(&app.redis, "X", "f@example.com", at),
+    );
+    poll_until(Duration::from_secs(20), "both guarded", async || {
+        guard("e@example.com") == h && guard("f@example.com") == x
+    })
+    .await;
+    let readdress = |id: &str, from: &str, to: &str| {
+        let json = app.redis.cli(&["GET", &format!("user:{id}")]);
+        app.redis
+            .cli(&["SET", &format!("user:{id}"), &json.trim().replace(from, to)]);
+    };
+    readdress(&h, "e@example.com", "tmp@example.com");
+    readdress(&x, "f@example.com", "e@example.com");
+    readdress(&h, "tmp@example.com", "f@example.com");
+    poll_until(Duration::from_secs(30), "guards swapped", async || {
+        guard("e@example.com") == x && guard("f@example.com") == h
+    })
+    .await;
+    for email in ["e@example.com", "f@example.com"] {
+        let body = format!(r#"{{"name":"Y","email":"{email}"}}"#);
+        app.json("POST", "/users", &body)
+            .await
+            .assert_error(409, "duplicate_email");
+    }
 }
