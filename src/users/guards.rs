@@ -2,9 +2,9 @@
 //! changes its address without touching `users:email:*`, so a guard can name a holder that is
 //! gone or has another address now. When indexing finds a user whose address such a guard
 //! holds (`resolve_claims`), the guard is handed over to that user (`hand_over_guard.lua`,
-//! checked against the guard and both records as read). A guard is never dropped: with no index
-//! from addresses to users nothing proves that no other live user has the address, and dropping
-//! its guard would let our API give it to a second user. So an address whose last holder is
+//! checked against the guard and both records as read). Maintenance never drops a guard: with
+//! no index from addresses to users nothing proves that no other live user has the address, and
+//! dropping its guard would let our API give it to a second user. So an address whose last holder is
 //! gone stays refused until a user who has it is indexed (see ARCHITECTURE.md).
 
 use std::sync::LazyLock;

@@ -775,3 +775,31 @@ async fn a_duplicate_address_goes_to_the_other_user_when_the_one_who_kept_it_lea
             .assert_error(409, "duplicate_email");
     }
 }
+
+/// A guard naming a user for an address the seeds' service moved it away from is stale: our API
+/// does not move that user back onto the address (the seed service may have given it to
+/// someone else, whom the reconciler has not indexed yet).
+#[actix_web::test]
+async fn our_api_does_not_move_a_user_back_onto_an_address_the_seed_service_moved_it_from() {
+    let app = spawn_app_with(RedisServer::start(), &[]).await;
+    let user = app.create_user("H", "x@example.com").await;
+    let id = user["id"].as_str().unwrap_or_default().to_owned();
+    let key = format!("user:{id}");
+    let json = app.redis.cli(&["GET", &key]);
+    app.redis.cli(&[
+        "SET",
+        &key,
+        &json.trim().replace("x@example.com", "y@example.com"),
+    ]);
+    let path = format!("/users/{id}");
+    app.json("PATCH", &path, r#"{"email":"x@example.com"}"#)
+        .await
+        .assert_error(409, "duplicate_email");
+    // Its own current address, or a free one, is fine.
+    let renamed = app.json("PATCH", &path, r#"{"name":"H2"}"#).await;
+    assert_eq!(renamed.status, 200, "{}", renamed.body);
+    let moved = app
+        .json("PATCH", &path, r#"{"email":"z@example.com"}"#)
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+}

@@ -11,7 +11,10 @@ if current ~= ARGV[2] then
   return 'changed'
 end
 local owner = redis.call('GET', KEYS[3])
-if owner and owner ~= ARGV[1] then
+-- Another user's address; or a guard naming this user for an address it does not have now
+-- (the seeds' service moved it away, never touching guards, and may have given the address to
+-- someone else): refused, as any address a guard holds that another writer may have.
+if owner and (owner ~= ARGV[1] or KEYS[2] ~= KEYS[3]) then
   return 'taken'
 end
 if KEYS[2] ~= KEYS[3] and redis.call('GET', KEYS[2]) == ARGV[1] then
