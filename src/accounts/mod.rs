@@ -29,11 +29,8 @@ pub fn user_key(id: &str) -> String {
     format!("user:{id}")
 }
 
-/// Where the email guards live: `users:email:<lowercased email>`, the owning id.
-pub const EMAIL_PREFIX: &str = "users:email:";
-
 pub fn email_key(email: &str) -> String {
-    format!("{EMAIL_PREFIX}{}", email.to_lowercase())
+    format!("users:email:{}", email.to_lowercase())
 }
 
 /// The Argon2id PHC hash of a user's password: never inside `user:<id>`, which the users API
